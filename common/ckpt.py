@@ -1,0 +1,121 @@
+"""Checkpoints as directories: weights in safetensors, the rest in JSON and a tensors-only state.pt.
+
+    OUT/ckpt/step_0000400/   model.safetensors   state.pt (optimizer, scheduler, RNG, data position)   meta.json
+    OUT/ckpt/latest -> step_0000400   (a symlink, swapped atomically)
+    OUT/ckpt/best   (a full copy of the best one)
+
+Every directory is written to a hidden temporary name and `os.replace`d into place, so a kill -9 at any
+moment leaves the previous checkpoint intact and never a half-written directory under a valid name.
+Loading never unpickles arbitrary objects: safetensors for weights, `torch.load(weights_only=True)` for
+the state, JSON for the meta.
+"""
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or unreadable; the message names the file."""
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(ckpt_root, name, model_state, state, meta):
+    """Write ckpt_root/name atomically and return its path. `model_state` is a dict of tensors, `state` a
+    nested dict/list of tensors and plain numbers (what torch.load(weights_only=True) accepts)."""
+    ckpt_root = Path(ckpt_root)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / name
+    tmp = ckpt_root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+    save_file(tensors, str(tmp / "model.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    meta = dict(meta, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"), torch=torch.__version__)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = ckpt_root / f".old-{name}-{os.getpid()}"
+    if final.exists() and not final.is_symlink():
+        os.replace(final, old)   # a directory can't be replaced over a non-empty one
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(ckpt_root)
+    return final
+
+
+def link(ckpt_root, alias, target_name):
+    """Point ckpt_root/alias (e.g. 'latest') at ckpt_root/target_name with an atomic symlink swap."""
+    ckpt_root = Path(ckpt_root)
+    tmp = ckpt_root / f".tmp-link-{alias}-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target_name, tmp)
+    os.replace(tmp, ckpt_root / alias)
+    _fsync_dir(ckpt_root)
+
+
+def prune(ckpt_root, keep):
+    """Remove step_* directories not in `keep` (names) and stale temporaries of dead writers."""
+    for p in Path(ckpt_root).iterdir():
+        if p.name.startswith(".tmp-") or p.name.startswith(".old-"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
+        elif p.name.startswith("step_") and p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load(path, map_location="cpu", with_state=True):
+    """Read a checkpoint directory -> (model_state, state or None, meta). Raises CheckpointError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory (expected model.safetensors, state.pt, meta.json)")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / 'meta.json'}: unreadable ({e.__class__.__name__}: {e})") from None
+    try:
+        model_state = load_file(str(path / "model.safetensors"), device=str(map_location))
+    except (OSError, SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{path / 'model.safetensors'}: unreadable ({e})") from None
+    state = None
+    if with_state:
+        try:
+            state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
+        except Exception as e:  # weights_only raises UnpicklingError for any non-tensor object
+            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise CheckpointError(f"{path / 'state.pt'}: refused or unreadable ({first})") from None
+    return model_state, state, meta
+
+
+def rng_state():
+    import random
+    import numpy as np
+    np_state = np.random.get_state()
+    return {"python": list(random.getstate()[1]), "numpy": torch.from_numpy(np_state[1].astype("int64")),
+            "numpy_pos": np_state[2], "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s):
+    import random
+    import numpy as np
+    random.setstate((3, tuple(s["python"]), None))
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype("uint32"), s["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(s["torch"])
+    if torch.cuda.is_available() and s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])

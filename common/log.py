@@ -1,0 +1,59 @@
+"""Logging: console at --log-level, the same lines in OUT/output.log, metrics in OUT/metrics.jsonl,
+TensorBoard scalars/images when the optional `tensorboard` package is installed."""
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+LEVELS = {"quiet": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+
+
+def setup(out_dir, level="info", master=True, name="nanong"):
+    """Return a logger. Non-master DDP ranks only print warnings and write nothing."""
+    log = logging.getLogger(name)
+    log.handlers.clear()
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(LEVELS[level] if master else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    if master:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(Path(out_dir) / "output.log")
+        fh.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+    return log
+
+
+class Metrics:
+    """Append-only JSONL of {"step", "split", **values}; mirrored to TensorBoard if it is installed."""
+
+    def __init__(self, out_dir, enabled=True):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
+            except ImportError:
+                pass
+
+    def write(self, step, split, **values):
+        if not self.enabled:
+            return
+        row = {"step": step, "split": split, "time": round(time.time(), 3)}
+        row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def image(self, tag, chw, step):
+        if self.tb:
+            self.tb.add_image(tag, chw, step)

@@ -1,0 +1,270 @@
+"""Train, resume, fine-tune and evaluate Neural Super Sampling (NSS) on Arm's safetensors layout.
+
+Built-in data (generated into OUT/data on first use), CPU preset, then evaluate vs baselines:
+    python nss/train.py --out runs/nss
+Your own data (Arm layout; DIR/train and DIR/test, or one folder of captures plus --eval-data):
+    python nss/train.py --data DIR --out runs/nss --preset paper
+Resume / fine-tune / evaluate only:
+    python nss/train.py --out runs/nss --resume
+    python nss/train.py --out runs/ft --finetune runs/nss/ckpt/best --data DIR
+    python nss/train.py --evaluate --model-path runs/nss/ckpt/best --out runs/nss
+Two processes (DDP, gloo on CPU; rank 0 logs and saves):
+    torchrun --standalone --nproc_per_node=2 nss/train.py --out runs/nss
+"""
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from common import ckpt, log, runtime
+from nss.dataset import DataError, NSSWindows
+from nss.evaluate import evaluate, table, tonemap
+from nss.model import NSS, NSSConfig, sample, pixel_grid
+
+
+@dataclass
+class Config:
+    max_steps: int = 1200          # optimizer steps
+    batch_size: int = 4            # windows per step (per process)
+    recurrent_samples: int = 6     # frames per window (truncated BPTT length)
+    crop: int = 48                 # low-res crop of each window (high-res = crop * scale)
+    lr: float = 2e-3               # AdamW peak learning rate
+    min_lr: float = 1e-5           # cosine floor
+    warmup: float = 0.05           # fraction of steps of linear warm-up
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    filtered_weight: float = 0.1   # L1 of the spatial-only KPN result (keeps the filter anti-aliasing)
+    temporal_weight: float = 0.5   # L1 of temporal change vs the ground truth's (flicker)
+    gt_history_chance: float = 0.3 # GT-history augmentation probability per window
+    tonemapper: str = "reinhard"
+    exposure: float = None         # log-exposure override (Arm's dataset.exposure); None = per-frame file value
+    eval_every: int = 200          # validation (and best checkpoint) every N steps
+    save_every: int = 0            # keep ckpt/step_XXXXXXX every N steps (0 = only latest/best)
+    log_every: int = 20
+    # built-in data (when --data is absent): (sequences, frames, high-res size) for train and held-out
+    synth_train: tuple = (16, 24, 192)
+    synth_test: tuple = (4, 32, 256)
+
+
+PRESETS = {
+    "tiny": Config(max_steps=30, batch_size=2, recurrent_samples=3, crop=16, lr=3e-3, eval_every=15, log_every=5,
+                   synth_train=(2, 8, 64), synth_test=(1, 6, 64)),
+    "cpu": Config(),
+    "paper": Config(max_steps=60000, batch_size=8, recurrent_samples=16, crop=128, lr=1e-3, min_lr=1e-6,
+                    eval_every=2000, save_every=5000, synth_train=(300, 100, 256), synth_test=(20, 100, 512)),
+}
+
+
+def get_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    runtime.add_common_args(p, PRESETS)
+    p.add_argument("--batch-size", type=int, help="windows per optimizer step, per process")
+    p.add_argument("--recurrent-samples", type=int, help="frames per training window (>= 2); windows never cross a camera cut")
+    p.add_argument("--crop", type=int, help="low-res crop size of training windows (0 = whole frames)")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, linear warm-up then cosine)")
+    p.add_argument("--exposure", type=float, help="log-exposure override for every frame (default: the file's per-frame value)")
+    p.add_argument("--tonemapper", choices=["reinhard", "karis", "log_norm", "aces"], help="tonemapper for loss and metrics")
+    p.add_argument("--eval-every", type=int, help="validate and update ckpt/best every N steps")
+    p.add_argument("--eval-data", help="held-out captures for evaluation (default: DATA/test)")
+    p.add_argument("--eval-frames", type=int, default=None, help="evaluate at most N frames per capture (default: all)")
+    p.add_argument("--finetune", metavar="CKPT", help="start from these weights (fresh optimizer and step count)")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation against the baselines")
+    p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out data, no training")
+    p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
+    return p.parse_args()
+
+
+def lr_at(step, cfg):
+    warm = max(1, int(cfg.warmup * cfg.max_steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, cfg.max_steps - warm)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def resolve_data(args, cfg, rt, logger):
+    """-> (train dir, eval dir or None). Without --data, generate the built-in set into OUT/data once."""
+    if args.data:
+        root = Path(args.data)
+        if not root.exists():
+            raise DataError(f"{root}: --data folder does not exist")
+        train = root / "train" if (root / "train").is_dir() else root
+        test = Path(args.eval_data) if args.eval_data else next((root / d for d in ("test", "val", "validation") if (root / d).is_dir()), None)
+        return train, test
+    root = Path(args.out) / "data"
+    if rt.master and not (root / "done").exists():
+        from nss.synth import make_dataset
+        logger.info(f"generating built-in data into {root} (train {cfg.synth_train}, held-out {cfg.synth_test}) ...")
+        t0 = time.time()
+        n, f, s = cfg.synth_train
+        make_dataset(root / "train", n, f, (s, s), seed=args.seed)
+        n, f, s = cfg.synth_test
+        make_dataset(root / "test", n, f, (s, s), seed=args.seed + 10_000)   # unseen seeds => unseen scenes
+        (root / "done").write_text("ok\n")
+        logger.info(f"data ready in {time.time() - t0:.0f}s")
+    if rt.ddp:
+        torch.distributed.barrier()
+    return root / "train", Path(args.eval_data) if args.eval_data else root / "test"
+
+
+def window_loss(model, net, batch, cfg, g, rt):
+    """Run the recurrent model over (N, T, ...) windows with history carried frame to frame; BPTT over the
+    whole window. GT-history augmentation replaces the history after frame 0 for some windows."""
+    n, T = batch["colour"].shape[:2]
+    keep = torch.rand(n, generator=g) < cfg.gt_history_chance
+    frame = lambda t: {k: v[:, t] for k, v in batch.items()}
+    state = model.init_state(frame(0))
+    total = 0.0
+    prev = None
+    for t in range(T):
+        f = frame(t)
+        if t == 1 and keep.any():
+            state = model.seed_state(state, frame(0), keep.to(rt.device))
+        out, state = model(f, state, net=net, autocast=rt.autocast())
+        e = f["exposure"]
+        pred = tonemap(out["output_linear"] * e, cfg.tonemapper)
+        y = tonemap(f["ground_truth"] * e, cfg.tonemapper)
+        loss = F.l1_loss(pred, y) + cfg.filtered_weight * F.l1_loss(tonemap(out["out_filtered_linear"] * e, cfg.tonemapper), y)
+        if prev is not None and cfg.temporal_weight > 0:
+            # temporal change of the output vs of the ground truth, both after warping frame t-1 to t
+            grid = pixel_grid(n, *y.shape[-2:], y.device) - f["motion"]
+            warp = lambda img: sample(img, grid, y.shape[-2:])[0]
+            loss = loss + cfg.temporal_weight * F.l1_loss(pred - warp(prev[0]), y - warp(prev[1]))
+        prev = (pred, y)
+        total = total + loss
+    return total / T
+
+
+def main():
+    args = get_args()
+    cfg = runtime.override(PRESETS[args.preset], args)
+    if args.crop == 0:
+        cfg.crop = None
+    rt = runtime.setup(args)
+    out = Path(args.out)
+    logger = log.setup(out, args.log_level, rt.master)
+    metrics = log.Metrics(out, enabled=rt.master)
+    model = NSS(NSSConfig()).to(rt.device)
+    try:
+        if args.evaluate:
+            if not args.model_path:
+                runtime.fail("--evaluate needs --model-path CKPT_DIR")
+            weights, _, _ = ckpt.load(args.model_path, with_state=False)
+            model.net.load_state_dict(weights)
+            _, test = resolve_data(args, cfg, rt, logger)
+            res = evaluate(model, test, rt.device, cfg.tonemapper, cfg.exposure, out / "eval", args.eval_frames)
+            logger.info(table(res) + f"\n\ncomparison grid: {out / 'eval' / 'comparison.png'}")
+            return
+        train_dir, test_dir = resolve_data(args, cfg, rt, logger)
+        train_set = NSSWindows(train_dir, cfg.recurrent_samples, cfg.crop, augment=True, exposure=cfg.exposure)
+    except (DataError, ckpt.CheckpointError) as e:
+        runtime.fail(str(e))
+    logger.info(f"NSS: {sum(p.numel() for p in model.net.parameters()):,} params | {len(train_set)} windows of "
+                f"{cfg.recurrent_samples} frames from {len(train_set.files)} captures | device {rt.device} x{rt.world}")
+    opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+    step, best = 0, -math.inf
+    ck = out / "ckpt"
+    try:
+        if args.resume:
+            weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
+            model.net.load_state_dict(weights)
+            opt.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            ckpt.set_rng_state(state["rng"])
+            step, best = meta["step"], meta.get("best_psnr", -math.inf)
+            logger.info(f"resumed from {ck / 'latest'} at step {step}")
+        elif args.finetune:
+            model.net.load_state_dict(ckpt.load(args.finetune, with_state=False)[0])
+            logger.info(f"fine-tuning from {args.finetune}")
+    except ckpt.CheckpointError as e:
+        runtime.fail(str(e))
+    except (RuntimeError, KeyError) as e:
+        runtime.fail(f"{args.finetune or ck / 'latest'}: not an NSS checkpoint ({str(e).splitlines()[0]})")
+    net = DDP(model.net) if rt.ddp else model.net
+    stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
+    save_every = args.save_every if args.save_every is not None else cfg.save_every
+
+    def save(psnr_val=None):
+        if not rt.master:
+            return
+        meta = {"step": step, "preset": args.preset, "config": asdict(cfg), "model": asdict(model.cfg),
+                "best_psnr": best, "val_psnr": psnr_val, "nan_skipped": guard.skipped}
+        state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": ckpt.rng_state()}
+        name = f"step_{step:07d}"
+        ckpt.save(ck, name, model.net.state_dict(), state, meta)
+        ckpt.link(ck, "latest", name)
+        keep = {name} | ({p.name for p in ck.glob("step_*") if save_every and int(p.name[5:]) % save_every == 0})
+        if psnr_val is not None and psnr_val >= best:
+            ckpt.save(ck, "best", model.net.state_dict(), state, meta)
+        ckpt.prune(ck, keep)
+
+    model.train()
+    t_last, tokens = time.time(), 0
+    with runtime.profiler(args.profile and rt.master, out) as prof_step:
+        while step < cfg.max_steps:
+            g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 7919 + rt.rank)
+            t_data = time.time()
+            batch = {k: v.to(rt.device) for k, v in train_set.batch(cfg.batch_size, g).items()}
+            t_data = time.time() - t_data
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            loss = window_loss(model, net, batch, cfg, g, rt)
+            if not guard.ok(runtime.all_reduce_mean(loss, rt)):
+                logger.warning(f"step {step}: non-finite loss, step skipped ({guard.skipped} so far)")
+                opt.zero_grad(set_to_none=True)
+                if guard.must_stop:
+                    save()
+                    runtime.fail(f"stopping: non-finite loss (--nan-policy {args.nan_policy}); last good state in {ck / 'latest'}")
+                step += 1
+                continue
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.net.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            prof_step()
+            tokens += cfg.batch_size * cfg.recurrent_samples * rt.world
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                dt = time.time() - t_last
+                logger.info(f"step {step:6d} | loss {loss.item():.4f} | lr {lr_at(step - 1, cfg):.2e} | "
+                            f"{tokens / dt:.1f} frames/s | data {t_data * 1000:.0f} ms")
+                metrics.write(step, "train", loss=loss.item(), lr=lr_at(step - 1, cfg), frames_per_s=tokens / dt)
+                t_last, tokens = time.time(), 0
+            val = None
+            if test_dir is not None and rt.master and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                files = sorted(Path(test_dir).rglob("*.safetensors"))[:1]
+                val = evaluate(model, files[0], rt.device, cfg.tonemapper, cfg.exposure, methods=["nss"],
+                               max_frames=16, progress=False)["nss"]["psnr"] if files else None
+                model.train()
+                if val is not None:
+                    metrics.write(step, "val", psnr=val)
+                    logger.info(f"step {step:6d} | val PSNR {val:.2f} dB")
+                    best = max(best, val)
+            if val is not None or step == cfg.max_steps or (save_every and step % save_every == 0):
+                save(psnr_val=val)
+            if stop.signum is not None:
+                save()
+                logger.warning(f"signal {stop.signum}: saved {ck / 'latest'} at step {step}; resume with --resume")
+                runtime.teardown(rt)
+                sys.exit(stop.exit_code)
+    if rt.master and not args.no_evaluate and test_dir is not None:
+        res = evaluate(model, test_dir, rt.device, cfg.tonemapper, cfg.exposure, out / "eval", args.eval_frames)
+        metrics.write(step, "eval", **{f"{m}_{k}": v for m, r in res.items() if isinstance(r, dict) for k, v in r.items()})
+        logger.info(table(res) + f"\n\ncomparison grid: {out / 'eval' / 'comparison.png'}")
+    runtime.teardown(rt)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# nanoNG entry point.
+#   bash run.sh setup                 create .venv and install requirements.txt (done by every command)
+#   bash run.sh demo [nss|all]        generate built-in data, train, evaluate vs baselines, export
+#   bash run.sh smoke                 the test suite (pytest), what CI runs
+#   bash run.sh bench [nss|all]       benchmarks (see bench/ once it exists)
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV=${NANONG_VENV:-$ROOT/.venv}
+PY=$VENV/bin/python
+
+setup() {
+    if [ ! -x "$PY" ]; then
+        echo "[run.sh] creating $VENV"
+        python3 -m venv "$VENV"
+    fi
+    local stamp=$VENV/.requirements.sha
+    local want
+    want=$(cat requirements.txt "$@" 2>/dev/null | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "[run.sh] installing requirements.txt $* into $VENV (first run: a few minutes)"
+        local reqs=(-r requirements.txt)
+        for f in "$@"; do reqs+=(-r "$f"); done
+        "$PY" -m pip install --disable-pip-version-check -q "${reqs[@]}"
+        echo "$want" > "$stamp"
+    fi
+    # Arm's VGF backend finds model-converter with shutil.which: put the venv's bin first.
+    export PATH="$VENV/bin:$PATH"
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+cmd=${1:-help}; shift || true
+case "$cmd" in
+    setup) setup ;;
+    demo)
+        which=${1:-nss}
+        case "$which" in
+            nss|all) setup; "$PY" nss/demo.py "${@:2}" ;;
+            *) echo "error: demo: unknown use case '$which' (have: nss, all)" >&2; exit 2 ;;
+        esac ;;
+    smoke)
+        setup nss/requirements.txt
+        set +e
+        "$PY" -m pytest -q tests "$@"
+        rc=$?
+        set -e
+        # pytest exits 5 when it collected no tests: only acceptable while tests/ is empty.
+        if [ $rc -eq 5 ] && [ -z "$(ls tests/test_*.py 2>/dev/null)" ]; then rc=0; fi
+        exit $rc ;;
+    bench)
+        echo "error: bench is not implemented yet (issue 9)" >&2; exit 2 ;;
+    help|-h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) echo "error: unknown command '$cmd' (setup | demo | smoke | bench)" >&2; exit 2 ;;
+esac

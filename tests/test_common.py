@@ -1,0 +1,123 @@
+"""common/: checkpoints (atomic, exact, never unpickle), metrics, images, runtime helpers."""
+import math
+import os
+import pickle
+
+import pytest
+import torch
+
+from common import ckpt, images, metrics, runtime
+
+
+def _save(root, name="step_0000001", value=1.0):
+    model_state = {"w": torch.full((3, 3), value)}
+    state = {"optimizer": {"step": torch.tensor(5.0)}, "rng": ckpt.rng_state()}
+    return ckpt.save(root, name, model_state, state, {"step": 1})
+
+
+def test_checkpoint_roundtrip_and_latest_link(tmp_path):
+    p = _save(tmp_path)
+    ckpt.link(tmp_path, "latest", p.name)
+    w, state, meta = ckpt.load(tmp_path / "latest")
+    assert torch.equal(w["w"], torch.ones(3, 3)) and meta["step"] == 1
+    assert float(state["optimizer"]["step"]) == 5.0
+    assert sorted(f.name for f in p.iterdir()) == ["meta.json", "model.safetensors", "state.pt"]
+
+
+def test_checkpoint_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
+    _save(tmp_path, "best", 1.0)
+    _save(tmp_path, "best", 2.0)
+    assert torch.equal(ckpt.load(tmp_path / "best")[0]["w"], torch.full((3, 3), 2.0))
+    ckpt.prune(tmp_path, keep=set())
+    assert [p.name for p in tmp_path.iterdir()] == ["best"]
+
+
+def test_rng_state_roundtrip_is_exact(tmp_path):
+    import random
+    import numpy as np
+    torch.manual_seed(3); random.seed(3); np.random.seed(3)
+    s = ckpt.rng_state()
+    a = (torch.rand(4), random.random(), np.random.rand())
+    _save(tmp_path)
+    ckpt.save(tmp_path, "x", {"w": torch.zeros(1)}, {"rng": s}, {})
+    ckpt.set_rng_state(ckpt.load(tmp_path / "x")[1]["rng"])
+    b = (torch.rand(4), random.random(), np.random.rand())
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_malicious_state_pickle_is_refused_without_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = _save(tmp_path)
+    with open(p / "state.pt", "wb") as f:
+        pickle.dump({"optimizer": Evil()}, f)
+    with pytest.raises(ckpt.CheckpointError, match="state.pt"):
+        ckpt.load(p)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_missing_or_corrupt_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="not a checkpoint"):
+        ckpt.load(tmp_path / "nope")
+    p = _save(tmp_path)
+    (p / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors"):
+        ckpt.load(p)
+
+
+def test_psnr_ssim_known_values():
+    x = torch.rand(2, 3, 32, 32)
+    assert metrics.ssim(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    noisy = (x + 0.1).clamp(0, 1)
+    mse = ((noisy - x) ** 2).flatten(1).mean(1)
+    assert metrics.psnr(noisy, x).item() == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-5)
+    assert metrics.ssim(noisy, x).item() < 0.99
+    noisier = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+    assert metrics.ssim(noisier, x) < metrics.ssim(noisy, x)
+    y = x.clone().requires_grad_()
+    metrics.ssim(y, noisy).backward()
+    assert y.grad.abs().sum() > 0
+
+
+def test_temporal_psnr_and_normal_angle():
+    a, b = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    assert math.isinf(metrics.temporal_psnr(a, b, a, b).item()) or metrics.temporal_psnr(a, b, a, b).item() > 100
+    n = torch.nn.functional.normalize(torch.randn(1, 3, 4, 4), dim=1)
+    assert metrics.normal_angle_deg(n, n).max() < 0.1
+    assert metrics.normal_angle_deg(n, -n).min() > 179
+
+
+def test_tonemaps_invert_and_images_roundtrip(tmp_path):
+    x = torch.rand(2, 3, 5, 5) * 10
+    assert torch.allclose(images.inverse_karis(images.karis(x)), x, rtol=1e-4, atol=1e-4)
+    assert images.reinhard(torch.tensor(1.0)) == 0.5
+    img = torch.rand(3, 16, 24)
+    images.save_png(img, tmp_path / "a.png")
+    back = images.load_png(tmp_path / "a.png")
+    assert back.shape == img.shape and (back - img).abs().max() <= 1 / 255 + 1e-6
+    g = images.grid([[img, img, img]], ["A", "B", "C"], tmp_path / "g.png", crop=(4, 4, 8), zoom=2)
+    assert (tmp_path / "g.png").exists() and g.shape[0] == 3 and g.shape[2] > 3 * 24
+
+
+def test_nan_guard_and_override():
+    g = runtime.NanGuard("skip")
+    assert g.ok(torch.tensor(1.0)) and not g.ok(torch.tensor(float("nan"))) and g.skipped == 1
+    assert not g.must_stop and runtime.NanGuard("stop").ok(torch.tensor(float("inf"))) is False
+    s = runtime.NanGuard("stop"); s.ok(torch.tensor(float("inf")))
+    assert s.must_stop
+
+    from dataclasses import dataclass
+
+    @dataclass
+    class C:
+        lr: float = 1.0
+        steps: int = 3
+
+    class A:
+        lr, steps = 0.5, None
+
+    assert runtime.override(C(), A()) == C(lr=0.5, steps=3)
