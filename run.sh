@@ -10,6 +10,18 @@ ROOT=$(pwd)
 VENV=${NANONG_VENV:-$ROOT/.venv}
 PY=$VENV/bin/python
 
+vulkan_for_vgf() {
+    # Running a .vgf without an Arm GPU needs Mesa's lavapipe Vulkan driver under Arm's emulation layer.
+    dpkg -s mesa-vulkan-drivers libvulkan1 >/dev/null 2>&1 && return 0
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[run.sh] installing Debian mesa-vulkan-drivers libvulkan1 (lavapipe, to run .vgf files on the CPU)"
+        { apt-get install -y -q mesa-vulkan-drivers libvulkan1 || { apt-get update -q && apt-get install -y -q mesa-vulkan-drivers libvulkan1; }; } >/dev/null 2>&1 \
+            || echo "[run.sh] note: could not install mesa-vulkan-drivers; .vgf files will be exported but not run"
+    else
+        echo "[run.sh] note: no root apt; install mesa-vulkan-drivers libvulkan1 to run .vgf files (export still works)"
+    fi
+}
+
 setup() {
     if [ ! -x "$PY" ]; then
         echo "[run.sh] creating $VENV"
@@ -25,6 +37,7 @@ setup() {
         "$PY" -m pip install --disable-pip-version-check -q "${reqs[@]}"
         echo "$want" > "$stamp"
     fi
+    vulkan_for_vgf
     # Arm's VGF backend finds model-converter with shutil.which: put the venv's bin first.
     export PATH="$VENV/bin:$PATH"
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -63,7 +63,7 @@ PRESETS = {
 }
 
 
-def get_args():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     runtime.add_common_args(p, PRESETS)
@@ -80,7 +80,8 @@ def get_args():
     p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation against the baselines")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out data, no training")
     p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
-    return p.parse_args()
+    p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (time-boxed jobs; continue with --resume)")
+    return p
 
 
 def lr_at(step, cfg):
@@ -145,7 +146,7 @@ def window_loss(model, net, batch, cfg, g, rt):
 
 
 def main():
-    args = get_args()
+    args = build_parser().parse_args()
     cfg = runtime.override(PRESETS[args.preset], args)
     if args.crop == 0:
         cfg.crop = None
@@ -209,7 +210,7 @@ def main():
         ckpt.prune(ck, keep)
 
     model.train()
-    t_last, tokens = time.time(), 0
+    start_step, t_last, tokens = step, time.time(), 0
     with runtime.profiler(args.profile and rt.master, out) as prof_step:
         while step < cfg.max_steps:
             g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 7919 + rt.rank)
@@ -254,6 +255,11 @@ def main():
                     best = max(best, val)
             if val is not None or step == cfg.max_steps or (save_every and step % save_every == 0):
                 save(psnr_val=val)
+            if args.stop_after and step - start_step >= args.stop_after:
+                save()
+                logger.info(f"--stop-after {args.stop_after}: saved {ck / 'latest'} at step {step}")
+                runtime.teardown(rt)
+                return
             if stop.signum is not None:
                 save()
                 logger.warning(f"signal {stop.signum}: saved {ck / 'latest'} at step {step}; resume with --resume")

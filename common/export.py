@@ -1,0 +1,252 @@
+"""Export a network with ExecuTorch to a VGF (Arm's ML extensions for Vulkan) and an XNNPACK `.pte`,
+then check that each export computes what eager PyTorch computes.
+
+    from common.export import export_fp32
+    report = export_fp32(net, (x,), "runs/nss/export")    # net: tensors in, a tensor or a tuple out
+
+    runs/nss/export/model.vgf           the standalone VGF (what a Vulkan app with the ML extensions loads)
+                    model.tosa          the same graph as a TOSA flatbuffer (the input to model-converter)
+                    model_vgf.pte       ExecuTorch program with the VGF delegate
+                    model.pte           ExecuTorch program with the XNNPACK delegate, for CPUs
+                    export_report.json  delegated fraction, max-abs-error of every check, timings
+
+What runs where: `run_pte` runs model.pte in pip's ExecuTorch runtime; `run_tosa` runs model.tosa in the
+TOSA reference model; `run_vgf` runs model.vgf with Arm's scenario runner on the ML emulation layer over
+Mesa's lavapipe (Debian `mesa-vulkan-drivers libvulkan1`). model_vgf.pte needs a runtime built from source
+with the VGF backend, so nothing here runs it. Arm's VGF backend calls `model-converter`, which it finds on
+PATH: put the venv's bin first (run.sh does). See ref/export.md for what was measured.
+
+The runners keep each array's dtype, so the int8 path (common/quant.py: a PT2E-converted graph lowered
+with tosa_spec="TOSA-1.0+INT", int8 tensors at the TOSA/VGF boundary) reuses lower_* and run_*.
+"""
+import ctypes
+import glob
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("nanong")
+
+
+def _numpy(x):
+    return np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
+
+
+def max_abs_error(outputs, reference):
+    """Largest |a - b| over all outputs (tensors or arrays, any dtype), compared in float64."""
+    if len(outputs) != len(reference):
+        raise ValueError(f"{len(outputs)} outputs, expected {len(reference)}")
+    return max(float(np.abs(_numpy(o).astype(np.float64) - _numpy(r).astype(np.float64)).max())
+               for o, r in zip(outputs, reference))
+
+
+def _median_ms(fn, repeats):
+    fn()  # warm-up: first calls allocate and pick kernels
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return round(statistics.median(times), 3)
+
+
+def _delegation_report(edge):
+    from executorch.devtools.backend_debug import get_delegation_info
+    info = get_delegation_info(edge.exported_program().graph_module)
+    # `getitem` nodes only unpack the delegate's output tuple: no work is left on the CPU for them.
+    ops = {name: b for name, b in info.delegation_by_operator.items() if name != "getitem"}
+    delegated = sum(b.delegated for b in ops.values())
+    left = sum(b.non_delegated for b in ops.values())
+    return {"delegated_fraction": round(delegated / max(delegated + left, 1), 4),
+            "delegated_nodes": delegated, "non_delegated_nodes": left,
+            "non_delegated_ops": sorted(name for name, b in ops.items() if b.non_delegated)}
+
+
+def lower_vgf(exported_program, out_dir, tosa_spec="TOSA-1.0+FP"):
+    """Lower to the VGF delegate: writes out_dir/{model_vgf.pte, model.vgf, model.tosa}; returns a report."""
+    from executorch.backends.arm.vgf import VgfCompileSpec, VgfPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    converter = os.environ.get("MODEL_CONVERTER_PATH") or shutil.which("model-converter")
+    if not converter or not shutil.which(converter):
+        raise RuntimeError("Arm's model-converter was not found: put the venv's bin first on PATH "
+                           "(export PATH=$PWD/.venv/bin:$PATH, as run.sh does) or set MODEL_CONVERTER_PATH "
+                           "(pip install ai-ml-sdk-model-converter==0.11.0)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as dump:
+        spec = VgfCompileSpec(tosa_spec).dump_intermediate_artifacts_to(dump)
+        edge = to_edge_transform_and_lower(exported_program, partitioner=[VgfPartitioner(spec)])
+        report = _delegation_report(edge)  # before to_executorch: its memory planning adds `alloc` nodes
+        (out_dir / "model_vgf.pte").write_bytes(edge.to_executorch().buffer)
+        report["seconds"] = round(time.perf_counter() - t, 3)
+        vgfs, tosas = glob.glob(f"{dump}/*.vgf"), glob.glob(f"{dump}/*.tosa")
+        if len(vgfs) != 1 or len(tosas) != 1:
+            raise RuntimeError(f"VGF lowering made {len(vgfs)} delegated graphs, expected 1: a standalone "
+                               f"model.vgf needs the whole network in one graph (left on the CPU: "
+                               f"{', '.join(report['non_delegated_ops']) or 'nothing'})")
+        shutil.copyfile(vgfs[0], out_dir / "model.vgf")
+        shutil.copyfile(tosas[0], out_dir / "model.tosa")
+    return report
+
+
+def lower_xnnpack(exported_program, path):
+    """Lower to the XNNPACK delegate and write the CPU `.pte` to path; returns a report."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    t = time.perf_counter()
+    edge = to_edge_transform_and_lower(exported_program, partitioner=[XnnpackPartitioner()])
+    report = _delegation_report(edge)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(edge.to_executorch().buffer)
+    report["seconds"] = round(time.perf_counter() - t, 3)
+    return report
+
+
+def load_pte(path):
+    """Load a `.pte` in ExecuTorch's runtime; returns forward(inputs: list[Tensor]) -> list[Tensor]."""
+    from executorch.runtime import Runtime
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    # Outputs may live in the program's planned memory, which the next call overwrites: copy them out.
+    return lambda inputs: [o.clone() for o in method.execute([torch.as_tensor(x).contiguous() for x in inputs])]
+
+
+def run_pte(path, inputs):
+    return load_pte(path)(inputs)
+
+
+def run_tosa(tosa_path, inputs):
+    """Run a `.tosa` flatbuffer in the TOSA reference model (inputs in graph order, dtypes kept)."""
+    import tosa_reference_model
+    outputs, status = tosa_reference_model.run(Path(tosa_path).read_bytes(), [_numpy(x) for x in inputs],
+                                               initialize_variable_tensor_from_numpy=True)
+    if status != tosa_reference_model.GraphStatus.TOSA_VALID:
+        raise RuntimeError(f"{tosa_path}: TOSA reference model returned {status}")
+    return outputs
+
+
+def vulkan_unavailable_reason():
+    """None when run_vgf can run here, else why not (and what to install)."""
+    if not (shutil.which("scenario_runner") and shutil.which("vgf_dump")):
+        return ("scenario_runner/vgf_dump not on PATH (pip install ai-ml-sdk-scenario-runner "
+                "ai-ml-sdk-vgf-library; venv bin on PATH)")
+    try:
+        import emulation_layer  # noqa: F401
+    except ImportError:
+        return "Arm's ML emulation layer is missing (pip install ai-ml-emulation-layer-for-vulkan)"
+    try:
+        ctypes.CDLL("libvulkan.so.1")
+    except OSError:
+        return "no Vulkan loader libvulkan.so.1 (apt-get install libvulkan1 mesa-vulkan-drivers)"
+    drivers = glob.glob("/usr/share/vulkan/icd.d/*.json") + glob.glob("/etc/vulkan/icd.d/*.json")
+    if not drivers and not (os.environ.get("VK_ICD_FILENAMES") or os.environ.get("VK_DRIVER_FILES")):
+        return "no Vulkan driver (apt-get install mesa-vulkan-drivers for the lavapipe CPU driver)"
+    return None
+
+
+def _emulation_env(work_dir):
+    """Environment that loads Arm's Graph and Tensor emulation layers, in that order."""
+    from emulation_layer.cli import get_deploy_paths
+    deploy = get_deploy_paths()
+    # Debian 12's loader ignores the order in VK_INSTANCE_LAYERS; one folder per layer fixes it
+    # (else: "ML Emulation Layer for Vulkan requires extension: VK_ARM_tensors").
+    folders = []
+    for name in ("Graph", "Tensor"):
+        folder = Path(work_dir) / f"layer_{name.lower()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(deploy["VK_LAYER_PATH"]) / f"VkLayer_{name}.json", folder)
+        folders.append(str(folder))
+    env = dict(os.environ, VK_LAYER_PATH=":".join(folders),
+               VK_INSTANCE_LAYERS="VK_LAYER_ML_Graph_Emulation:VK_LAYER_ML_Tensor_Emulation")
+    env["LD_LIBRARY_PATH"] = ":".join(filter(None, [deploy["LD_LIBRARY_PATH"], env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+def run_vgf(vgf_path, inputs, work_dir):
+    """Run a `.vgf` with Arm's scenario runner on the emulation layer; None when Vulkan is unavailable
+    (see vulkan_unavailable_reason). Arrays keep their dtype (int8 graphs take VK_FORMAT_R8_SINT)."""
+    if vulkan_unavailable_reason():
+        return None
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    template = work / "scenario_template.json"
+    subprocess.run(["vgf_dump", "-i", str(vgf_path), "--scenario-template", "-o", str(template)],
+                   check=True, capture_output=True)
+    scenario = json.loads(template.read_text())
+    outputs = {}
+    for resource in scenario["resources"]:
+        if "graph" in resource:
+            resource["graph"]["src"] = str(Path(vgf_path).resolve())
+        tensor = resource.get("tensor", {})
+        if tensor.get("src", "").startswith("TEMPLATE_PATH_TENSOR_INPUT_"):
+            x = _numpy(inputs[int(tensor["src"].rsplit("_", 1)[1])])
+            if list(x.shape) != tensor["dims"]:
+                raise ValueError(f"{vgf_path}: input {tensor['uid']} has shape {tensor['dims']}, got {list(x.shape)}")
+            tensor["src"] = str(work / f"{tensor['uid']}.npy")
+            np.save(tensor["src"], x)
+        if tensor.get("dst", "").startswith("TEMPLATE_PATH_TENSOR_OUTPUT_"):
+            outputs[int(tensor["dst"].rsplit("_", 1)[1])] = tensor["dst"] = str(work / f"{tensor['uid']}.npy")
+    # vgf_dump 0.11 still writes the deprecated name of the command.
+    scenario["commands"] = [{("dispatch_vgf" if k == "dispatch_graph" else k): v for k, v in c.items()}
+                            for c in scenario["commands"]]
+    (work / "scenario.json").write_text(json.dumps(scenario, indent=1))
+    run = subprocess.run(["scenario_runner", "--scenario", str(work / "scenario.json"), "--output", str(work)],
+                         env=_emulation_env(work), capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"scenario_runner failed on {vgf_path} (exit {run.returncode}):\n"
+                           f"{(run.stdout + run.stderr)[-2000:]}")
+    return [np.load(outputs[i]) for i in sorted(outputs)]
+
+
+def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check=True, repeats=3):
+    """torch.export -> VGF (+ TOSA) and XNNPACK files in out_dir; with check, run each on example_inputs and
+    record its max-abs-error against eager PyTorch. Writes and returns out_dir/export_report.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, example_inputs, start = model.eval(), tuple(example_inputs), time.perf_counter()
+    report = {"export_type": "fp32", "input_shapes": [list(x.shape) for x in example_inputs],
+              "versions": {p: version(p) for p in ("torch", "executorch")}}
+    t = time.perf_counter()
+    program = torch.export.export(model, example_inputs)
+    report["export_seconds"] = round(time.perf_counter() - t, 3)
+    if vgf:
+        report["vgf"] = lower_vgf(program, out_dir, "TOSA-1.0+FP")
+    if xnnpack:
+        report["xnnpack"] = lower_xnnpack(program, out_dir / "model.pte")
+    log.info("export: " + json.dumps({k: report[k] for k in ("export_seconds", "vgf", "xnnpack") if k in report}))
+    if check:
+        with torch.no_grad():
+            reference = model(*example_inputs)
+            reference = list(reference) if isinstance(reference, (tuple, list)) else [reference]
+            checks = {"eager_ms": _median_ms(lambda: model(*example_inputs), repeats)}
+        if xnnpack:
+            forward = load_pte(out_dir / "model.pte")
+            checks["pte_max_abs_error"] = max_abs_error(forward(example_inputs), reference)
+            checks["pte_ms"] = _median_ms(lambda: forward(example_inputs), repeats)
+        if vgf:
+            t = time.perf_counter()
+            checks["tosa_max_abs_error"] = max_abs_error(run_tosa(out_dir / "model.tosa", example_inputs), reference)
+            checks["tosa_seconds"] = round(time.perf_counter() - t, 3)
+            reason, t = vulkan_unavailable_reason(), time.perf_counter()
+            if reason:
+                checks["vgf_skipped"] = reason
+            else:
+                with tempfile.TemporaryDirectory() as work:
+                    outputs = run_vgf(out_dir / "model.vgf", example_inputs, work)
+                checks["vgf_max_abs_error"] = max_abs_error(outputs, reference)
+                checks["vgf_seconds"] = round(time.perf_counter() - t, 3)
+        report["checks"] = checks
+        log.info("export: checks " + json.dumps(checks))
+    report["total_seconds"] = round(time.perf_counter() - start, 3)
+    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+    return report

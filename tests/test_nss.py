@@ -1,0 +1,196 @@
+"""NSS end to end on tiny generated data: Arm's file format, clear errors, the model, training (loss falls,
+exact resume, torchrun), evaluation against baselines and export."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from nss.dataset import DataError, NSSWindows, SPEC, augment, read_capture, sequences
+from nss.model import NSS
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+# every key of Arm's NSS safetensors layout (ref/nss.md §1.3) with its dtype and per-frame shape
+ARM_KEYS = {
+    "colour_linear": (torch.float16, (3, 8, 8)), "ground_truth_linear": (torch.float16, (3, 16, 16)),
+    "depth": (torch.float32, (1, 8, 8)), "motion_lr": (torch.float16, (2, 8, 8)), "motion": (torch.float16, (2, 16, 16)),
+    "jitter": (torch.float32, (2, 1, 1)), "X": (torch.float32, (1,)), "Y": (torch.float32, (1,)),
+    "exposure": (torch.float32, (1,)), "render_size": (torch.int32, (2,)), "outDims": (torch.int32, (2,)),
+    "TargetResolution": (torch.int32, (2,)), "EmulatedFramerate": (torch.float32, (1,)), "Samples": (torch.int32, (1,)),
+    "viewProj": (torch.float32, (1, 4, 4)), "zNear": (torch.float32, (1,)), "zFar": (torch.float32, (1,)),
+    "infinite_zFar": (torch.bool, (1,)), "ReverseZ": (torch.bool, (1,)), "FovX": (torch.float32, (1,)),
+    "FovY": (torch.float32, (1,)), "scale": (torch.float32, (1,)), "seq": (torch.int64, (1,)), "img": (torch.int64, (1,)),
+    "camera_cut": (torch.bool, (1,)), "depth_params": (torch.float32, (4,)),
+}
+
+
+def write_arm_file(path, frames=5, drop=(), cuts=(), **replace):
+    g = torch.Generator().manual_seed(0)
+    t = {}
+    for k, (dt, shape) in ARM_KEYS.items():
+        if dt.is_floating_point:
+            t[k] = torch.rand((frames,) + shape, generator=g).to(dt)
+        elif dt == torch.bool:
+            t[k] = torch.zeros((frames,) + shape, dtype=dt)
+        else:
+            t[k] = torch.ones((frames,) + shape, dtype=dt)
+    t["depth_params"] = torch.tensor([1.001, -0.1, 1.0, 1.0]).expand(frames, 4).contiguous()
+    t["render_size"] = torch.tensor([8, 8], dtype=torch.int32).expand(frames, 2).contiguous()
+    for c in cuts:
+        t["camera_cut"][c] = True
+    t.update(replace)
+    for k in drop:
+        del t[k]
+    save_file(t, str(path), metadata={"Length": str(frames), "Created": "23-11-2026", "Version": "test"})
+    return path
+
+
+def run(args, **kw):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, **kw)
+
+
+def test_reads_arm_file_with_every_key(tmp_path):
+    cap = read_capture(write_arm_file(tmp_path / "a.safetensors"))
+    assert set(SPEC) <= set(cap)
+    assert cap["colour_linear"].shape == (5, 3, 8, 8) and cap["ground_truth_linear"].shape == (5, 3, 16, 16)
+    assert cap["motion_lr"].dtype == torch.float16 and cap["jitter"].shape == (5, 2, 1, 1)
+
+
+def test_optional_keys_fall_back_like_arms_loader(tmp_path):
+    cap = read_capture(write_arm_file(tmp_path / "a.safetensors", drop=("motion_lr", "exposure", "camera_cut")))
+    assert cap["motion_lr"].shape == (5, 2, 8, 8) and torch.equal(cap["exposure"], torch.zeros(5, 1))
+    assert not cap["camera_cut"].any()
+
+
+def test_windows_never_cross_a_camera_cut(tmp_path):
+    write_arm_file(tmp_path / "a.safetensors", frames=10, cuts=(4,))
+    assert sequences(read_capture(tmp_path / "a.safetensors")["camera_cut"]) == [(0, 4), (4, 10)]
+    ds = NSSWindows(tmp_path, frames=3, augment=False)
+    assert sorted(ds.windows) == [(0, 0), (0, 1), (0, 4), (0, 5), (0, 6), (0, 7)]
+
+
+@pytest.mark.parametrize("case,match", [
+    (dict(drop=("depth",)), "missing key 'depth'"),
+    (dict(depth=torch.full((5, 1, 8, 8), float("nan"))), "'depth': contains NaN"),
+    (dict(motion=torch.zeros(5, 2, 8, 8, dtype=torch.float16)), "'motion': shape"),
+    (dict(colour_linear=torch.zeros(5, 3, 8, 8, dtype=torch.int32)), "'colour_linear': dtype"),
+])
+def test_bad_files_name_file_and_key(tmp_path, case, match):
+    p = write_arm_file(tmp_path / "bad.safetensors", **case)
+    with pytest.raises(DataError, match=match) as e:
+        read_capture(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncated_file_names_the_key(tmp_path):
+    p = write_arm_file(tmp_path / "t.safetensors")
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"key '.*': truncated"):
+        read_capture(p)
+
+
+def test_cli_bad_data_is_one_line_exit_2(tmp_path):
+    write_arm_file(tmp_path / "bad.safetensors", drop=("depth",))
+    r = run(["nss/train.py", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "tiny"], timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "missing key 'depth'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_augmentation_keeps_motion_consistent(tmp_path):
+    """Warping frame t-1 by the motion must still find frame t after flips and rotations."""
+    from nss.model import pixel_grid, sample
+    H = W = 16
+    img = torch.rand(1, 3, H, W)
+    prev, cur = img, torch.roll(img, shifts=(2, -3), dims=(2, 3))        # moved down 2, left 3
+    mv = torch.tensor([2.0, -3.0]).view(1, 2, 1, 1).expand(1, 2, H, W)
+    s = {"colour": torch.stack([prev, cur], 1)[0], "ground_truth": torch.stack([prev, cur], 1)[0],
+         "depth": torch.zeros(2, 1, H, W), "motion_lr": mv.expand(2, 2, H, W).clone(), "motion": mv.expand(2, 2, H, W).clone(),
+         "jitter": torch.zeros(2, 2, 1, 1), "exposure": torch.ones(2, 1, 1, 1), "depth_params": torch.zeros(2, 4, 1, 1)}
+    for seed in range(8):
+        a = augment({k: v.clone() for k, v in s.items()}, torch.Generator().manual_seed(seed))
+        warped, _ = sample(a["colour"][0:1], pixel_grid(1, H, W, "cpu") - a["motion"][1:2], (H, W), mode="nearest")
+        inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))
+        assert torch.allclose(warped[inner], a["colour"][1:2][inner]), seed
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from nss.synth import make_dataset
+    root = tmp_path_factory.mktemp("nss_data")
+    make_dataset(root / "train", 2, 8, (64, 64), seed=1, progress=False)
+    make_dataset(root / "test", 1, 6, (64, 64), seed=99, progress=False)
+    return root
+
+
+def test_synth_writes_the_arm_layout(synth_data):
+    f = sorted((synth_data / "train").glob("*.safetensors"))[0]
+    cap = read_capture(f, keys=list(SPEC))
+    from safetensors import safe_open
+    with safe_open(str(f), "pt") as s:
+        keys = set(s.keys())
+    assert set(ARM_KEYS) <= keys
+    assert cap["colour_linear"].shape[-2:] == (32, 32) and cap["ground_truth_linear"].shape[-2:] == (64, 64)
+
+
+def _train(data, out, steps, extra=()):
+    return run(["nss/train.py", "--data", str(data), "--out", str(out), "--preset", "tiny", "--max-steps", str(steps),
+                "--no-evaluate", "--seed", "5", *extra], timeout=600)
+
+
+def _losses(out):
+    return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if r["split"] == "train"]
+
+
+def test_loss_falls_and_exact_resume(synth_data, tmp_path):
+    r = _train(synth_data, tmp_path / "full", 30)
+    assert r.returncode == 0, r.stderr[-2000:]
+    losses = _losses(tmp_path / "full")
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
+    r = _train(synth_data, tmp_path / "split", 30, ["--stop-after", "13"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _train(synth_data, tmp_path / "split", 30, ["--resume"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    from common.ckpt import load
+    a = load(tmp_path / "full" / "ckpt" / "latest")[0]
+    b = load(tmp_path / "split" / "ckpt" / "latest")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+
+
+def test_torchrun_two_processes_only_rank0_writes(synth_data, tmp_path):
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "nss/train.py", "--data", str(synth_data), "--out", str(out), "--preset", "tiny",
+                        "--max-steps", "4", "--no-evaluate"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "ckpt" / "latest" / "model.safetensors").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt", "metrics.jsonl", "output.log"]
+    assert "x2" in (out / "output.log").read_text()          # both ranks took part
+    assert (out / "output.log").read_text().count("resumed") == 0
+
+
+def test_evaluate_beats_nothing_silly_and_writes_grid(synth_data, tmp_path):
+    from nss.evaluate import evaluate
+    res = evaluate(NSS(), synth_data / "test", "cpu", out_dir=tmp_path, progress=False)
+    for m in ("bilinear", "bicubic", "taa", "nss"):
+        assert 5 < res[m]["psnr"] < 60 and 0 < res[m]["ssim"] <= 1
+    assert res["taa"]["psnr"] > res["bilinear"]["psnr"] - 1.0       # TAA accumulation is a real baseline
+    assert (tmp_path / "comparison.png").exists() and json.loads((tmp_path / "results.json").read_text())["frames"] == 6
+
+
+def test_help_explains_every_flag():
+    r = run(["nss/train.py", "--help"], timeout=60)
+    assert r.returncode == 0
+    import re
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", r.stdout))
+    for flag in ("--data", "--preset", "--out", "--max-steps", "--device", "--resume", "--finetune", "--no-evaluate",
+                 "--evaluate", "--model-path", "--recurrent-samples", "--log-level", "--profile", "--amp"):
+        assert flag in flags
+    from nss.train import build_parser
+    for action in build_parser()._actions:
+        assert action.help and len(action.help) > 10, f"flag without explanation: {action.option_strings}"
