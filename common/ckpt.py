@@ -42,7 +42,12 @@ def save(ckpt_root, name, model_state, state, meta):
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+    tensors, seen = {}, set()
+    for k, v in model_state.items():   # safetensors refuses shared storage (e.g. QAT observers shared by edges)
+        v = v.detach().cpu().contiguous()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), v.dtype) if v.numel() else None
+        tensors[k] = v.clone() if key in seen else v
+        seen.add(key)
     save_file(tensors, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     meta = dict(meta, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"), torch=torch.__version__)
@@ -119,3 +124,13 @@ def set_rng_state(s):
     torch.set_rng_state(s["torch"])
     if torch.cuda.is_available() and s["cuda"]:
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def load_into(module, weights, strict=True):
+    """module.load_state_dict(weights) for weights read from safetensors, which keeps no per-submodule
+    `_metadata` (state-dict versions). Without it some modules migrate "old" state on load: torchao's
+    observers, for one, reset their `eps` buffer, so a resumed QAT run would not be bit-exact."""
+    from collections import OrderedDict
+    state = OrderedDict(weights)
+    state._metadata = getattr(module.state_dict(), "_metadata", None)
+    return module.load_state_dict(state, strict=strict)

@@ -29,7 +29,8 @@ def setup(out_dir, level="info", master=True, name="nanong"):
 
 
 class Metrics:
-    """Append-only JSONL of {"step", "split", **values}; mirrored to TensorBoard if it is installed."""
+    """Append-only JSONL of {"step", "split", **values}; mirrored to TensorBoard if it is installed.
+    On resume from step S, rows logged after S by the interrupted run are dropped (they will be redone)."""
 
     def __init__(self, out_dir, enabled=True):
         self.enabled = enabled
@@ -41,6 +42,12 @@ class Metrics:
                 self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
             except ImportError:
                 pass
+
+    def resume(self, step):
+        """Drop rows the interrupted run logged after its checkpoint at `step`; the resumed run redoes them."""
+        if self.enabled and self.path.exists():
+            rows = [r for r in self.path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+            self.path.write_text("".join(r + "\n" for r in rows))
 
     def write(self, step, split, **values):
         if not self.enabled:

@@ -8,14 +8,19 @@ Resume / fine-tune / evaluate only:
     python nss/train.py --out runs/nss --resume
     python nss/train.py --out runs/ft --finetune runs/nss/ckpt/best --data DIR
     python nss/train.py --evaluate --model-path runs/nss/ckpt/best --out runs/nss
+int8 (Arm's scheme, common/quant.py): quantization-aware fine-tuning of an fp32 checkpoint, then evaluate
+    python nss/train.py --qat --finetune runs/nss/ckpt/best --out runs/nss_qat [--data DIR]
+    python nss/train.py --evaluate --model-path runs/nss_qat/ckpt/latest --model-type qat_int8 --out runs/nss_qat
+    python nss/train.py --evaluate --model-path runs/nss/ckpt/best --model-type ptq_int8 --out runs/nss_ptq
 Two processes (DDP, gloo on CPU; rank 0 logs and saves):
     torchrun --standalone --nproc_per_node=2 nss/train.py --out runs/nss
 """
 import argparse
+import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import ckpt, log, runtime
+from common import ckpt, log, quant, runtime
 from nss.dataset import DataError, NSSWindows
 from nss.evaluate import evaluate, table, tonemap
 from nss.model import NSS, NSSConfig, sample, pixel_grid
+from nss.quantize import MODEL_TYPES, calibration_inputs, checkpoint_type, load_net, qat_net
 
 
 @dataclass
@@ -49,6 +55,8 @@ class Config:
     eval_every: int = 200          # validation (and best checkpoint) every N steps
     save_every: int = 0            # keep ckpt/step_XXXXXXX every N steps (0 = only latest/best)
     log_every: int = 20
+    qat_steps: int = 300           # --qat: steps of fake-quant fine-tuning (Arm: 2 epochs)
+    qat_lr: float = 1e-4           # --qat: AdamW lr, cosine to qat_lr / 100 (Arm: 1e-4 -> 1e-6)
     # built-in data (when --data is absent): (sequences, frames, high-res size) for train and held-out
     synth_train: tuple = (16, 24, 192)
     synth_test: tuple = (4, 32, 256)
@@ -56,10 +64,10 @@ class Config:
 
 PRESETS = {
     "tiny": Config(max_steps=30, batch_size=2, recurrent_samples=3, crop=16, lr=3e-3, eval_every=15, log_every=5,
-                   synth_train=(2, 8, 64), synth_test=(1, 6, 64)),
+                   qat_steps=20, qat_lr=3e-4, synth_train=(2, 8, 64), synth_test=(1, 6, 64)),
     "cpu": Config(),
     "paper": Config(max_steps=60000, batch_size=8, recurrent_samples=16, crop=128, lr=1e-3, min_lr=1e-6,
-                    eval_every=2000, save_every=5000, synth_train=(300, 100, 256), synth_test=(20, 100, 512)),
+                    qat_steps=8000, eval_every=2000, save_every=5000, synth_train=(300, 100, 256), synth_test=(20, 100, 512)),
 }
 
 
@@ -80,6 +88,11 @@ def build_parser():
     p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation against the baselines")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out data, no training")
     p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
+    p.add_argument("--model-type", choices=MODEL_TYPES, help="--evaluate as: fp32, ptq_int8 (int8 calibrated on "
+                   "training frames) or qat_int8 (a --qat checkpoint converted to int8); default: the checkpoint's")
+    p.add_argument("--qat", action="store_true", help="quantization-aware training (int8 fake-quant, Arm's scheme) "
+                   "from the fp32 weights of --finetune CKPT; preset's qat_steps and qat_lr; resumable")
+    p.add_argument("--calibration-frames", type=int, default=16, help="ptq_int8: real frames to calibrate on")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (time-boxed jobs; continue with --resume)")
     return p
 
@@ -147,50 +160,74 @@ def window_loss(model, net, batch, cfg, g, rt):
 
 def main():
     args = build_parser().parse_args()
-    cfg = runtime.override(PRESETS[args.preset], args)
+    ck = Path(args.out) / "ckpt"
+    qat = args.qat or (args.resume and checkpoint_type(ck / "latest") == "qat_int8")
+    base = PRESETS[args.preset]
+    if qat:   # Arm's QAT schedule: a short fine-tune at a low lr, cosine to lr/100, no warm-up
+        base = replace(base, max_steps=base.qat_steps, lr=base.qat_lr, min_lr=base.qat_lr / 100, warmup=0.0)
+    cfg = runtime.override(base, args)
     if args.crop == 0:
         cfg.crop = None
     rt = runtime.setup(args)
     out = Path(args.out)
     logger = log.setup(out, args.log_level, rt.master)
     metrics = log.Metrics(out, enabled=rt.master)
-    model = NSS(NSSConfig()).to(rt.device)
+    model = NSS(NSSConfig())
     try:
         if args.evaluate:
             if not args.model_path:
                 runtime.fail("--evaluate needs --model-path CKPT_DIR")
-            weights, _, _ = ckpt.load(args.model_path, with_state=False)
-            model.net.load_state_dict(weights)
-            _, test = resolve_data(args, cfg, rt, logger)
+            train_dir, test = resolve_data(args, cfg, rt, logger)
+            calib = None
+            if (args.model_type or checkpoint_type(args.model_path)) == "ptq_int8":
+                model.net.load_state_dict(ckpt.load(args.model_path, with_state=False)[0])
+                calib = calibration_inputs(model, train_dir, args.calibration_frames)
+            model.net, model_type = load_net(args.model_path, args.model_type, calib)
+            model.to(rt.device)
             res = evaluate(model, test, rt.device, cfg.tonemapper, cfg.exposure, out / "eval", args.eval_frames)
-            logger.info(table(res) + f"\n\ncomparison grid: {out / 'eval' / 'comparison.png'}")
+            res["model_type"] = model_type
+            (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))
+            logger.info(table(res, f"NSS ({model_type}) vs baselines (held-out, tonemapped)") +
+                        f"\n\ncomparison grid: {out / 'eval' / 'comparison.png'}")
             return
         train_dir, test_dir = resolve_data(args, cfg, rt, logger)
         train_set = NSSWindows(train_dir, cfg.recurrent_samples, cfg.crop, augment=True, exposure=cfg.exposure)
+        if args.finetune:
+            if checkpoint_type(args.finetune) != "fp32":
+                runtime.fail(f"{args.finetune}: --finetune takes an fp32 checkpoint (this one is {checkpoint_type(args.finetune)})")
+            model.net.load_state_dict(ckpt.load(args.finetune, with_state=False)[0])
+            logger.info(f"fine-tuning from {args.finetune}")
+        elif qat and not args.resume:
+            runtime.fail("--qat fine-tunes trained fp32 weights: give them with --finetune CKPT")
     except (DataError, ckpt.CheckpointError) as e:
         runtime.fail(str(e))
-    logger.info(f"NSS: {sum(p.numel() for p in model.net.parameters()):,} params | {len(train_set)} windows of "
-                f"{cfg.recurrent_samples} frames from {len(train_set.files)} captures | device {rt.device} x{rt.world}")
+    except (RuntimeError, KeyError) as e:
+        runtime.fail(f"{args.finetune or args.model_path}: not an NSS checkpoint ({str(e).splitlines()[0]})")
+    if qat:
+        model.net = qat_net(model.net)
+        logger.info("QAT: int8 fake-quant on weights (per-channel symmetric) and activations (per-tensor affine); "
+                    "sigmoid outputs fixed at scale 1/254, zero point -127")
+    model.to(rt.device)
+    logger.info(f"NSS{' QAT' if qat else ''}: {sum(p.numel() for p in model.net.parameters()):,} params | "
+                f"{len(train_set)} windows of {cfg.recurrent_samples} frames from {len(train_set.files)} captures | "
+                f"device {rt.device} x{rt.world}")
     opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     step, best = 0, -math.inf
-    ck = out / "ckpt"
     try:
         if args.resume:
             weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
-            model.net.load_state_dict(weights)
+            ckpt.load_into(model.net, weights)
             opt.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             ckpt.set_rng_state(state["rng"])
             step, best = meta["step"], meta.get("best_psnr", -math.inf)
+            metrics.resume(step)
             logger.info(f"resumed from {ck / 'latest'} at step {step}")
-        elif args.finetune:
-            model.net.load_state_dict(ckpt.load(args.finetune, with_state=False)[0])
-            logger.info(f"fine-tuning from {args.finetune}")
     except ckpt.CheckpointError as e:
         runtime.fail(str(e))
     except (RuntimeError, KeyError) as e:
-        runtime.fail(f"{args.finetune or ck / 'latest'}: not an NSS checkpoint ({str(e).splitlines()[0]})")
+        runtime.fail(f"{ck / 'latest'}: not an NSS checkpoint ({str(e).splitlines()[0]})")
     net = DDP(model.net) if rt.ddp else model.net
     stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
     save_every = args.save_every if args.save_every is not None else cfg.save_every
@@ -198,7 +235,7 @@ def main():
     def save(psnr_val=None):
         if not rt.master:
             return
-        meta = {"step": step, "preset": args.preset, "config": asdict(cfg), "model": asdict(model.cfg),
+        meta = {"step": step, "model_type": "qat_int8" if qat else "fp32", "preset": args.preset, "config": asdict(cfg), "model": asdict(model.cfg),
                 "best_psnr": best, "val_psnr": psnr_val, "nan_skipped": guard.skipped}
         state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": ckpt.rng_state()}
         name = f"step_{step:07d}"
@@ -266,9 +303,14 @@ def main():
                 runtime.teardown(rt)
                 sys.exit(stop.exit_code)
     if rt.master and not args.no_evaluate and test_dir is not None:
+        if qat:   # what ships: the QAT graph converted to real int8
+            model.net = quant.convert(model.net).to(rt.device)
         res = evaluate(model, test_dir, rt.device, cfg.tonemapper, cfg.exposure, out / "eval", args.eval_frames)
+        res["model_type"] = "qat_int8" if qat else "fp32"
+        (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))
         metrics.write(step, "eval", **{f"{m}_{k}": v for m, r in res.items() if isinstance(r, dict) for k, v in r.items()})
-        logger.info(table(res) + f"\n\ncomparison grid: {out / 'eval' / 'comparison.png'}")
+        logger.info(table(res, f"NSS ({res['model_type']}) vs baselines (held-out, tonemapped)") +
+                    f"\n\ncomparison grid: {out / 'eval' / 'comparison.png'}")
     runtime.teardown(rt)
 
 

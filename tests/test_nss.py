@@ -160,6 +160,7 @@ def test_loss_falls_and_exact_resume(synth_data, tmp_path):
     a = load(tmp_path / "full" / "ckpt" / "latest")[0]
     b = load(tmp_path / "split" / "ckpt" / "latest")[0]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+    assert _losses(tmp_path / "split") == losses              # one row per step, no duplicates after resume
 
 
 def test_torchrun_two_processes_only_rank0_writes(synth_data, tmp_path):
@@ -183,13 +184,60 @@ def test_evaluate_beats_nothing_silly_and_writes_grid(synth_data, tmp_path):
     assert (tmp_path / "comparison.png").exists() and json.loads((tmp_path / "results.json").read_text())["frames"] == 6
 
 
+def test_export_pte_matches_eager(synth_data, tmp_path):
+    r = _train(synth_data, tmp_path / "run", 3)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "export"
+    r = run(["nss/export.py", "--model-path", str(tmp_path / "run" / "ckpt" / "latest"), "--data", str(synth_data / "test"),
+             "--out", str(out)], timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((out / "export_report.json").read_text())
+    assert rep["pte_matches_eager"] and rep["checks"]["pte_max_abs_error"] <= 1e-4
+    assert rep["input_shape"] == [1, 12, 32, 32]                    # a real pre-processed frame of the test data
+    assert (out / "model.vgf").stat().st_size > 0 and (out / "model.pte").stat().st_size > 0
+    assert "PASS: .pte vs eager" in r.stdout and "max-abs-error" in r.stdout
+
+
+def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
+    fp, qat = tmp_path / "fp", tmp_path / "qat"
+    assert (r := _train(synth_data, fp, 10)).returncode == 0, r.stderr[-2000:]
+    q = ["--qat", "--finetune", str(fp / "ckpt" / "latest")]
+    assert (r := _train(synth_data, qat, 12, q)).returncode == 0, r.stderr[-2000:]
+    assert json.loads((qat / "ckpt" / "latest" / "meta.json").read_text())["model_type"] == "qat_int8"
+    assert (r := _train(synth_data, tmp_path / "split", 12, q + ["--stop-after", "5"])).returncode == 0, r.stderr[-2000:]
+    assert (r := _train(synth_data, tmp_path / "split", 12, ["--resume"])).returncode == 0, r.stderr[-2000:]   # QAT run detected
+    from common.ckpt import load
+    a, b = load(qat / "ckpt" / "latest")[0], load(tmp_path / "split" / "ckpt" / "latest")[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed QAT run differs"
+    assert any("activation_post_process" in k for k in a)                     # observer state is checkpointed
+    r = run(["nss/train.py", "--evaluate", "--model-path", str(qat / "ckpt" / "latest"), "--model-type", "qat_int8",
+             "--data", str(synth_data), "--out", str(tmp_path / "ev"), "--eval-frames", "3"], timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "ev" / "eval" / "results.json").read_text())
+    assert res["model_type"] == "qat_int8" and 5 < res["nss"]["psnr"] < 60
+    r = run(["nss/export.py", "--model-path", str(qat / "ckpt" / "latest"), "--export-type", "fp32", "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "qat_int8" in r.stderr                       # a QAT checkpoint is not fp32
+    for kind, ck in (("ptq_int8", fp), ("qat_int8", qat)):
+        out = tmp_path / f"export_{kind}"
+        r = run(["nss/export.py", "--model-path", str(ck / "ckpt" / "latest"), "--export-type", kind, "--data",
+                 str(synth_data / "test"), "--calibration-data", str(synth_data / "train"), "--out", str(out)], timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        rep = json.loads((out / "export_report.json").read_text())
+        assert rep["pte_matches_eager"] and rep["export_type"] == kind
+        assert rep["checks"]["tosa_steps"] <= 2, rep["checks"]               # TOSA reference vs the int8 graph
+        assert set(json.loads((out / "metadata.json").read_text())) == {"export_type", "inputs", "outputs"}
+        for name in ("model.vgf", "model.tosa", "model.pte"):
+            assert (out / name).stat().st_size > 0
+
+
 def test_help_explains_every_flag():
     r = run(["nss/train.py", "--help"], timeout=60)
     assert r.returncode == 0
     import re
     flags = set(re.findall(r"(--[a-z][a-z-]+)", r.stdout))
     for flag in ("--data", "--preset", "--out", "--max-steps", "--device", "--resume", "--finetune", "--no-evaluate",
-                 "--evaluate", "--model-path", "--recurrent-samples", "--log-level", "--profile", "--amp"):
+                 "--evaluate", "--model-path", "--recurrent-samples", "--log-level", "--profile", "--amp", "--qat",
+                 "--model-type"):
         assert flag in flags
     from nss.train import build_parser
     for action in build_parser()._actions:

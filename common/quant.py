@@ -1,0 +1,190 @@
+"""int8 quantization the way Arm ships models to its GPUs: PT2E post-training (PTQ) and quantization-aware
+training (QAT) with ExecuTorch's Arm VGF quantizer, and an XNNPACK-quantizer path for CPU `.pte` files.
+
+    from common import quant
+    q = quant.ptq(net, (x,), calibration_batches)            # -> converted int8 graph (q/dq + int8 weights)
+    fq = quant.prepare_qat(net, (x,))                         # -> fake-quant graph: train it like the fp32 net
+    ... fq.train(); loss.backward() ...                       #    (observers + fake-quant on, fp32 maths)
+    q = quant.convert(fq)                                     # -> int8 graph; then common/export.export_int8
+
+Arm's scheme (ref/nss.md §3.4): activations int8 per-tensor affine [-128, 127]; weights int8 per-channel
+symmetric [-127, 127]; bias int32; and sigmoid outputs with *fixed* qparams, scale 1/254 and zero point
+-127, so [0, 1] maps exactly onto [-127, 127] and a GPU can store them in an SNORM texture and filter them
+with hardware. A quantized graph is a plain torch.fx GraphModule that runs in PyTorch (fake-quant maths),
+so it can be evaluated with the fp32 pre/post-process around it before any export.
+"""
+import copy
+import logging
+import types
+
+import torch
+
+# torchao registers enums with pytree at import; torch >= 2.14 logs a deprecation warning for each
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation, Quantizer,
+                                                SharedQuantizationSpec)
+from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+SIGMOID_SCALE, SIGMOID_ZERO_POINT = 1.0 / 254.0, -127   # int8 q in [-127, 127] <-> sigmoid in [0, 1] (SNORM)
+SIGMOID_QSPEC = {   # per backend: Arm's SNORM mapping; XNNPACK's int8 sigmoid kernel only takes 1/256, -128
+    "vgf": FixedQParamsQuantizationSpec(dtype=torch.int8, scale=SIGMOID_SCALE, zero_point=SIGMOID_ZERO_POINT,
+                                        quant_min=-127, quant_max=127, qscheme=torch.per_tensor_affine),
+    "xnnpack": FixedQParamsQuantizationSpec(dtype=torch.int8, scale=1.0 / 256.0, zero_point=-128,
+                                            quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine),
+}
+BACKENDS = tuple(SIGMOID_QSPEC)
+
+
+class FixedSigmoidQParams(Quantizer):
+    """Wraps a quantizer and gives every sigmoid output fixed qparams (Arm's NSS: the SNORM ones), read with the
+    same qparams by its consumers; a sigmoid the inner quantizer leaves alone gets its input quantized too."""
+
+    def __init__(self, inner, output_qspec, input_qspec):
+        super().__init__()
+        self.inner, self.output_qspec, self.input_qspec = inner, output_qspec, input_qspec
+
+    def transform_for_annotation(self, model):
+        return self.inner.transform_for_annotation(model)
+
+    def annotate(self, model):
+        model = self.inner.annotate(model)
+        for node in model.graph.nodes:
+            if node.target != torch.ops.aten.sigmoid.default:
+                continue
+            if Q_ANNOTATION_KEY not in node.meta:
+                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+                    input_qspec_map={node.args[0]: self.input_qspec}, _annotated=True)
+            node.meta[Q_ANNOTATION_KEY].output_qspec = self.output_qspec
+            for user in node.users:
+                wanted = user.meta.get(Q_ANNOTATION_KEY)
+                if wanted is not None and node in wanted.input_qspec_map:
+                    wanted.input_qspec_map[node] = SharedQuantizationSpec(node)
+        return model
+
+    def validate(self, model):
+        self.inner.validate(model)
+
+    def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
+        self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
+
+
+def quantizer(backend="vgf", qat=False):
+    """Arm's int8 scheme for `backend`: "vgf" (TOSA-1.0+INT, Arm GPUs) or "xnnpack" (CPU .pte)."""
+    if backend == "vgf":
+        from executorch.backends.arm.quantizer import VgfQuantizer, get_symmetric_quantization_config
+        from executorch.backends.arm.vgf import VgfCompileSpec
+        q = VgfQuantizer(VgfCompileSpec("TOSA-1.0+INT"))
+    elif backend == "xnnpack":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                              get_symmetric_quantization_config)
+        q = XNNPACKQuantizer()
+    else:
+        raise ValueError(f"unknown quantization backend {backend!r} (have: {', '.join(BACKENDS)})")
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    q.set_global(config)
+    return FixedSigmoidQParams(q, SIGMOID_QSPEC[backend], config.input_activation)
+
+
+def capture(model, example_inputs, dynamic_shapes=None):
+    """torch.export the model into the ATen graph PT2E quantizes. check_guards=False drops the `_guards_fn`
+    module torch >= 2.9 inserts, which int8 layernorm/attention/avg_pool lowering rejects (ref/export.md).
+    dynamic_shapes (torch.export's) keeps the graph usable at other batch sizes and resolutions, as
+    training crops and full evaluation frames need."""
+    return torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes).module(check_guards=False)
+
+
+def image_dims(example_inputs, multiple=8, max_side=4096):
+    """dynamic_shapes for image inputs (N, C, H, W): any batch, H and W multiples of `multiple`."""
+    from torch.export import Dim
+    n = Dim("batch", min=1, max=1024)
+    h, w = Dim("h_blocks", min=1, max=max_side // multiple), Dim("w_blocks", min=1, max=max_side // multiple)
+    return tuple({0: n, 2: multiple * h, 3: multiple * w} for _ in example_inputs)
+
+
+@torch.no_grad()
+def ptq(model, example_inputs, calibration, backend="vgf", dynamic_shapes=None):
+    """Post-training quantization: observe activation ranges on `calibration` (an iterable of input tuples),
+    then convert. The fp32 model is left untouched."""
+    model = copy.deepcopy(model).eval()
+    prepared = prepare_pt2e(capture(model, example_inputs, dynamic_shapes), quantizer(backend, qat=False))
+    n = 0
+    for inputs in calibration:
+        prepared(*inputs)
+        n += 1
+    if n == 0:
+        raise ValueError("PTQ needs at least one calibration batch")
+    return trainable(convert_pt2e(prepared))
+
+
+def prepare_qat(model, example_inputs, backend="vgf", dynamic_shapes=None):
+    """Quantization-aware training: a copy of the model as a graph with observers and fake-quant on weights
+    and activations. Train it with the usual loop (its parameters are the fp32 weights), then `convert`.
+    Rebuilding it from the same model class and loading a saved state_dict restores it exactly."""
+    model = copy.deepcopy(model).train()
+    return trainable(prepare_qat_pt2e(capture(model, example_inputs, dynamic_shapes), quantizer(backend, qat=True)))
+
+
+def train_mode(graph_module, training=True):
+    """model.train()/eval() for PT2E graphs. Like Arm's QAT, observers update their ranges only in training;
+    in eval the fake-quant uses the frozen scales."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_observer
+    (move_exported_model_to_train if training else move_exported_model_to_eval)(graph_module)
+    graph_module.apply(enable_observer if training else disable_observer)
+    graph_module.training = training
+    return graph_module
+
+
+def trainable(graph_module):
+    """Let .train()/.eval() work on a PT2E graph (exported graphs refuse them), so it can sit inside a normal
+    nn.Module (e.g. as NSS.net) and follow that module's train/eval calls."""
+    graph_module.train = types.MethodType(lambda self, mode=True: train_mode(self, mode), graph_module)
+    graph_module.eval = types.MethodType(lambda self: train_mode(self, False), graph_module)
+    return graph_module
+
+
+def quantize_input(x, qparams):
+    """float -> the int8 tensor an int8 TOSA/VGF graph takes (its boundary quantize, done by the caller)."""
+    s, z = qparams["SINT"]["scale"], qparams["SINT"]["zero_point"]
+    return torch.clamp(torch.round(x / s) + z, -128, 127).to(torch.int8)
+
+
+def dequantize_output(q, qparams):
+    s, z = qparams["SINT"]["scale"], qparams["SINT"]["zero_point"]
+    return (torch.as_tensor(q).to(torch.float32) - z) * s
+
+
+def convert(qat_graph):
+    """QAT graph -> int8 graph (the trained fake-quant scales become the real ones). Leaves qat_graph as is."""
+    g = copy.deepcopy(qat_graph)
+    if "train" in vars(g):           # bound by trainable(); deepcopy would keep it pointing at the original
+        del g.train, g.eval
+    return trainable(convert_pt2e(train_mode(g, False)))
+
+
+def io_qparams(graph_module):
+    """Scale and zero point of the graph's quantized inputs and outputs: the boundary quantize nodes fed by
+    placeholders and the dequantize nodes feeding the output, in graph order. Each entry gives the SINT form
+    (int8 texture: real = scale * (q - zero_point)) and, as Arm's exporter writes, the SNORM form for a
+    normalized texture that reads q / 127: real = scale' * (v - zero_point') with scale' = scale / (2/254) and
+    zero_point' = zero_point * (2/254)."""
+    quantize = {torch.ops.quantized_decomposed.quantize_per_tensor.default}
+    dequantize = {torch.ops.quantized_decomposed.dequantize_per_tensor.default}
+
+    def forms(node):
+        scale, zero_point = float(node.args[1]), int(node.args[2])
+        return {"SINT": {"scale": scale, "zero_point": zero_point},
+                "SNORM": {"scale": scale / (2 / 254), "zero_point": zero_point * (2 / 254)}}
+
+    inputs, outputs = {}, {}
+    for node in graph_module.graph.nodes:
+        if node.op == "placeholder":
+            users = [u for u in node.users if u.target in quantize]
+            if users:
+                inputs[node.name] = forms(users[0])
+        if node.op == "output":
+            for i, arg in enumerate(node.args[0]):
+                if getattr(arg, "target", None) in dequantize:
+                    outputs[f"output_{i}"] = forms(arg)
+    return {"inputs": inputs, "outputs": outputs}

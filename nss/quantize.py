@@ -1,0 +1,83 @@
+"""NSS int8: load a checkpoint as the network of a given model type, and the real network inputs PTQ
+calibrates on. Only the autoencoder is quantized (as Arm does); pre/post-process stay fp32 shaders.
+
+    model_type  checkpoint   network
+    fp32        fp32         the AutoEncoder
+    ptq_int8    fp32         int8 graph, calibrated on real pre-processed frames (common/quant.ptq)
+    qat_int8    qat_int8     the QAT graph converted to int8 (common/quant.convert)
+
+Used by train.py (--qat, --evaluate --model-type) and export.py (--export-type).
+"""
+import json
+from pathlib import Path
+
+import torch
+
+from common import ckpt, quant
+from nss.dataset import DataError, list_captures, stream
+from nss.model import AutoEncoder
+
+MODEL_TYPES = ("fp32", "ptq_int8", "qat_int8")
+
+
+def example_input(n=2, h=16, w=16):
+    return (torch.rand(n, 12, h, w),)
+
+
+def qat_net(net, backend="vgf"):
+    """A fake-quant copy of the AutoEncoder, any batch and any H, W multiple of 8."""
+    ex = example_input()
+    return quant.prepare_qat(net.cpu(), ex, backend, dynamic_shapes=quant.image_dims(ex))
+
+
+def checkpoint_type(path):
+    meta = Path(path) / "meta.json"
+    return json.loads(meta.read_text()).get("model_type", "fp32") if meta.exists() else "fp32"
+
+
+@torch.no_grad()
+def calibration_inputs(model, data, frames=16, every=2):
+    """Network inputs from running the fp32 NSS (history warming up) over the captures under `data`:
+    `frames` of them in all, every `every`-th frame, spread over the captures. -> list of (1, 12, h, w)."""
+    files = list_captures(data)
+    per_file = max(1, -(-frames // len(files)))
+    inputs = []
+    model.eval()
+    for path in files:
+        state, taken = None, 0
+        for t, (f, new_seq) in enumerate(stream(path)):
+            if state is None or new_seq:
+                state = model.init_state(f)
+            out, state = model(f, state)
+            if t % every == every - 1:
+                inputs.append(out["net_input"])
+                taken += 1
+            if taken >= per_file or len(inputs) >= frames:
+                break
+        if len(inputs) >= frames:
+            break
+    return inputs
+
+
+def load_net(path, model_type=None, calibration=None, backend="vgf"):
+    """Checkpoint -> (network for NSS.net, model_type). `calibration`: network inputs for ptq_int8."""
+    kind = checkpoint_type(path)
+    model_type = model_type or kind
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r} (have: {', '.join(MODEL_TYPES)})")
+    weights, _, _ = ckpt.load(path, with_state=False)
+    if (kind == "qat_int8") != (model_type == "qat_int8"):
+        raise ckpt.CheckpointError(f"{path}: a {kind} checkpoint cannot be used as {model_type} "
+                                   f"({'qat_int8 needs a checkpoint from train.py --qat' if model_type == 'qat_int8' else 'use --model-type qat_int8'})")
+    if kind == "qat_int8":
+        net = qat_net(AutoEncoder(), backend)
+        ckpt.load_into(net, weights)
+        return quant.convert(net), model_type
+    net = AutoEncoder()
+    net.load_state_dict(weights)
+    if model_type == "fp32":
+        return net, model_type
+    if not calibration:
+        raise DataError("ptq_int8 needs calibration data (real captures)")
+    ex = example_input()
+    return quant.ptq(net, ex, [(x,) for x in calibration], backend, dynamic_shapes=quant.image_dims(ex)), model_type

@@ -1,0 +1,139 @@
+"""common/quant.py and export_int8: Arm's int8 scheme (per-channel symmetric weights, per-tensor affine
+activations, fixed SNORM qparams on sigmoid outputs), PTQ, QAT (loss falls, resume, convert) and int8 exports
+checked against the converted graph. Needs the venv's bin on PATH, as `bash run.sh smoke` sets it."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import ckpt, export, quant
+
+
+class SmallNet(nn.Module):
+    """conv-relu-stride2-conv-relu-upsample-conv-sigmoid: the NSS autoencoder's op set in miniature."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(6, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(32, 4, 3, padding=1)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        b = F.interpolate(torch.relu(self.c2(a)), scale_factor=2.0, mode="nearest")
+        return torch.sigmoid(self.c3(torch.cat([a, b], 1)))
+
+
+def target(x):
+    return torch.sigmoid(4 * (x[:, :4] - x[:, 2:]))
+
+
+EX = (torch.rand(2, 6, 16, 16, generator=torch.Generator().manual_seed(0)),)
+DIMS = quant.image_dims(EX)
+
+
+def fit(net, steps):
+    """Adam on the toy task; returns the losses."""
+    opt, losses = torch.optim.Adam(net.parameters(), 3e-3), []
+    for _ in range(steps):
+        x = torch.rand(8, 6, 16, 16)
+        loss = F.mse_loss(net(x), target(x))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    net = SmallNet()
+    fit(net, 150)
+    return net.eval()
+
+
+def ops(graph_module):
+    return [str(n.target) for n in graph_module.graph.nodes if n.op == "call_function"]
+
+
+def test_ptq_uses_arms_scheme_and_stays_close(trained):
+    calib = [(torch.rand(1, 6, 16, 16),) for _ in range(8)]
+    q = quant.ptq(trained, EX, calib, dynamic_shapes=DIMS)
+    names = ops(q)
+    assert any("dequantize_per_channel" in n for n in names)            # weights: per-channel
+    assert any("quantize_per_tensor" in n for n in names)               # activations: per-tensor
+    out = quant.io_qparams(q)["outputs"]["output_0"]
+    assert out["SINT"] == {"scale": pytest.approx(1 / 254), "zero_point": -127}     # SNORM-ready sigmoid
+    assert out["SNORM"]["scale"] == pytest.approx(0.5) and out["SNORM"]["zero_point"] == pytest.approx(-1.0)
+    x = torch.rand(1, 6, 24, 32)                                         # another resolution: dynamic dims
+    with torch.no_grad():
+        err = (q(x) - trained(x)).abs()
+    assert err.mean() < 0.01 and err.max() < 0.1, (err.mean(), err.max())
+
+
+def test_qat_loss_falls_resumes_and_converts(trained, tmp_path):
+    torch.manual_seed(1)
+    fq = quant.prepare_qat(SmallNet(), EX, dynamic_shapes=DIMS)        # from scratch: the loss must fall
+    losses = fit(fq, 80)
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10]), losses[::10]
+    # checkpoint (observers share buffers: safetensors needs them untied) and rebuild exactly
+    ckpt.save(tmp_path, "qat", fq.state_dict(), {}, {"model_type": "qat_int8"})
+    fq2 = quant.prepare_qat(SmallNet(), EX, dynamic_shapes=DIMS)
+    ckpt.load_into(fq2, ckpt.load(tmp_path / "qat", with_state=False)[0])
+    assert all(torch.equal(v, fq2.state_dict()[k]) for k, v in fq.state_dict().items())   # observers' eps too
+    x = torch.rand(1, 6, 16, 24)
+    fq.eval(), fq2.eval()
+    with torch.no_grad():
+        assert torch.equal(fq(x), fq2(x))
+        q = quant.convert(fq)
+        steps = ((q(x) - fq(x)).abs() / quant.SIGMOID_SCALE)
+    assert steps.max() <= 1.01 and steps.mean() < 0.1, (steps.max(), steps.mean())   # int8 = fake-quant, to a level
+    assert quant.io_qparams(q)["outputs"]["output_0"]["SINT"]["zero_point"] == -127
+
+
+def test_eval_freezes_observers(trained):
+    fq = quant.prepare_qat(trained, EX, dynamic_shapes=DIMS)
+    fq(torch.rand(2, 6, 16, 16))
+    fq.eval()
+    before = {k: v.clone() for k, v in fq.state_dict().items()}
+    fq(10 * torch.rand(2, 6, 16, 16))                                   # out-of-range input: ranges must not move
+    assert all(torch.equal(before[k], v) for k, v in fq.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def int8_export(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8")
+    calib = [(torch.rand(1, 6, 16, 16),) for _ in range(8)]
+    x = (torch.rand(1, 6, 16, 16),)
+    vgf_graph = quant.ptq(trained, EX, calib, dynamic_shapes=DIMS)
+    pte_graph = quant.ptq(trained, EX, calib, backend="xnnpack", dynamic_shapes=DIMS)
+    return out, export.export_int8(vgf_graph, pte_graph, x, out, export_type="ptq_int8", fp32_model=trained)
+
+
+def test_int8_export_writes_files_and_metadata(int8_export):
+    out, report = int8_export
+    for name in ("model.vgf", "model.tosa", "model_vgf.pte", "model.pte", "metadata.json", "export_report.json"):
+        assert (out / name).stat().st_size > 0, name
+    meta = json.loads((out / "metadata.json").read_text())
+    assert set(meta["inputs"]["x"]) == {"SINT", "SNORM"} and meta["outputs"]["output_0"]["SINT"]["zero_point"] == -127
+    # only the boundary quantize/dequantize stay on the CPU
+    assert set(report["vgf"]["non_delegated_ops"]) <= {"quantized_decomposed_quantize_per_tensor_default",
+                                                       "quantized_decomposed_dequantize_per_tensor_default"}
+
+
+def test_int8_exports_compute_what_pytorch_computes(int8_export):
+    _, report = int8_export
+    c = report["checks"]
+    assert c["tosa_steps"] <= 1, c                       # TOSA reference model vs the converted graph
+    assert c["pte_p99_steps"] <= 1 and c["pte_mean_steps"] < 0.05, c
+    assert c["int8_vs_fp32_max_abs_error"] < 0.1, c
+    if "vgf_skipped" not in c:
+        assert c["vgf_vs_tosa_steps"] == 0 and c["vgf_steps"] <= 1, c
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown quantization backend"):
+        quant.quantizer("tpu")
