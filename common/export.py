@@ -329,3 +329,20 @@ def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check
     report["total_seconds"] = round(time.perf_counter() - start, 3)
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def verdict(report, out_dir, tolerance=None, **extra):
+    """The .pte-matches-eager decision every export.py prints: fp32 by max-abs-error (default 1e-4), int8 by
+    int8 output steps on 99% of values (default 1). Adds it to the report, rewrites export_report.json, prints
+    the checks and one PASS/FAIL line; returns True when it passes."""
+    c = report["checks"]
+    if report["export_type"] == "fp32":
+        err, tol, unit = c["pte_max_abs_error"], tolerance or 1e-4, "max-abs-error"
+    else:
+        err, tol, unit = c["pte_p99_steps"], tolerance or 1.0, f"int8 steps on 99% of values (max {c['pte_steps']:g})"
+    ok = err <= tol + 1e-6
+    report.update(extra, tolerance=tol, pte_matches_eager=ok)
+    (Path(out_dir) / "export_report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k in ("checks", "vgf", "xnnpack")}, indent=1))
+    print(f"{'PASS' if ok else 'FAIL'}: .pte vs eager {err:.3g} {unit} (tolerance {tol:g}); files in {out_dir}")
+    return ok

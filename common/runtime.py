@@ -164,3 +164,16 @@ def profiler(enabled, out_dir, steps=6):
         yield prof.step
     if torch.cuda.is_available():
         torch.cuda.memory._dump_snapshot(os.path.join(out_dir, "cuda_memory.pickle"))
+
+
+def run_step(cmd):
+    """Run `python cmd...` as a demo step: print the command line (so it can be rerun by hand), exit on
+    failure; returns the seconds it took."""
+    import subprocess
+    import time
+    print(f"\n$ {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    rc = subprocess.call([sys.executable, *cmd])
+    if rc != 0:
+        sys.exit(f"error: step failed with exit code {rc}: {' '.join(cmd)}")
+    return time.time() - t0

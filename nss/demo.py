@@ -7,23 +7,13 @@ Each step is the real command line (printed), so you can rerun any of them by ha
 """
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.runtime import run_step
 from nss.evaluate import table
-
-
-def step(cmd):
-    print(f"\n$ {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    rc = subprocess.call([sys.executable, *cmd])
-    if rc != 0:
-        sys.exit(f"error: step failed with exit code {rc}: {' '.join(cmd)}")
-    return time.time() - t0
 
 
 def main():
@@ -38,8 +28,8 @@ def main():
         train += ["--max-steps", str(args.max_steps)]
     if (out / "ckpt" / "latest").exists():
         train.append("--resume")
-    t_train = step(train)
-    t_export = step(["nss/export.py", "--model-path", str(out / "ckpt" / "latest"), "--out", str(out / "export")])
+    t_train = run_step(train)
+    t_export = run_step(["nss/export.py", "--model-path", str(out / "ckpt" / "latest"), "--out", str(out / "export")])
     res = json.loads((out / "eval" / "results.json").read_text())
     rep = json.loads((out / "export" / "export_report.json").read_text())
     print("\n" + table(res))

@@ -16,7 +16,6 @@ Shapes are static: model-converter 0.11.0 rejects VGF graphs with a dynamic batc
 export once per resolution with --size H W.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from common import ckpt
 from common import quant
-from common.export import export_fp32, export_int8
+from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
 from nss.dataset import DataError, list_captures, stream
 from nss.model import NSS, NSSConfig
@@ -96,7 +95,6 @@ def main():
     out = Path(args.out)
     if args.export_type == "fp32":
         report = export_fp32(model.net, (x,), out, vgf=not args.no_vgf)
-        err, tol, unit = report["checks"]["pte_max_abs_error"], args.tolerance or 1e-4, "max-abs-error"
     else:
         # the CPU .pte: XNNPACK's own quantizer (its int8 sigmoid needs other qparams than Arm's SNORM ones),
         # calibrated on the same frames; for qat_int8 on the QAT-trained weights
@@ -107,13 +105,7 @@ def main():
         pte_graph = quant.ptq(fp32_net, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=quant.image_dims(ex))
         report = export_int8(model.net, pte_graph, (x,), out, export_type=args.export_type, fp32_model=fp32_net,
                              vgf=not args.no_vgf)
-        c = report["checks"]
-        err, tol, unit = c["pte_p99_steps"], args.tolerance or 1.0, f"int8 steps on 99% of values (max {c['pte_steps']:g})"
-    ok = err <= tol + 1e-6
-    report.update(usecase="nss", input_shape=list(x.shape), tolerance=tol, pte_matches_eager=ok)
-    (out / "export_report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k in ("checks", "vgf", "xnnpack")}, indent=1))
-    print(f"{'PASS' if ok else 'FAIL'}: .pte vs eager {err:.3g} {unit} (tolerance {tol:g}); files in {out}")
+    ok = verdict(report, out, args.tolerance, usecase="nss", input_shape=list(x.shape))
     sys.exit(0 if ok else 1)
 
 

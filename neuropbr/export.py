@@ -1,0 +1,66 @@
+"""Export the NeuroPBR generator (three views -> four maps) to a .vgf for Arm's ML extensions for Vulkan and a
+.pte for CPUs, and check both against PyTorch on a real sample.
+
+    python neuropbr/export.py --model-path runs/pbr/ckpt/best --out runs/pbr/export
+    python neuropbr/export.py --model-path runs/pbr/ckpt/best --export-type ptq_int8 --out runs/pbr/export_int8
+
+Input (1, 3 views, 3, S, S) in [0, 1] with S the checkpoint's image size; outputs albedo (1,3,S,S),
+roughness, metallic (1,1,S,S), normal (1,3,S,S). Writes model.vgf, model.tosa, model_vgf.pte, model.pte,
+export_report.json (+ metadata.json for int8). Needs Arm's model-converter on PATH (run.sh sets it).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from common import ckpt, quant
+from common.export import export_fp32, export_int8, verdict
+from common.runtime import fail
+from neuropbr.dataset import DataError, PBRDataset
+from neuropbr.model import ExportGenerator, Generator, ModelConfig
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True, help="checkpoint directory (e.g. runs/pbr/ckpt/best)")
+    p.add_argument("--export-type", default="fp32", choices=["fp32", "ptq_int8"], help="fp32 (TOSA-1.0+FP) or "
+                   "ptq_int8 (Arm's int8 scheme, calibrated on real samples; TOSA-1.0+INT)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", help="dataset root (input/, output/) for the check sample and calibration "
+                                  "(default: the run's built-in data)")
+    p.add_argument("--calibration-samples", type=int, default=8, help="ptq_int8: samples to calibrate on")
+    p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help=".pte vs eager: fp32 max-abs-error (default 1e-4); int8 steps on 99%% of values (default 1)")
+    args = p.parse_args()
+    try:
+        weights, _, meta = ckpt.load(args.model_path, with_state=False)
+        gen = Generator(ModelConfig(**meta["model"]))
+        ckpt.load_into(gen, {k[4:]: v for k, v in weights.items() if k.startswith("gen.")})
+        gen.eval()
+        size = meta["config"]["image_size"]
+        root = Path(args.data) if args.data else Path(args.model_path).resolve().parents[1] / "data"
+        ds = PBRDataset(root / "input", root / "output", image_size=size)
+        samples = [ds[i]["views"][None] for i in range(min(len(ds), max(1, args.calibration_samples)))]
+    except (DataError, ckpt.CheckpointError) as e:
+        fail(str(e))
+    except KeyError as e:
+        fail(f"{args.model_path}: not a NeuroPBR checkpoint (no {e} in meta.json)")
+    net, x, out = ExportGenerator(gen).eval(), samples[0], Path(args.out)
+    if args.export_type == "fp32":
+        report = export_fp32(net, (x,), out, vgf=not args.no_vgf)
+    else:
+        calib = [(s,) for s in samples]
+        vgf_graph = quant.ptq(net, (x,), calib, backend="vgf")
+        pte_graph = quant.ptq(net, (x,), calib, backend="xnnpack")
+        report = export_int8(vgf_graph, pte_graph, (x,), out, export_type="ptq_int8", fp32_model=net, vgf=not args.no_vgf)
+    ok = verdict(report, out, args.tolerance, usecase="neuropbr", input_shape=list(x.shape))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+"""Built-in NeuroPBR data: procedural PBR materials rendered from three random views, in NeuroPBR's layout.
+
+Every sample is one procedural material (bricks, tiles, wood, scratched metal, brushed metal, fabric, each with
+random parameters) given as four maps, and three renders of it lying flat at the origin (z up), each seen by a
+perspective camera on a sphere around it (radius 0.6-0.9, azimuth U(0, 360), tilt from vertical U(0, 40) deg,
+vertical FOV 55 deg). Shading is Cook-Torrance (GGX D, Smith Schlick-GGX G, Schlick F with F0 = lerp(0.04, albedo,
+metallic)) plus Lambert diffuse * (1 - metallic), lit by 1-2 random point/directional lights and a hemisphere
+sky, ACES-tonemapped and sRGB-encoded. A sample is "dirty" with probability 1 - clean_fraction: then it also gets
+a soft shadow on the material (p 0.75), lens smudges (p 0.6), an exposure shift and sensor noise.
+
+    DIR/input/clean/sample_0000/{0,1,2}.png   three 8-bit sRGB renders (or input/dirty/sample_0000/...)
+    DIR/input/render_metadata.json            flat JSON {"sample_0000": "<material_name>", ...}
+    DIR/output/<material_name>/albedo.png     RGB sRGB albedo
+    DIR/output/<material_name>/roughness.png  L (grayscale), linear roughness in [0, 1]
+    DIR/output/<material_name>/metallic.png   L, metallic in [0, 1]
+    DIR/output/<material_name>/normal.png     RGB tangent-space normal n * 0.5 + 0.5 (x = image right,
+                                              y = image up, +z out of the surface)
+
+    python neuropbr/synth.py --out data/neuropbr/train --count 64 --size 256 --seed 0 --preview strip.png
+    python neuropbr/synth.py --out data/neuropbr/test --count 16 --size 256 --seed 1   # held-out materials
+
+Sample i of --seed S renders material S * 100000 + i (named e.g. bricks_0003 for seed 0), from its own random
+stream: the same seed gives byte-identical PNGs, another seed other materials, lights and cameras. The renders
+use the maps as written (8-bit), so targets and inputs agree exactly.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from torchvision.io import write_png
+from tqdm import tqdm
+
+from common.images import grid, load_png, srgb
+
+# torchvision 0.29 deprecates its PNG codec in favour of TorchCodec but it works; silence the per-call warning
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+FAMILIES = ("bricks", "tiles", "wood", "scratched_metal", "brushed_metal", "fabric")
+METALS = ((0.95, 0.93, 0.88), (0.91, 0.92, 0.92), (1.0, 0.78, 0.34), (0.95, 0.64, 0.54), (0.56, 0.57, 0.58))
+MAPS = ("albedo", "roughness", "metallic", "normal")
+FOV_Y = math.radians(55.0)
+SIDE = 1.0              # the material square spans [-0.5, 0.5]^2 in world x, y
+
+
+# ----------------------------------------------------------------------------------------------- random helpers
+def U(g, lo, hi):
+    """One uniform float in [lo, hi) from generator g."""
+    return lo + (hi - lo) * torch.rand(1, generator=g).item()
+
+
+def noise(g, size, cells_y, cells_x=None):
+    """Smooth value noise in [0, 1]: a random (cells_y+1, cells_x+1) lattice, bicubically upsampled to size^2."""
+    lattice = torch.rand(1, 1, int(cells_y) + 1, int(cells_x or cells_y) + 1, generator=g)
+    return F.interpolate(lattice, size=(size, size), mode="bicubic", align_corners=True)[0, 0].clamp(0, 1)
+
+
+def fbm(g, size, cells=4, octaves=4):
+    """Fractal sum of value noise, octave k has 2^k times the cells and half the amplitude; ~[0, 1]."""
+    total = sum(0.5 ** (k + 1) * noise(g, size, min(cells * 2 ** k, size)) for k in range(octaves))
+    return total / (1 - 0.5 ** octaves)
+
+
+def normalize(x, dim=0):
+    """x / |x| along dim (cheaper than F.normalize's vector_norm on CPU)."""
+    return x * torch.rsqrt((x * x).sum(dim, keepdim=True).clamp_min(1e-12))
+
+
+def smoothstep(e0, e1, x):
+    t = ((x - e0) / (e1 - e0)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def hsv(h, s, v):
+    """One HSV colour -> linear RGB tensor (3,)."""
+    k = (torch.tensor([5.0, 3.0, 1.0]) + h * 6) % 6
+    return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+# -------------------------------------------------------------------------------------------------- materials
+def uv_grid(size):
+    """Texel-centre coordinates: u grows to the right, v grows DOWN the image, both in [0, 1)."""
+    t = (torch.arange(size) + 0.5) / size
+    v, u = torch.meshgrid(t, t, indexing="ij")
+    return u, v
+
+
+def cells(u, v, nx, ny, stagger):
+    """A running-bond grid of nx x ny cells (odd rows shifted by `stagger` of a cell). -> cell id (row, col) and
+    the distance of every texel to its cell's border, in material widths."""
+    row = torch.floor(v * ny)
+    x = u * nx + stagger * (row % 2)
+    col = torch.floor(x)
+    fu, fv = x - col, v * ny - row
+    edge = torch.minimum(torch.minimum(fu, 1 - fu) / nx, torch.minimum(fv, 1 - fv) / ny)
+    return row.long(), col.long() % (nx + 1), edge
+
+
+def grid_material(g, size, bricks):
+    """Bricks (2:1, staggered, rough, mortar grooves) or tiles (square or staggered, glossy, rough grout)."""
+    u, v = uv_grid(size)
+    ny = int(U(g, 5, 11)) if bricks else int(U(g, 3, 8))
+    nx = max(1, round(ny * (U(g, 0.4, 0.6) if bricks else 1.0)))
+    stagger = 0.5 if bricks or U(g, 0, 1) < 0.3 else 0.0
+    row, col, edge = cells(u, v, nx, ny, stagger)
+    gap = U(g, 0.004, 0.012)
+    body = smoothstep(gap, gap + U(g, 0.003, 0.01), edge)              # 0 in the joints, 1 on the brick/tile
+    jitter = torch.rand(ny + 1, nx + 2, 4, generator=g)[row, col]       # per-cell random numbers (H, W, 4)
+    grain = fbm(g, size, 8)
+    base = hsv(U(g, 0.0, 0.08), U(g, 0.4, 0.8), U(g, 0.25, 0.6)) if bricks else \
+        hsv(U(g, 0, 1), U(g, 0, 0.7), U(g, 0.2, 0.9))
+    spread = 0.35 if bricks else 0.1
+    cell_rgb = base[:, None, None] * (1 + spread * (jitter.permute(2, 0, 1)[:3] - 0.5))
+    cell_rgb = cell_rgb * (0.8 + 0.4 * grain if bricks else 1.0)
+    mortar = hsv(0.1, U(g, 0, 0.2), U(g, 0.3, 0.7))[:, None, None] * (0.85 + 0.3 * fbm(g, size, 16))
+    albedo = torch.lerp(mortar, cell_rgb, body)
+    rough_cell = (U(g, 0.65, 0.95) + 0.1 * (grain - 0.5)) if bricks else (U(g, 0.05, 0.3) + 0.05 * jitter[..., 3])
+    rough = torch.lerp(torch.full_like(u, U(g, 0.85, 1.0)), rough_cell, body)
+    height = body * (1 + (0.3 if bricks else 0.05) * grain) + 0.05 * fbm(g, size, 32, 2)
+    return albedo, rough, torch.zeros_like(u), height, U(g, 0.01, 0.02)
+
+
+def wood(g, size):
+    """Planks of wood: rings of a distant trunk axis distorted by fbm, fbm grain along the planks, plank gaps."""
+    u, v = uv_grid(size)
+    warp = fbm(g, size, 3)
+    cy, cz = U(g, -2, 2), U(g, 0.5, 3)                              # trunk axis along u, at depth cz
+    r = torch.sqrt((v - cy) ** 2 + cz ** 2) + 0.08 * warp          # distance to the axis -> annual rings
+    rings = torch.frac(r * U(g, 15, 40))
+    late = smoothstep(0.55, 0.95, rings)                          # dark latewood band
+    streaks = noise(g, size, size // 2, 6)                          # long grain along u
+    light = hsv(U(g, 0.05, 0.11), U(g, 0.45, 0.75), U(g, 0.35, 0.75))
+    albedo = light[:, None, None] * (1 - 0.45 * late - 0.25 * (streaks - 0.5))
+    planks = int(U(g, 1, 6))
+    fv = torch.frac(v * planks)
+    gap = smoothstep(0.0, 0.02 * planks, torch.minimum(fv, 1 - fv)) if planks > 1 else torch.ones_like(v)
+    albedo = albedo * (0.4 + 0.6 * gap)
+    rough = (U(g, 0.35, 0.75) + 0.2 * late).clamp(0.05, 1) * gap + (1 - gap)
+    height = 0.3 * late + 0.2 * streaks + gap
+    return albedo, rough, torch.zeros_like(u), height, U(g, 0.005, 0.015)
+
+
+def segments_distance(g, u, v, count, angle, spread, length):
+    """Distance (in material widths) from every texel to the nearest of `count` random segments whose
+    directions are angle +- spread: thin scratches. Processed in chunks to bound memory."""
+    p0 = torch.rand(count, 2, generator=g)
+    a = angle + spread * (torch.rand(count, generator=g) - 0.5)
+    d = torch.stack([a.cos(), a.sin()], 1)
+    ln = length * (0.3 + torch.rand(count, generator=g))
+    best = torch.full_like(u, 1e9)
+    for k in range(0, count, 32):
+        px = u[None] - p0[k:k + 32, 0, None, None]
+        py = v[None] - p0[k:k + 32, 1, None, None]
+        dx, dy = d[k:k + 32, 0, None, None], d[k:k + 32, 1, None, None]
+        t = (px * dx + py * dy).clamp(torch.zeros(1), ln[k:k + 32, None, None])   # projection onto the segment
+        ex, ey = px - t * dx, py - t * dy
+        best = torch.minimum(best, (ex * ex + ey * ey).amin(0))
+    return best.sqrt()
+
+
+def patches(g, size, amount):
+    """Rust / paint patches: fbm standardised to mean 0, std 1 and cut at the normal quantile of 1 - amount
+    (soft edge), so they cover about `amount` of the surface."""
+    n = fbm(g, size, 4)
+    if amount <= 0:
+        return torch.zeros_like(n)
+    z, t = (n - n.mean()) / n.std().clamp_min(1e-6), torch.special.ndtri(torch.tensor(1 - amount))
+    return smoothstep(t - 0.15, t + 0.15, z)
+
+
+def metal(g, size, brushed):
+    """Scratched metal (thin random scratches, lower roughness in them, grooves) or brushed metal (directional
+    streak noise); both metallic = 1 except rust or paint patches."""
+    u, v = uv_grid(size)
+    tint = torch.tensor(METALS[int(U(g, 0, len(METALS)))]) * U(g, 0.8, 1.0)
+    angle = U(g, 0, math.pi)
+    if brushed:
+        # streaks: noise with many cells across and few along the brush direction, rotated by `angle`
+        s = noise(g, 2 * size, size, 4)[None, None]
+        c, sn, x, y = math.cos(angle), math.sin(angle), u * 2 - 1, v * 2 - 1
+        rot = torch.stack([c * x - sn * y, sn * x + c * y], -1)[None] / math.sqrt(2)
+        height = F.grid_sample(s, rot, mode="bilinear", align_corners=False)[0, 0]
+        rough = U(g, 0.2, 0.5) + 0.25 * (height - 0.5) + 0.1 * (fbm(g, size, 6) - 0.5)
+        strength = U(g, 0.001, 0.003)
+    else:
+        scratch_d = segments_distance(g, u, v, int(U(g, 30, 100)), angle, U(g, 0.2, 1.5), U(g, 0.1, 0.5))
+        scratch = torch.exp(-(scratch_d / (U(g, 0.6, 1.2) / size)) ** 2)   # ~1-2 texel wide lines
+        rough = U(g, 0.25, 0.6) + 0.2 * (fbm(g, size, 8) - 0.5) - 0.2 * scratch
+        height = 0.2 * fbm(g, size, 16, 2) - scratch
+        strength = U(g, 0.002, 0.004)
+    albedo = tint[:, None, None] * (0.9 + 0.1 * fbm(g, size, 8))
+    spots = patches(g, size, U(g, 0.05, 0.4) if U(g, 0, 1) < 0.5 else 0.0)
+    paint = U(g, 0, 1) < 0.5
+    coat = hsv(U(g, 0, 1), U(g, 0.4, 0.9), U(g, 0.2, 0.8)) if paint else hsv(U(g, 0.02, 0.08), 0.8, U(g, 0.1, 0.3))
+    coat = coat[:, None, None] * (0.7 + 0.6 * fbm(g, size, 16))
+    albedo = torch.lerp(albedo, coat, spots)
+    metallic = 1 - spots
+    rough = torch.lerp(rough, torch.full_like(u, 0.5 if paint else 0.9), spots)
+    height = height + (0.5 if paint else 0.3) * spots
+    return albedo, rough.clamp(0.05, 1), metallic, height, strength
+
+
+def fabric(g, size):
+    """Plain weave: threads along u and v crossing over/under in a checkerboard, fibre noise, two colours."""
+    u, v = uv_grid(size)
+    f = round(U(g, 12, 40) * size / 256) if size >= 128 else int(U(g, 8, 16))
+    fu, fv = torch.frac(u * f), torch.frac(v * f)
+    over = ((torch.floor(u * f) + torch.floor(v * f)) % 2).bool()           # warp (along v) on top here
+    warp = torch.sin(math.pi * fu).clamp_min(0) ** 0.5 * (0.6 + 0.4 * torch.sin(math.pi * fv))
+    weft = torch.sin(math.pi * fv).clamp_min(0) ** 0.5 * (0.6 + 0.4 * torch.sin(math.pi * fu))
+    height = torch.where(over, warp, weft) + 0.1 * fbm(g, size, 32, 2)
+    c1 = hsv(U(g, 0, 1), U(g, 0.2, 0.9), U(g, 0.15, 0.8))
+    c2 = c1 if U(g, 0, 1) < 0.5 else hsv(U(g, 0, 1), U(g, 0.2, 0.9), U(g, 0.15, 0.8))
+    albedo = torch.where(over, c1[:, None, None], c2[:, None, None]) * (0.7 + 0.3 * height)
+    rough = (U(g, 0.7, 0.95) + 0.1 * (1 - height)).clamp(0.05, 1)
+    return albedo, rough, torch.zeros_like(u), height, U(g, 0.004, 0.01)
+
+
+def height_to_normal(height, strength):
+    """Tangent-space normal of the surface z = strength * height(u, v) (u, v in material widths):
+    n = normalize(-dz/dx, -dz/dy, 1) with x = u (right) and y = -v (image up), central differences."""
+    size = height.shape[-1]
+    h = F.pad(height[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    dzdx = (h[1:-1, 2:] - h[1:-1, :-2]) * (size / 2) * strength
+    dzdy = -(h[2:, 1:-1] - h[:-2, 1:-1]) * (size / 2) * strength
+    return normalize(torch.stack([-dzdx, -dzdy, torch.ones_like(dzdx)]), dim=0)
+
+
+def make_material(g, family, size):
+    """-> dict of float maps: albedo (3, S, S) linear, roughness (1, S, S), metallic (1, S, S), normal (3, S, S)."""
+    make = {"bricks": lambda: grid_material(g, size, True), "tiles": lambda: grid_material(g, size, False),
+            "wood": lambda: wood(g, size), "scratched_metal": lambda: metal(g, size, False),
+            "brushed_metal": lambda: metal(g, size, True), "fabric": lambda: fabric(g, size)}
+    albedo, rough, metal_, height, strength = make[family]()
+    return {"albedo": albedo.clamp(0.01, 1), "roughness": rough.clamp(0.05, 1)[None],
+            "metallic": metal_.clamp(0, 1)[None], "normal": height_to_normal(height, strength)}
+
+
+# ------------------------------------------------------------------------------------------------ 8-bit maps
+def srgb_decode(x):
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def quantize(x):
+    """[0, 1] float -> uint8, round to nearest."""
+    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+def encode_maps(m):
+    """Float maps -> the uint8 (C, S, S) images written to disk (albedo sRGB, normal n * 0.5 + 0.5)."""
+    return {"albedo": quantize(srgb(m["albedo"])), "roughness": quantize(m["roughness"]),
+            "metallic": quantize(m["metallic"]), "normal": quantize(m["normal"] * 0.5 + 0.5)}
+
+
+def decode_maps(q):
+    """uint8 maps -> one (8, S, S) float stack [albedo linear, roughness, metallic, unit normal] for rendering."""
+    f = {k: t.float() / 255 for k, t in q.items()}
+    n = normalize(f["normal"] * 2 - 1, dim=0)
+    return torch.cat([srgb_decode(f["albedo"]), f["roughness"], f["metallic"], n])
+
+
+# -------------------------------------------------------------------------------------------------- renderer
+def random_camera(g):
+    """Eye on a sphere around the origin; right/up/forward basis (right stays horizontal)."""
+    r, az, tilt = U(g, 0.6, 0.9), U(g, 0, 2 * math.pi), math.radians(U(g, 0, 40))
+    eye = torch.tensor([r * math.sin(tilt) * math.cos(az), r * math.sin(tilt) * math.sin(az), r * math.cos(tilt)])
+    fwd = -eye / eye.norm()
+    right = torch.tensor([-math.sin(az), math.cos(az), 0.0])
+    up = torch.linalg.cross(right, fwd)
+    return eye, right, up, fwd
+
+
+def random_lights(g):
+    """1-2 lights: (position or direction (3,), is_point, rgb radiance (3,)) and hemisphere sky/ground colours."""
+    lights = []
+    for _ in range(1 + int(U(g, 0, 1) < 0.5)):
+        az, elev = U(g, 0, 2 * math.pi), math.radians(U(g, 20, 85))
+        d = torch.tensor([math.cos(elev) * math.cos(az), math.cos(elev) * math.sin(az), math.sin(elev)])
+        point, dist = U(g, 0, 1) < 0.5, U(g, 0.8, 2.0)
+        rgb = hsv(U(g, 0.05, 0.65), U(g, 0, 0.25), 1.0) * U(g, 0.8, 2.5)   # irradiance at the sample's centre
+        lights.append((d * dist, True, rgb * dist ** 2) if point else (d, False, rgb))
+    sky = hsv(U(g, 0.5, 0.65), U(g, 0.05, 0.5), U(g, 0.2, 0.6))
+    ground = hsv(U(g, 0.05, 0.15), U(g, 0.1, 0.4), U(g, 0.05, 0.2))
+    return lights, sky, ground
+
+
+def ray_cast(cam, size):
+    """Pinhole rays through every pixel centre, hit with the plane z = 0 -> world points (H, W, 3) and the
+    material lookup grid (H, W, 2) in grid_sample's [-1, 1] convention (x = u, y = v down)."""
+    eye, right, up, fwd = cam
+    t = (torch.arange(size) + 0.5) / size * 2 - 1
+    sy, sx = torch.meshgrid(-t, t, indexing="ij")                          # screen y up, x right
+    tan = math.tan(FOV_Y / 2)
+    d = fwd + sx[..., None] * tan * right + sy[..., None] * tan * up
+    d = d / d.norm(dim=-1, keepdim=True)
+    hit = eye - (eye[2] / d[..., 2:]) * d                                     # d_z < 0 for tilt <= 40 + 27.5 deg
+    grid = torch.stack([hit[..., 0] / SIDE * 2, -hit[..., 1] / SIDE * 2], -1)
+    return hit, grid
+
+
+def ggx_shade(stack, hit, eye, lights, sky, ground, shadow=None):
+    """Cook-Torrance + Lambert at every pixel. stack (C, H, W): albedo, roughness, metallic, normal (, shadow).
+    Returns linear radiance (3, H, W)."""
+    albedo, rough, metal_, n = stack[:3], stack[3:4], stack[4:5], stack[5:8]
+    p = hit.permute(2, 0, 1)
+    v = normalize(eye[:, None, None] - p, dim=0)
+    f0 = torch.lerp(torch.full_like(albedo, 0.04), albedo, metal_)            # F0 = lerp(0.04, albedo, metallic)
+    a2 = (rough * rough) ** 2                                                 # alpha = roughness^2
+    k = (rough + 1) ** 2 / 8                                                  # Schlick-GGX k for direct light
+    n_v = (n * v).sum(0, keepdim=True).clamp_min(1e-4)
+    g_v = n_v / (n_v * (1 - k) + k)
+    out = torch.zeros_like(albedo)
+    for pos, point, rgb in lights:
+        if point:                                                             # point light: 1 / r^2 falloff
+            l = pos[:, None, None] - p
+            dist2 = (l * l).sum(0, keepdim=True)
+            l, radiance = l / dist2.sqrt(), rgb[:, None, None] / dist2
+        else:
+            l, radiance = pos[:, None, None].expand_as(p), rgb[:, None, None]
+        h = normalize(l + v, dim=0)
+        n_l = (n * l).sum(0, keepdim=True).clamp_min(0)
+        n_h = (n * h).sum(0, keepdim=True).clamp_min(0)
+        v_h = (v * h).sum(0, keepdim=True).clamp_min(0)
+        d = a2 / (math.pi * (n_h * n_h * (a2 - 1) + 1) ** 2)                   # GGX normal distribution
+        g = g_v * n_l / (n_l * (1 - k) + k)                                   # Smith: G1(v) G1(l)
+        f = f0 + (1 - f0) * (1 - v_h) ** 5                                    # Schlick Fresnel
+        spec = d * g * f / (4 * n_v * n_l + 1e-4)
+        diffuse = (1 - f) * (1 - metal_) * albedo / math.pi
+        out = out + (diffuse + spec) * radiance * n_l
+    if shadow is not None:
+        out = out * (1 - shadow)
+    # ambient: hemisphere sky (irradiance lerp(ground, sky, n.z/2+1/2)); specular from the reflected direction,
+    # blurred towards the average with roughness; Fresnel with Schlick at n.v
+    def hemi(z):
+        return torch.lerp(ground[:, None, None], sky[:, None, None], z * 0.5 + 0.5)
+
+    refl_z = 2 * n_v * n[2:3] - v[2:3]
+    env_spec = torch.lerp(hemi(refl_z), hemi(torch.zeros_like(refl_z)), rough)
+    f_amb = f0 + (torch.maximum(1 - rough, f0) - f0) * (1 - n_v) ** 5
+    return out + (1 - metal_) * albedo * hemi(n[2:3]) + f_amb * env_spec
+
+
+def aces(x):
+    """Narkowicz's ACES filmic fit."""
+    return (x * (2.51 * x + 0.03) / (x * (2.43 * x + 0.59) + 0.14)).clamp(0, 1)
+
+
+def soft_shadow(g, size):
+    """A soft-edged dark shape on the material (u, v space): a rotated ellipse or band, edge wobbled by noise."""
+    u, v = uv_grid(size)
+    c, s = math.cos(U(g, 0, math.pi)), math.sin(U(g, 0, math.pi))
+    x, y = (u - U(g, 0.2, 0.8)) * c + (v - U(g, 0.2, 0.8)) * s, -(u - 0.5) * s + (v - 0.5) * c
+    ry = U(g, 0.15, 0.5) if U(g, 0, 1) < 0.6 else 10.0                         # ellipse, or an infinite band
+    sd = torch.sqrt((x / U(g, 0.15, 0.5)) ** 2 + (y / ry) ** 2) - 1 + 0.3 * (fbm(g, size, 3) - 0.5)
+    return U(g, 0.4, 0.85) * (1 - smoothstep(-U(g, 0.05, 0.3), 0.05, sd))
+
+
+def camera_artifacts(g, rgb, smudge):
+    """Dirty-camera effects on a linear (3, H, W) view: exposure shift, lens smudge haze, sensor noise."""
+    size = rgb.shape[-1]
+    rgb = rgb * 2 ** U(g, -1.0, 0.8)                                          # exposure shift
+    if smudge:                                                                # low-frequency veiling haze + blur
+        m = smoothstep(0.45, 0.8, fbm(g, size, 3, 3)) * U(g, 0.3, 0.8)
+        blur = F.avg_pool2d(F.pad(rgb[None], (4, 4, 4, 4), mode="replicate"), 9, 1)[0]
+        rgb = torch.lerp(rgb, blur, m) + m * U(g, 0.05, 0.3) * rgb.mean()
+    return rgb + torch.randn(rgb.shape, generator=g) * U(g, 0.005, 0.03)     # sensor noise (before tonemap)
+
+
+def render_views(g, stack, size, dirty, views=3):
+    """Three random views of the material stack (8, S, S) -> uint8 (views, 3, size, size) sRGB renders."""
+    lights, sky, ground = random_lights(g)
+    exposure, background = U(g, 0.6, 1.0), U(g, 0.01, 0.04)
+    shadow = smudge = False
+    if dirty:
+        shadow, smudge = U(g, 0, 1) < 0.75, U(g, 0, 1) < 0.6
+        if shadow:
+            stack = torch.cat([stack, soft_shadow(g, stack.shape[-1])[None]])
+    out = []
+    for _ in range(views):
+        cam = random_camera(g)
+        hit, grid = ray_cast(cam, size)
+        look = F.grid_sample(stack[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+        look[5:8] = normalize(look[5:8], dim=0)
+        rgb = ggx_shade(look, hit, cam[0], lights, sky, ground, look[8:9] if shadow else None) * exposure
+        if dirty:
+            rgb = camera_artifacts(g, rgb, smudge)
+        inside = (grid.abs() <= 1).all(-1)
+        img = torch.where(inside, srgb(aces(rgb)), torch.full_like(rgb, background))
+        out.append(quantize(img))
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------------- dataset
+def render_sample(index, size, clean_fraction):
+    """Material number `index`: -> (name, uint8 maps dict, uint8 views (3, 3, S, S), dirty?)."""
+    g = torch.Generator().manual_seed(index)
+    family = FAMILIES[index % len(FAMILIES)]
+    dirty = U(g, 0, 1) >= clean_fraction
+    maps = encode_maps(make_material(g, family, size))
+    views = render_views(g, decode_maps(maps), size, dirty)
+    return f"{family}_{index:04d}", maps, views, dirty
+
+
+def write_json(obj, path):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)                         # atomic: never a half-written metadata file
+
+
+def write_sample(out, i, index, size, clean_fraction):
+    """Render material `index` as sample i; its views go to input/clean or input/dirty (and the sample's folder
+    in the other one is removed). -> (sample name, material name)."""
+    name, maps, views, dirty = render_sample(index, size, clean_fraction)
+    sample = f"sample_{i:04d}"
+    keep, drop = ("dirty", "clean") if dirty else ("clean", "dirty")
+    shutil.rmtree(out / "input" / drop / sample, ignore_errors=True)
+    (out / "input" / keep / sample).mkdir(parents=True, exist_ok=True)
+    for v in range(views.shape[0]):
+        write_png(views[v], str(out / "input" / keep / sample / f"{v}.png"))
+    (out / "output" / name).mkdir(parents=True, exist_ok=True)
+    for k, img in maps.items():
+        write_png(img.contiguous(), str(out / "output" / name / f"{k}.png"))
+    return sample, name
+
+
+def make_dataset(out_dir, count, size=256, seed=0, clean_fraction=0.75, progress=True):
+    """Write `count` samples (sample i = material seed * 100000 + i) into OUT/input and OUT/output. Sample
+    folders of an earlier run that this one does not write are removed, so the metadata lists exactly the
+    sample folders on disk. -> the metadata dict {sample_XXXX: material_name}."""
+    out = Path(out_dir)
+    inp = out / "input"
+    inp.mkdir(parents=True, exist_ok=True)
+    meta = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)      # 256^2 tensors gain little from threads, and one thread is immune to busy cores
+    try:
+        for i in tqdm(range(count), unit="sample", desc=f"neuropbr synth {out.name}", disable=not progress):
+            sample, name = write_sample(out, i, seed * 100_000 + i, size, clean_fraction)
+            meta[sample] = name
+            if (i + 1) % 10 == 0:
+                write_json(meta, inp / "render_metadata.json")
+    finally:
+        torch.set_num_threads(threads)
+    for sub in ("clean", "dirty"):                # stale samples of a bigger earlier run
+        for d in (inp / sub).glob("sample_*") if (inp / sub).is_dir() else ():
+            if re.fullmatch(r"sample_\d+", d.name) and d.name not in meta:
+                shutil.rmtree(d)
+    write_json(meta, inp / "render_metadata.json")
+    return meta
+
+
+def preview(out_dir, png, samples=6):
+    """One PNG strip: per row, a sample's three views and its four maps as written."""
+    out = Path(out_dir)
+    meta = json.loads((out / "input" / "render_metadata.json").read_text())
+    rows = []
+    for sample, name in list(meta.items())[:samples]:
+        folder = next(p for p in (out / "input" / s / sample for s in ("clean", "dirty")) if p.is_dir())
+        rows.append([load_png(folder / f"{v}.png") for v in range(3)] +
+                    [load_png(out / "output" / name / f"{k}.png") for k in MAPS])
+    grid(rows, ["view 0", "view 1", "view 2", *MAPS], path=png)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="dataset folder; input/ and output/ are created in it")
+    p.add_argument("--count", type=int, default=16, help="number of samples (one material each)")
+    p.add_argument("--size", type=int, default=256, help="side of the renders and of the maps, in pixels")
+    p.add_argument("--seed", type=int, default=0, help="sample i renders material seed*100000+i: another seed "
+                   "gives held-out materials")
+    p.add_argument("--clean-fraction", type=float, default=0.75, help="probability that a sample is clean")
+    p.add_argument("--preview", metavar="PNG", help="also write a strip of the first samples' views and maps")
+    args = p.parse_args(argv)
+    if args.count < 1 or args.size < 8 or args.seed < 0 or not 0 <= args.clean_fraction <= 1:
+        p.error("--count >= 1, --size >= 8, --seed >= 0 and --clean-fraction in [0, 1]")
+    t0 = time.time()
+    meta = make_dataset(args.out, args.count, args.size, args.seed, args.clean_fraction)
+    dt = time.time() - t0
+    dirty = sum((Path(args.out) / "input" / "dirty" / s).is_dir() for s in meta)
+    print(f"wrote {len(meta)} samples ({dirty} dirty) to {args.out}: {dt / len(meta):.3f} s/sample")
+    if args.preview:
+        preview(args.out, args.preview)
+        print(f"preview: {args.preview}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""Train NeuroPBR: three rendered views of a material -> albedo, roughness, metallic and normal maps.
+
+Built-in data (procedural materials rendered with a GGX BRDF into OUT/data on first use), CPU preset:
+    python neuropbr/train.py --out runs/neuropbr
+Your data in NeuroPBR's layout (input/{clean,dirty}/sample_XXXX/{0,1,2}.png, input/render_metadata.json,
+output/<material>/{albedo,roughness,metallic,normal}.png), a preset of the reference:
+    python neuropbr/train.py --input-dir DATA/input --output-dir DATA/output --config quick_test --out runs/pbr
+    python neuropbr/train.py --data DATA --preset lightweight --render-curriculum 1 --out runs/pbr
+Resume (bit-exact) / evaluate a checkpoint on the validation materials:
+    python neuropbr/train.py --out runs/pbr --resume
+    python neuropbr/train.py --out runs/pbr --evaluate --model-path runs/pbr/ckpt/best
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from common import ckpt, log, runtime
+from common.metrics import ssim
+from neuropbr.dataset import DataError, PBRDataset
+from neuropbr.evaluate import evaluate, table
+from neuropbr.model import Generator, ModelConfig, PatchGAN, stack_maps
+
+
+@dataclass
+class Config:
+    # model (ModelConfig fields)
+    encoder: str = "resnet18"
+    encoder_stride: int = 2
+    use_transformer: bool = True
+    transformer_dim: int = 128
+    transformer_depth: int = 2
+    transformer_heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    decoder_min_ch: int = 32
+    # data
+    image_size: int = 128
+    render_curriculum: int = 1     # 0 clean, 1 clean + dirty, 2 dirty (reference presets: 0)
+    val_fraction: float = 0.1
+    val_seed: int = 42
+    # optimisation
+    batch_size: int = 4
+    epochs: int = 20
+    g_lr: float = 1e-3
+    d_lr: float = 2e-4
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"      # cosine | step | plateau
+    warmup_epochs: float = 1.0     # linear warm-up from warmup_start * lr
+    warmup_start: float = 0.1
+    min_lr: float = 1e-6
+    step_size_epochs: int = 30     # scheduler "step": lr *= 0.5 every N epochs
+    grad_clip: float = 1.0
+    # HybridLoss
+    w_l1: float = 1.0
+    w_albedo: float = 1.0
+    w_roughness: float = 1.0
+    w_metallic: float = 1.0
+    w_normal_map: float = 1.0
+    w_ssim: float = 0.3
+    w_normal: float = 0.5
+    w_gan: float = 0.05
+    use_gan: bool = True
+    gan_loss: str = "hinge"        # hinge | bce
+    gan_start_epoch: int = 5
+    d_steps: int = 1
+    d_layers: int = 3
+    ndf: int = 32
+    # bookkeeping
+    save_every_epochs: int = 0     # keep ckpt/step_X at these epochs (0 = only latest/best)
+    eval_every_epochs: int = 1
+    log_every: int = 10
+    synth: tuple = (240, 128)      # built-in data: (materials, size)
+
+
+_REF = dict(render_curriculum=0, encoder="resnet50", encoder_stride=1, transformer_dim=2048, transformer_heads=32, transformer_depth=4,
+            mlp_ratio=4.0, dropout=0.1, decoder_min_ch=64, image_size=512, batch_size=1, epochs=100, g_lr=2e-4,
+            warmup_epochs=5, d_layers=6, ndf=64, save_every_epochs=10, synth=(2000, 512))
+PRESETS = {
+    "tiny": Config(transformer_dim=32, transformer_depth=1, transformer_heads=2, decoder_min_ch=16, image_size=64,
+                   batch_size=2, epochs=2, warmup_epochs=0.5, gan_start_epoch=1, d_layers=2, ndf=8, log_every=2,
+                   synth=(10, 64)),
+    "cpu": Config(),
+    "default": Config(**_REF),
+    "quick_test": Config(**dict(_REF, encoder="resnet18", transformer_depth=2, transformer_heads=16, transformer_dim=512, epochs=20)),
+    "lightweight": Config(**dict(_REF, use_gan=False, w_ssim=0.5, w_normal=0.7)),
+    "high_quality": Config(**dict(_REF, encoder="resnet101", encoder_stride=2, transformer_depth=6, w_ssim=0.5, w_normal=0.8,
+                                  w_gan=0.1, w_albedo=1.2, epochs=200, gan_start_epoch=10, g_lr=1e-4, warmup_epochs=10)),
+    "fast_iteration": Config(**dict(_REF, encoder="resnet18", encoder_stride=2, transformer_depth=2, transformer_heads=16,
+                                    transformer_dim=512, epochs=50)),
+    "normal_focused": Config(**dict(_REF, w_normal=1.5, w_normal_map=2.0, w_albedo=0.8, w_roughness=0.8, w_metallic=0.8,
+                                    w_ssim=0.2, w_gan=0.08, epochs=150, g_lr=1.5e-4)),
+}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    runtime.add_common_args(p, PRESETS)
+    p.add_argument("--config", dest="preset", choices=sorted(PRESETS), help="the reference's name for --preset")
+    p.add_argument("--input-dir", help="DATA/input (clean/, dirty/, render_metadata.json); with --output-dir instead of --data")
+    p.add_argument("--output-dir", help="DATA/output (<material>/{albedo,roughness,metallic,normal}.png)")
+    p.add_argument("--checkpoint-dir", help="where checkpoints go (default OUT/ckpt)")
+    p.add_argument("--render-curriculum", type=int, choices=[0, 1, 2], help="0 clean renders, 1 clean + dirty, 2 dirty only")
+    p.add_argument("--batch-size", type=int, help="samples (each three views) per optimizer step")
+    p.add_argument("--epochs", type=int, help="epochs to train (--max-steps caps the steps)")
+    p.add_argument("--image-size", type=int, help="resize views and maps on the fly to this square size (multiple of 32)")
+    p.add_argument("--g-lr", type=float, help="generator AdamW learning rate")
+    p.add_argument("--no-gan", dest="use_gan", action="store_false", default=None, help="train without the PatchGAN")
+    p.add_argument("--gan-start-epoch", type=int, help="epoch from which the adversarial loss is on")
+    p.add_argument("--encoder", choices=["resnet18", "resnet34", "resnet50", "resnet101"], help="shared view encoder")
+    p.add_argument("--init", metavar="FILE", help="local .safetensors/.pth state dict for the ResNet encoder (nothing is downloaded)")
+    p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the validation materials")
+    p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
+    p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (continue with --resume)")
+    return p
+
+
+def resolve_data(args, cfg, rt, logger):
+    """-> (input dir, output dir); without --data/--input-dir, render the built-in set into OUT/data once."""
+    if args.input_dir or args.output_dir:
+        if not (args.input_dir and args.output_dir):
+            raise DataError("--input-dir and --output-dir go together")
+        return Path(args.input_dir), Path(args.output_dir)
+    if args.data:
+        return Path(args.data) / "input", Path(args.data) / "output"
+    root = Path(args.out) / "data"
+    if rt.master and not (root / "done").exists():
+        from neuropbr.synth import make_dataset
+        logger.info(f"rendering built-in materials into {root} ({cfg.synth[0]} materials, {cfg.synth[1]}²) ...")
+        t0 = time.time()
+        make_dataset(root, cfg.synth[0], size=cfg.synth[1], seed=args.seed)
+        (root / "done").write_text("ok\n")
+        logger.info(f"data ready in {time.time() - t0:.0f}s")
+    if rt.ddp:
+        torch.distributed.barrier()
+    return root / "input", root / "output"
+
+
+def lr_factor(step, cfg, steps_per_epoch, total):
+    """Warm-up from warmup_start to 1, then cosine to min_lr or halving every step_size_epochs (plateau: 1)."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.warmup_start + (1 - cfg.warmup_start) * step / warm
+    if cfg.scheduler == "cosine":
+        t = (step - warm) / max(1, total - warm)
+        floor = cfg.min_lr / cfg.g_lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.scheduler == "step":
+        return 0.5 ** ((step // steps_per_epoch) // cfg.step_size_epochs)
+    return 1.0
+
+
+def hybrid_loss(pred, gt, cfg):
+    """HybridLoss without the adversarial term: per-map L1 + SSIM on albedo + normal cosine. -> (loss, parts)."""
+    l1 = sum(getattr(cfg, f"w_{'normal_map' if k == 'normal' else k}") * F.l1_loss(pred[k], gt[k])
+             for k in ("albedo", "roughness", "metallic", "normal"))
+    s = 1 - ssim(pred["albedo"], gt["albedo"])
+    cos = (1 - F.cosine_similarity(pred["normal"], gt["normal"], dim=1)).mean()
+    loss = cfg.w_l1 * l1 + cfg.w_ssim * s + cfg.w_normal * cos
+    return loss, {"l1": l1.item(), "ssim": s.item(), "normal_cos": cos.item()}
+
+
+def gan_losses(d_real, d_fake, kind):
+    """-> (discriminator loss, generator adversarial loss) for hinge or bce."""
+    if kind == "hinge":
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake.detach()).mean(), -d_fake.mean()
+    bce = F.binary_cross_entropy_with_logits
+    return (bce(d_real, torch.ones_like(d_real)) + bce(d_fake.detach(), torch.zeros_like(d_fake)),
+            bce(d_fake, torch.ones_like(d_fake)))
+
+
+def batch_at(dataset, step, cfg, seed, rank=0, world=1):
+    """The batch of a step: a seeded permutation per epoch, so a resumed run sees exactly the same data."""
+    n = len(dataset)
+    per_epoch = max(1, n // (cfg.batch_size * world))
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    idx = perm[(i * world + rank) * cfg.batch_size:][:cfg.batch_size]
+    dataset.set_epoch(epoch)                                 # flips depend on (dataset seed, epoch, index)
+    items = [dataset[int(j)] for j in idx]
+    return {k: torch.stack([it[k] for it in items]) for k in ("views", "albedo", "roughness", "metallic", "normal")}
+
+
+def model_config(cfg):
+    return ModelConfig(**{f.name: getattr(cfg, f.name) for f in fields(ModelConfig)})
+
+
+def main():
+    args = build_parser().parse_args()
+    cfg = runtime.override(replace(PRESETS[args.preset]), args)
+    rt = runtime.setup(args)
+    out = Path(args.out)
+    ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "ckpt"
+    logger = log.setup(out, args.log_level, rt.master)
+    metrics = log.Metrics(out, enabled=rt.master)
+    gen = Generator(model_config(cfg))
+    try:
+        inp, outp = resolve_data(args, cfg, rt, logger)
+        data = PBRDataset(inp, outp, render_curriculum=cfg.render_curriculum, image_size=cfg.image_size, seed=args.seed)
+        train_set, val_set = data.split(cfg.val_fraction, cfg.val_seed)
+        train_set.augment = True
+        if args.evaluate:
+            if not args.model_path:
+                runtime.fail("--evaluate needs --model-path CKPT_DIR")
+            ckpt.load_into(gen, ckpt.load(args.model_path, with_state=False)[0])
+            res = evaluate(gen.to(rt.device), val_set, train_set, rt.device, out / "eval")
+            logger.info(table(res))
+            return
+        if args.init:
+            from safetensors.torch import load_file
+            state = load_file(args.init) if args.init.endswith(".safetensors") else torch.load(args.init, weights_only=True)
+            missing = gen.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+            logger.info(f"encoder initialised from {args.init} ({len(missing.missing_keys)} keys left at random init)")
+    except (DataError, ckpt.CheckpointError) as e:
+        runtime.fail(str(e))
+    except (OSError, RuntimeError) as e:
+        runtime.fail(f"{args.init or args.model_path}: {str(e).splitlines()[0]}")
+    steps_per_epoch = max(1, len(train_set) // (cfg.batch_size * rt.world))
+    total = min(args.max_steps or 10**12, cfg.epochs * steps_per_epoch)
+    gan_start = cfg.gan_start_epoch * steps_per_epoch
+    disc = PatchGAN(cfg.d_layers, cfg.ndf).to(rt.device) if cfg.use_gan else None
+    gen.to(rt.device)
+    opt_g = torch.optim.AdamW(gen.parameters(), lr=cfg.g_lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999)) if disc else None
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_g, factor=0.5, patience=2) if cfg.scheduler == "plateau" else None
+    scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+    step, best = 0, -math.inf
+    if args.resume:
+        try:
+            weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
+            ckpt.load_into(gen, {k[4:]: v for k, v in weights.items() if k.startswith("gen.")})
+            if disc:
+                ckpt.load_into(disc, {k[5:]: v for k, v in weights.items() if k.startswith("disc.")})
+                opt_d.load_state_dict(state["opt_d"])
+            opt_g.load_state_dict(state["opt_g"])
+            scaler.load_state_dict(state["scaler"])
+            if plateau:
+                plateau.load_state_dict(state["plateau"])
+            ckpt.set_rng_state(state["rng"])
+            step, best = meta["step"], meta.get("best_score", -math.inf)
+            metrics.resume(step)
+            logger.info(f"resumed from {ck / 'latest'} at step {step}")
+        except ckpt.CheckpointError as e:
+            runtime.fail(str(e))
+        except (RuntimeError, KeyError) as e:
+            runtime.fail(f"{ck / 'latest'}: not a NeuroPBR checkpoint of this preset ({str(e).splitlines()[0]})")
+    logger.info(f"NeuroPBR: generator {sum(p.numel() for p in gen.parameters()):,} params"
+                f"{f', PatchGAN {sum(p.numel() for p in disc.parameters()):,}' if disc else ''} | {len(train_set)} train / "
+                f"{len(val_set)} val samples | {steps_per_epoch} steps/epoch, {total} steps | device {rt.device}")
+    stop = runtime.StopSignal()
+
+    def save(score=None):
+        if not rt.master:
+            return
+        weights = {f"gen.{k}": v for k, v in gen.state_dict().items()}
+        weights.update({f"disc.{k}": v for k, v in disc.state_dict().items()} if disc else {})
+        state = {"opt_g": opt_g.state_dict(), "scaler": scaler.state_dict(), "rng": ckpt.rng_state()}
+        state.update({"opt_d": opt_d.state_dict()} if disc else {})
+        state.update({"plateau": plateau.state_dict()} if plateau else {})
+        meta = {"step": step, "epoch": step / steps_per_epoch, "preset": args.preset, "config": asdict(cfg),
+                "model": asdict(model_config(cfg)), "best_score": best, "val_score": score}
+        name = f"step_{step:07d}"
+        ckpt.save(ck, name, weights, state, meta)
+        ckpt.link(ck, "latest", name)
+        epoch_done = step // steps_per_epoch
+        keep = {name} | {p.name for p in ck.glob("step_*") if cfg.save_every_epochs and
+                         int(p.name[5:]) % (cfg.save_every_epochs * steps_per_epoch) == 0}
+        if score is not None and score >= best:
+            ckpt.save(ck, "best", weights, state, meta)
+        ckpt.prune(ck, keep)
+        logger.debug(f"saved {name} (epoch {epoch_done})")
+
+    gen.train()
+    start_step, t_last = step, time.time()
+    with runtime.profiler(args.profile and rt.master, out) as prof_step:
+        while step < total:
+            batch = {k: v.to(rt.device) for k, v in batch_at(train_set, step, cfg, args.seed, rt.rank, rt.world).items()}
+            if not plateau or step <= cfg.warmup_epochs * steps_per_epoch:   # plateau: the scheduler owns the lr
+                for group in opt_g.param_groups:
+                    group["lr"] = cfg.g_lr * lr_factor(step, cfg, steps_per_epoch, total)
+            with rt.autocast():
+                pred = gen(batch["views"])
+                loss, parts = hybrid_loss(pred, batch, cfg)
+            use_gan = disc is not None and step >= gan_start
+            if use_gan:   # discriminator first (d_steps), then the generator's adversarial term
+                real = stack_maps(batch)
+                for _ in range(cfg.d_steps):
+                    with rt.autocast():
+                        d_loss, _ = gan_losses(disc(real), disc(stack_maps(pred).detach()), cfg.gan_loss)
+                    opt_d.zero_grad(set_to_none=True)
+                    scaler.scale(d_loss).backward()
+                    scaler.step(opt_d)
+                with rt.autocast():
+                    _, g_adv = gan_losses(disc(real), disc(stack_maps(pred)), cfg.gan_loss)
+                loss = loss + cfg.w_gan * g_adv
+                parts.update(d_loss=d_loss.item(), g_adv=g_adv.item())
+            opt_g.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt_g)
+            torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip)
+            scaler.step(opt_g)
+            scaler.update()
+            step += 1
+            prof_step()
+            if step % cfg.log_every == 0 or step == total:
+                dt, t_last = time.time() - t_last, time.time()
+                logger.info(f"step {step:6d} | epoch {step / steps_per_epoch:5.2f} | loss {loss.item():.4f} | "
+                            f"{' | '.join(f'{k} {v:.3f}' for k, v in parts.items())} | lr {opt_g.param_groups[0]['lr']:.2e} | "
+                            f"{cfg.log_every * cfg.batch_size / dt:.1f} samples/s")
+                metrics.write(step, "train", loss=loss.item(), lr=opt_g.param_groups[0]["lr"], **parts)
+            score = None
+            epoch_end = step % steps_per_epoch == 0
+            if rt.master and ((epoch_end and (step // steps_per_epoch) % cfg.eval_every_epochs == 0) or step == total):
+                res = evaluate(gen, val_set, None, rt.device, out / "val", max_samples=16, progress=False)
+                gen.train()
+                score = res["score"]
+                metrics.write(step, "val", **{k: v for k, v in res["flat"].items()})
+                logger.info(f"step {step:6d} | val albedo PSNR {res['model']['albedo']['psnr']:.2f} dB | normal "
+                            f"{res['model']['normal']['angle_mean']:.2f}° | rough MAE {res['model']['roughness']['mae']:.4f} "
+                            f"| metal MAE {res['model']['metallic']['mae']:.4f}")
+                best = max(best, score)
+                if plateau:
+                    plateau.step(-score)
+            if score is not None or step == total or (cfg.save_every_epochs and epoch_end):
+                save(score)
+            if args.stop_after and step - start_step >= args.stop_after:
+                save()
+                logger.info(f"--stop-after {args.stop_after}: saved {ck / 'latest'} at step {step}")
+                return runtime.teardown(rt)
+            if stop.signum is not None:
+                save()
+                logger.warning(f"signal {stop.signum}: saved {ck / 'latest'} at step {step}; resume with --resume")
+                runtime.teardown(rt)
+                sys.exit(stop.exit_code)
+    if rt.master:
+        res = evaluate(gen, val_set, train_set, rt.device, out / "eval")
+        (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))
+        logger.info(table(res) + f"\n\nimages: {out / 'eval'}")
+    runtime.teardown(rt)
+
+
+if __name__ == "__main__":
+    main()

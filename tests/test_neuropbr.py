@@ -1,0 +1,111 @@
+"""NeuroPBR end to end on tiny built-in data: the model, training with and without the GAN (loss falls), exact
+resume, evaluation against the baselines, inference on a PNG folder, export, and clear CLI errors.
+(The data layout and its rules: test_neuropbr_data.py; the renderer: test_neuropbr_synth.py.)"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuropbr.model import Generator, ModelConfig, PatchGAN, stack_maps
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+def run(args, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from neuropbr.synth import make_dataset
+    root = tmp_path_factory.mktemp("pbr") / "data"
+    make_dataset(root, 10, size=64, seed=1, progress=False)
+    return root
+
+
+def test_generator_and_discriminator_shapes():
+    for cfg in (ModelConfig(encoder_stride=2, transformer_dim=32, transformer_heads=2, transformer_depth=1),
+                ModelConfig(encoder_stride=2, use_transformer=False, transformer_dim=32)):
+        out = Generator(cfg)(torch.rand(2, 3, 3, 64, 64))
+        assert {k: tuple(v.shape) for k, v in out.items()} == {
+            "albedo": (2, 3, 64, 64), "roughness": (2, 1, 64, 64), "metallic": (2, 1, 64, 64), "normal": (2, 3, 64, 64)}
+        assert torch.allclose(out["normal"].norm(dim=1), torch.ones(2, 64, 64), atol=1e-4)
+        assert 0 <= out["albedo"].min() and out["albedo"].max() <= 1
+    assert PatchGAN(3, 8)(stack_maps(out)).shape == (2, 1, 6, 6)
+
+
+def _train(data, out, extra=()):
+    return run(["neuropbr/train.py", "--data", str(data), "--out", str(out), "--preset", "tiny", "--seed", "3", *extra])
+
+
+def _losses(out, key="l1"):
+    return [r[key] for r in map(json.loads, open(out / "metrics.jsonl")) if r["split"] == "train"]
+
+
+def test_train_without_gan_loss_falls_and_beats_baselines(data, tmp_path):
+    out = tmp_path / "nogan"
+    r = _train(data, out, ["--no-gan", "--epochs", "6"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    l1 = _losses(out)
+    assert sum(l1[-3:]) / 3 < 0.8 * sum(l1[:3]) / 3, l1
+    res = json.loads((out / "eval" / "results.json").read_text())
+    for method in ("model", "mean_material", "view_average"):
+        r = res[method]
+        assert 0 < r["albedo"]["psnr"] < 60 and 0 <= r["roughness"]["mae"] <= 1 and 0 <= r["normal"]["angle_p95"] <= 180
+    assert list((out / "eval").glob("sample_*.png"))
+
+
+def test_train_with_gan_and_exact_resume(data, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    r = _train(data, full)                      # tiny: GAN from epoch 1 of 2
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert any("d_loss" in row for row in map(json.loads, open(full / "metrics.jsonl")))
+    assert _train(data, split, ["--stop-after", "5"]).returncode == 0
+    r = _train(data, split, ["--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    from common.ckpt import load
+    a, b = load(full / "ckpt" / "latest")[0], load(split / "ckpt" / "latest")[0]
+    assert any(k.startswith("disc.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+    assert _losses(split) == _losses(full)
+
+
+def test_infer_on_a_png_folder_and_export(data, tmp_path):
+    out = tmp_path / "run"
+    assert _train(data, out, ["--no-gan", "--max-steps", "2"]).returncode == 0
+    views = tmp_path / "views"
+    shutil.copytree(next((data / "input").glob("*/sample_*")), views)
+    r = run(["neuropbr/infer.py", "--checkpoint", str(out / "ckpt" / "latest"), "--input-dir", str(views), "--out", str(tmp_path / "maps")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("albedo", "roughness", "metallic", "normal", "input_0"):
+        assert (tmp_path / "maps" / f"{name}.png").stat().st_size > 0
+    r = run(["neuropbr/export.py", "--model-path", str(out / "ckpt" / "latest"), "--data", str(data), "--out", str(tmp_path / "export")])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((tmp_path / "export" / "export_report.json").read_text())
+    assert rep["pte_matches_eager"] and rep["vgf"]["delegated_fraction"] > 0.9
+    assert (tmp_path / "export" / "model.vgf").stat().st_size > 0
+
+
+def test_cli_errors_are_one_line_exit_2(data, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    (bad / "input" / "render_metadata.json").unlink()
+    r = _train(bad, tmp_path / "x")
+    assert r.returncode == 2 and "render_metadata.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run(["neuropbr/infer.py", "--checkpoint", str(tmp_path / "nope"), "--input-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and "nope" in r.stderr
+
+
+def test_help_explains_every_flag():
+    from neuropbr.train import build_parser
+    for action in build_parser()._actions:
+        assert action.help and len(action.help) > 10, action.option_strings
+    flags = {s for a in build_parser()._actions for s in a.option_strings}
+    assert {"--input-dir", "--output-dir", "--config", "--render-curriculum", "--checkpoint-dir", "--resume",
+            "--device", "--batch-size", "--preset", "--out", "--max-steps"} <= flags
