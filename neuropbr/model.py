@@ -147,7 +147,8 @@ class Generator(nn.Module):
             x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
         x = self.final(x)
         out = {k: torch.sigmoid(head(x)) for k, head in self.heads.items() if k != "normal"}
-        out["normal"] = F.normalize(self.heads["normal"](x), dim=1, eps=1e-6)
+        n = self.heads["normal"](x)
+        out["normal"] = n * torch.rsqrt(n.pow(2).sum(1, keepdim=True) + 1e-12)   # F.normalize, in ops int8 VGF takes
         return out
 
 

@@ -2,7 +2,7 @@
 
 Every sample is one procedural material (bricks, tiles, wood, scratched metal, brushed metal, fabric, each with
 random parameters) given as four maps, and three renders of it lying flat at the origin (z up), each seen by a
-perspective camera on a sphere around it (radius 0.6-0.9, azimuth U(0, 360), tilt from vertical U(0, 40) deg,
+perspective camera on a sphere around it (radius 0.95-1.1, azimuth U(0, 360), tilt from vertical U(0, 40) deg,
 vertical FOV 55 deg). Shading is Cook-Torrance (GGX D, Smith Schlick-GGX G, Schlick F with F0 = lerp(0.04, albedo,
 metallic)) plus Lambert diffuse * (1 - metallic), lit by 1-2 random point/directional lights and a hemisphere
 sky, ACES-tonemapped and sRGB-encoded. A sample is "dirty" with probability 1 - clean_fraction: then it also gets
@@ -271,11 +271,15 @@ def decode_maps(q):
 
 # -------------------------------------------------------------------------------------------------- renderer
 def random_camera(g):
-    """Eye on a sphere around the origin; right/up/forward basis (right stays horizontal)."""
-    r, az, tilt = U(g, 0.6, 0.9), U(g, 0, 2 * math.pi), math.radians(U(g, 0, 40))
+    """Eye on a sphere around the origin, far enough that the whole sample can be in view; tilted 0-40 deg from
+    vertical towards any azimuth, held level with the sample's edges (image right = the texture's u axis, as a
+    photographer squares the frame to the sample), so pixel and texture axes roughly agree, up to perspective."""
+    r, az, tilt = U(g, 0.95, 1.1), U(g, 0, 2 * math.pi), math.radians(U(g, 0, 40))
     eye = torch.tensor([r * math.sin(tilt) * math.cos(az), r * math.sin(tilt) * math.sin(az), r * math.cos(tilt)])
     fwd = -eye / eye.norm()
-    right = torch.tensor([-math.sin(az), math.cos(az), 0.0])
+    x = torch.tensor([1.0, 0.0, 0.0])
+    right = x - (x @ fwd) * fwd
+    right = right / right.norm()
     up = torch.linalg.cross(right, fwd)
     return eye, right, up, fwd
 

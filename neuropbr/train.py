@@ -291,16 +291,16 @@ def main():
                 pred = gen(batch["views"])
                 loss, parts = hybrid_loss(pred, batch, cfg)
             use_gan = disc is not None and step >= gan_start
-            if use_gan:   # discriminator first (d_steps), then the generator's adversarial term
-                real = stack_maps(batch)
+            if use_gan:   # discriminator first (d_steps), then the generator's adversarial term; real and fake go
+                real = stack_maps(batch)       # through D as one batch, so its BatchNorm sees both (not each alone)
                 for _ in range(cfg.d_steps):
                     with rt.autocast():
-                        d_loss, _ = gan_losses(disc(real), disc(stack_maps(pred).detach()), cfg.gan_loss)
+                        d_loss, _ = gan_losses(*disc(torch.cat([real, stack_maps(pred).detach()])).chunk(2), cfg.gan_loss)
                     opt_d.zero_grad(set_to_none=True)
                     scaler.scale(d_loss).backward()
                     scaler.step(opt_d)
                 with rt.autocast():
-                    _, g_adv = gan_losses(disc(real), disc(stack_maps(pred)), cfg.gan_loss)
+                    _, g_adv = gan_losses(*disc(torch.cat([real, stack_maps(pred)])).chunk(2), cfg.gan_loss)
                 loss = loss + cfg.w_gan * g_adv
                 parts.update(d_loss=d_loss.item(), g_adv=g_adv.item())
             opt_g.zero_grad(set_to_none=True)
