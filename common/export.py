@@ -212,7 +212,7 @@ def run_vgf(vgf_path, inputs, work_dir):
 def _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, repeats, vgf, xnnpack):
     """Run each int8 artefact on example_inputs. Errors are in real units (max-abs) and in output
     quantization steps ("_steps": 1 = one int8 level); the reference is the converted PT2E graph in PyTorch."""
-    from common.quant import dequantize_output, quantize_input
+    from common.quant import dequantize_output, io_qparams, quantize_input
     checks = {}
     with torch.no_grad():
         ref = list(vgf_graph(*example_inputs))
@@ -225,7 +225,6 @@ def _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, r
     if xnnpack:
         with torch.no_grad():
             pte_ref = list(pte_graph(*example_inputs))
-        from common.quant import io_qparams
         pte_out = list(io_qparams(pte_graph)["outputs"].values())
         step = min(q["SINT"]["scale"] for q in (pte_out or out_q))
         forward = load_pte(out_dir / "model.pte")

@@ -157,10 +157,7 @@ def dequantize_output(q, qparams):
 
 def convert(qat_graph):
     """QAT graph -> int8 graph (the trained fake-quant scales become the real ones). Leaves qat_graph as is."""
-    g = copy.deepcopy(qat_graph)
-    if "train" in vars(g):           # bound by trainable(); deepcopy would keep it pointing at the original
-        del g.train, g.eval
-    return trainable(convert_pt2e(train_mode(g, False)))
+    return trainable(convert_pt2e(train_mode(copy.deepcopy(qat_graph), False)))
 
 
 def io_qparams(graph_module):

@@ -160,13 +160,14 @@ def lr_factor(step, cfg, steps_per_epoch, total):
 
 
 def hybrid_loss(pred, gt, cfg):
-    """HybridLoss without the adversarial term: per-map L1 + SSIM on albedo + normal cosine. -> (loss, parts)."""
+    """HybridLoss without the adversarial term: per-map L1 + SSIM on albedo + normal cosine. -> (loss, parts);
+    parts are detached tensors, read (a device sync) only when a step is logged."""
     l1 = sum(getattr(cfg, f"w_{'normal_map' if k == 'normal' else k}") * F.l1_loss(pred[k], gt[k])
              for k in ("albedo", "roughness", "metallic", "normal"))
     s = 1 - ssim(pred["albedo"], gt["albedo"])
     cos = (1 - F.cosine_similarity(pred["normal"], gt["normal"], dim=1)).mean()
     loss = cfg.w_l1 * l1 + cfg.w_ssim * s + cfg.w_normal * cos
-    return loss, {"l1": l1.item(), "ssim": s.item(), "normal_cos": cos.item()}
+    return loss, {"l1": l1.detach(), "ssim": s.detach(), "normal_cos": cos.detach()}
 
 
 def gan_losses(d_real, d_fake, kind):
@@ -302,7 +303,7 @@ def main():
                 with rt.autocast():
                     _, g_adv = gan_losses(*disc(torch.cat([real, stack_maps(pred)])).chunk(2), cfg.gan_loss)
                 loss = loss + cfg.w_gan * g_adv
-                parts.update(d_loss=d_loss.item(), g_adv=g_adv.item())
+                parts.update(d_loss=d_loss.detach(), g_adv=g_adv.detach())
             opt_g.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt_g)
@@ -313,6 +314,7 @@ def main():
             prof_step()
             if step % cfg.log_every == 0 or step == total:
                 dt, t_last = time.time() - t_last, time.time()
+                parts = {k: v.item() for k, v in parts.items()}
                 logger.info(f"step {step:6d} | epoch {step / steps_per_epoch:5.2f} | loss {loss.item():.4f} | "
                             f"{' | '.join(f'{k} {v:.3f}' for k, v in parts.items())} | lr {opt_g.param_groups[0]['lr']:.2e} | "
                             f"{cfg.log_every * cfg.batch_size / dt:.1f} samples/s")

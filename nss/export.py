@@ -30,7 +30,7 @@ from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
 from nss.dataset import DataError, list_captures, stream
 from nss.model import NSS, NSSConfig
-from nss.quantize import MODEL_TYPES, calibration_inputs, example_input, load_net
+from nss.quantize import MODEL_TYPES, calibration_inputs, example_input, fp32_net, network
 
 
 def get_args():
@@ -71,14 +71,14 @@ def main():
     args = get_args()
     run = Path(args.model_path).resolve().parents[1]
     try:
-        meta = ckpt.load(args.model_path, with_state=False)[2]
+        weights, _, meta = ckpt.load(args.model_path, with_state=False)
         model = NSS(NSSConfig(**meta.get("model", {})))
-        if meta.get("model_type", "fp32") == "fp32":
-            model.net.load_state_dict(ckpt.load(args.model_path, with_state=False)[0])
-        calib = None
-        if args.export_type == "ptq_int8":
-            calib = calibration_inputs(model, Path(args.calibration_data or run / "data" / "train"), args.calibration_frames)
-        model.net, _ = load_net(args.model_path, args.export_type, calib)
+        model.net = fp32 = fp32_net(weights)
+        calibrate = lambda: calibration_inputs(model, Path(args.calibration_data or run / "data" / "train"), args.calibration_frames)
+        calib = calibrate() if args.export_type == "ptq_int8" else None       # frames as the fp32 network sees them
+        model.net, _ = network(weights, meta.get("model_type", "fp32"), args.export_type, calib, source=args.model_path)
+        if args.export_type == "qat_int8":                                      # for the CPU .pte: through the int8 net
+            calib = calibrate()
         model.eval()
         data = Path(args.data) if args.data else run / "data" / "test"
         x = real_network_input(model, data) if data.exists() else None
@@ -98,24 +98,12 @@ def main():
     else:
         # the CPU .pte: XNNPACK's own quantizer (its int8 sigmoid needs other qparams than Arm's SNORM ones),
         # calibrated on the same frames; for qat_int8 on the QAT-trained weights
-        if args.export_type == "qat_int8":
-            calib = calib or calibration_inputs(model, Path(args.calibration_data or run / "data" / "train"), args.calibration_frames)
-        fp32_net = fp32_weights(args.model_path)
         ex = example_input()
-        pte_graph = quant.ptq(fp32_net, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=quant.image_dims(ex))
-        report = export_int8(model.net, pte_graph, (x,), out, export_type=args.export_type, fp32_model=fp32_net,
+        pte_graph = quant.ptq(fp32, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=quant.image_dims(ex))
+        report = export_int8(model.net, pte_graph, (x,), out, export_type=args.export_type, fp32_model=fp32,
                              vgf=not args.no_vgf)
     ok = verdict(report, out, args.tolerance, usecase="nss", input_shape=list(x.shape))
     sys.exit(0 if ok else 1)
-
-
-def fp32_weights(path):
-    """The AutoEncoder with a checkpoint's fp32 weights (for a QAT checkpoint: its trained weights)."""
-    from nss.model import AutoEncoder
-    weights = ckpt.load(path, with_state=False)[0]
-    fp = AutoEncoder()
-    fp.load_state_dict({k: v for k, v in weights.items() if k in fp.state_dict()})
-    return fp.eval()
 
 
 if __name__ == "__main__":

@@ -59,22 +59,28 @@ def calibration_inputs(model, data, frames=16, every=2):
     return inputs
 
 
-def load_net(path, model_type=None, calibration=None, backend="vgf"):
-    """Checkpoint -> (network for NSS.net, model_type). `calibration`: network inputs for ptq_int8."""
-    kind = checkpoint_type(path)
+def fp32_net(weights):
+    """The AutoEncoder with a checkpoint's fp32 weights; for a QAT checkpoint, its trained weights (the
+    observer/fake-quant state, `activation_post_process_*`, is left out)."""
+    net = AutoEncoder()
+    net.load_state_dict({k: v for k, v in weights.items() if not k.startswith("activation_post_process_")})
+    return net.eval()
+
+
+def network(weights, kind, model_type=None, calibration=None, backend="vgf", source="checkpoint"):
+    """Checkpoint weights of `kind` (meta's model_type) -> (network for NSS.net, model_type).
+    `calibration`: network inputs for ptq_int8; `source` names the checkpoint in errors."""
     model_type = model_type or kind
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {model_type!r} (have: {', '.join(MODEL_TYPES)})")
-    weights, _, _ = ckpt.load(path, with_state=False)
     if (kind == "qat_int8") != (model_type == "qat_int8"):
-        raise ckpt.CheckpointError(f"{path}: a {kind} checkpoint cannot be used as {model_type} "
+        raise ckpt.CheckpointError(f"{source}: a {kind} checkpoint cannot be used as {model_type} "
                                    f"({'qat_int8 needs a checkpoint from train.py --qat' if model_type == 'qat_int8' else 'use --model-type qat_int8'})")
     if kind == "qat_int8":
         net = qat_net(AutoEncoder(), backend)
         ckpt.load_into(net, weights)
         return quant.convert(net), model_type
-    net = AutoEncoder()
-    net.load_state_dict(weights)
+    net = fp32_net(weights)
     if model_type == "fp32":
         return net, model_type
     if not calibration:

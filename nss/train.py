@@ -33,7 +33,7 @@ from common import ckpt, log, quant, runtime
 from nss.dataset import DataError, NSSWindows
 from nss.evaluate import evaluate, table, tonemap
 from nss.model import NSS, NSSConfig, sample, pixel_grid
-from nss.quantize import MODEL_TYPES, calibration_inputs, checkpoint_type, load_net, qat_net
+from nss.quantize import MODEL_TYPES, calibration_inputs, checkpoint_type, fp32_net, network, qat_net
 
 
 @dataclass
@@ -178,11 +178,13 @@ def main():
             if not args.model_path:
                 runtime.fail("--evaluate needs --model-path CKPT_DIR")
             train_dir, test = resolve_data(args, cfg, rt, logger)
+            weights, _, meta = ckpt.load(args.model_path, with_state=False)
             calib = None
-            if (args.model_type or checkpoint_type(args.model_path)) == "ptq_int8":
-                model.net.load_state_dict(ckpt.load(args.model_path, with_state=False)[0])
+            if args.model_type == "ptq_int8":   # calibrate on what the fp32 network sees
+                model.net = fp32_net(weights)
                 calib = calibration_inputs(model, train_dir, args.calibration_frames)
-            model.net, model_type = load_net(args.model_path, args.model_type, calib)
+            model.net, model_type = network(weights, meta.get("model_type", "fp32"), args.model_type, calib,
+                                            source=args.model_path)
             model.to(rt.device)
             res = evaluate(model, test, rt.device, cfg.tonemapper, cfg.exposure, out / "eval", args.eval_frames)
             res["model_type"] = model_type
