@@ -90,6 +90,11 @@ def test_infer_on_a_png_folder_and_export(data, tmp_path):
     rep = json.loads((tmp_path / "export" / "export_report.json").read_text())
     assert rep["pte_matches_eager"] and rep["vgf"]["delegated_fraction"] > 0.9
     assert (tmp_path / "export" / "model.vgf").stat().st_size > 0
+    r = run(["neuropbr/export.py", "--model-path", str(out / "ckpt" / "latest"), "--data", str(data), "--export-type", "ptq_int8",
+             "--calibration-samples", "2", "--no-vgf", "--out", str(tmp_path / "export_int8")])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((tmp_path / "export_int8" / "export_report.json").read_text())
+    assert rep["pte_matches_eager"] and rep["checks"]["pte_p99_steps"] <= 1 and rep["xnnpack"]["delegated_fraction"] > 0.9
 
 
 def test_cli_errors_are_one_line_exit_2(data, tmp_path):
