@@ -6,6 +6,8 @@ Your data in NeuroPBR's layout (input/{clean,dirty}/sample_XXXX/{0,1,2}.png, inp
 output/<material>/{albedo,roughness,metallic,normal}.png), a preset of the reference:
     python neuropbr/train.py --input-dir DATA/input --output-dir DATA/output --config quick_test --out runs/pbr
     python neuropbr/train.py --data DATA --preset lightweight --render-curriculum 1 --out runs/pbr
+Two processes (DDP; gloo on CPU, rank 0 logs and saves):
+    torchrun --nproc_per_node=2 neuropbr/train.py --out runs/neuropbr
 Resume (bit-exact) / evaluate a checkpoint on the validation materials:
     python neuropbr/train.py --out runs/pbr --resume
     python neuropbr/train.py --out runs/pbr --evaluate --model-path runs/pbr/ckpt/best
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import ckpt, log, runtime
 from common.metrics import ssim
@@ -230,6 +233,7 @@ def main():
     gan_start = cfg.gan_start_epoch * steps_per_epoch
     disc = PatchGAN(cfg.d_layers, cfg.ndf).to(rt.device) if cfg.use_gan else None
     gen.to(rt.device)
+    net = DDP(gen) if rt.ddp else gen
     opt_g = torch.optim.AdamW(gen.parameters(), lr=cfg.g_lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999)) if disc else None
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_g, factor=0.5, patience=2) if cfg.scheduler == "plateau" else None
@@ -289,7 +293,7 @@ def main():
                 for group in opt_g.param_groups:
                     group["lr"] = cfg.g_lr * lr_factor(step, cfg, steps_per_epoch, total)
             with rt.autocast():
-                pred = gen(batch["views"])
+                pred = net(batch["views"])
                 loss, parts = hybrid_loss(pred, batch, cfg)
             use_gan = disc is not None and step >= gan_start
             if use_gan:   # discriminator first (d_steps), then the generator's adversarial term; real and fake go
@@ -299,6 +303,10 @@ def main():
                         d_loss, _ = gan_losses(*disc(torch.cat([real, stack_maps(pred).detach()])).chunk(2), cfg.gan_loss)
                     opt_d.zero_grad(set_to_none=True)
                     scaler.scale(d_loss).backward()
+                    if rt.ddp:      # D is not DDP-wrapped (two forwards per step): average its gradients by hand
+                        for p in disc.parameters():
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= rt.world
                     scaler.step(opt_d)
                 with rt.autocast():
                     _, g_adv = gan_losses(*disc(torch.cat([real, stack_maps(pred)])).chunk(2), cfg.gan_loss)
