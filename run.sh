@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nanoNG entry point.
 #   bash run.sh setup                 create .venv and install requirements.txt (done by every command)
-#   bash run.sh demo [nss|neuropbr|all]  generate built-in data, train, evaluate vs baselines, export
+#   bash run.sh demo [nss|neuropbr|prism|all]  generate built-in data, train, evaluate vs baselines, export
 #   bash run.sh smoke                 the test suite (pytest), what CI runs
 #   bash run.sh bench [nss|all]       benchmarks (see bench/ once it exists)
 set -euo pipefail
@@ -49,9 +49,10 @@ case "$cmd" in
     demo)
         which=${1:-nss}
         case "$which" in
-            nss|neuropbr) setup; "$PY" "$which/demo.py" "${@:2}" ;;
-            all) setup; "$PY" nss/demo.py --out runs/demo/nss && "$PY" neuropbr/demo.py --out runs/demo/neuropbr ;;
-            *) echo "error: demo: unknown use case '$which' (have: nss, neuropbr, all)" >&2; exit 2 ;;
+            nss|neuropbr|prism) setup; "$PY" "$which/demo.py" "${@:2}" ;;
+            all) setup; "$PY" nss/demo.py --out runs/demo/nss && "$PY" neuropbr/demo.py --out runs/demo/neuropbr \
+                    && "$PY" prism/demo.py --out runs/demo/prism ;;
+            *) echo "error: demo: unknown use case '$which' (have: nss, neuropbr, prism, all)" >&2; exit 2 ;;
         esac ;;
     smoke)
         setup nss/requirements.txt

@@ -1,0 +1,109 @@
+"""Export a Prism network (one scale, GRU state in and out) to a .vgf for Arm's ML extensions for Vulkan and a
+.pte for CPUs, check both against PyTorch, and report its cost: parameters, FLOPs per frame, CPU ms.
+
+    python prism/export.py --model-path runs/prism/ckpt/best --out runs/prism/export            # 2x, data size
+    python prism/export.py --model-path runs/prism/ckpt/best --scale 3 --out runs/prism/export_3x
+    python prism/export.py --preset quality --size 540 960 --no-vgf --out runs/prism/cost_quality   # untrained: cost only
+
+Graph: forward(color (1,3,h,w), depth (1,1,h,w), motion_vectors (1,2,h,w), state (1,C,h/8,w/8))
+-> (frame (1,3,s*h,s*w), new state). The engine feeds the state back each frame (zeros after a camera cut).
+The check inputs are a held-out frame of the run's data (state after streaming the frames before it), or
+random frames with --size. Writes model.vgf, model.tosa, model_vgf.pte, model.pte, export_report.json.
+Needs Arm's model-converter on PATH for the .vgf (run.sh sets it).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import ckpt
+from common.export import export_fp32, verdict
+from common.runtime import fail
+from prism.dataset import DataError, PrismDataset
+from prism.model import PRESETS, ExportPrism, Prism
+
+
+def check_inputs(model, data_root, scale, frames=3):
+    """A real frame of the data's first sequence at this scale, with the GRU state of the frames before it."""
+    ds = PrismDataset(data_root, clip_len=1)
+    seq = next((s for s in ds.sequences if s["scale"] == scale), None)
+    if seq is None:
+        raise DataError(f"{data_root}: no sequence at {scale}x to check the export on")
+    from safetensors.torch import load_file
+    data = load_file(str(seq["path"]))
+    state = model.initial_state(1, *seq["size"])
+    with torch.no_grad():
+        for t in range(min(frames, seq["frames"])):
+            x = tuple(data[k][t:t + 1].float() for k in ("color", "depth", "motion_vectors"))
+            if t < min(frames, seq["frames"]) - 1:
+                state = model(*x, state, scale)[1]
+    return (*x, state)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", help="checkpoint directory (e.g. runs/prism/ckpt/best)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="without --model-path: an untrained network of this "
+                   "preset (for cost and lowering only; its output is meaningless)")
+    p.add_argument("--export-type", default="fp32", choices=["fp32"], help="fp32 (TOSA-1.0+FP)")
+    p.add_argument("--scale", type=int, default=2, choices=[2, 3], help="upscaling factor of the exported graph")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (random check frames); "
+                   "default: the size of the run's data, e.g. 540 960 for 1080p output at 2x")
+    p.add_argument("--data", help="dataset root for the check frame (default: the run's built-in data)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of eager and .pte (median reported)")
+    p.add_argument("--tolerance", type=float, default=None, help=".pte vs eager max-abs-error (default 1e-4)")
+    args = p.parse_args()
+    if not (args.model_path or args.preset):
+        fail("give --model-path CKPT_DIR (a trained network) or --preset NAME (untrained, for cost only)")
+    try:
+        if args.model_path:
+            weights, _, meta = ckpt.load(args.model_path, with_state=False)
+            model = Prism(PRESETS[meta["config"]["model"]])
+            ckpt.load_into(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+        else:
+            torch.manual_seed(0)
+            model = Prism(PRESETS[args.preset])
+        model.eval()
+        if args.size:
+            h, w = args.size
+            g = torch.Generator().manual_seed(0)
+            x = (torch.rand(1, 3, h, w, generator=g), torch.rand(1, 1, h, w, generator=g),
+                 torch.randn(1, 2, h, w, generator=g) * 2, model.initial_state(1, h, w))
+        else:
+            if not args.model_path:
+                fail("--preset without a checkpoint needs --size H W")
+            root = Path(args.data) if args.data else Path(args.model_path).resolve().parents[1] / "data"
+            x = check_inputs(model, root, args.scale)
+    except (DataError, ckpt.CheckpointError) as e:
+        fail(str(e))
+    except KeyError as e:
+        fail(f"{args.model_path}: not a Prism checkpoint (no {e} in meta.json)")
+    net, out = ExportPrism(model, args.scale).eval(), Path(args.out)
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        net(*x)
+    report = export_fp32(net, x, out, vgf=not args.no_vgf, repeats=args.repeats)
+    h, w = x[0].shape[-2:]
+    ok = verdict(report, out, args.tolerance, usecase="prism", preset=meta_name(model),
+                 scale=args.scale, input_size=[h, w], output_size=[args.scale * h, args.scale * w],
+                 params=sum(p.numel() for p in model.parameters()), gflops_per_frame=round(flops.get_total_flops() / 1e9, 3),
+                 trained=bool(args.model_path))
+    print(f"cost at {h}x{w} -> {args.scale * h}x{args.scale * w}: {report['params']:,} params, "
+          f"{report['gflops_per_frame']} GFLOPs/frame, eager {report['checks']['eager_ms']:.1f} ms, "
+          f".pte {report['checks']['pte_ms']:.1f} ms" + (f", VGF delegated {report['vgf']['delegated_fraction']:.1%}" if 'vgf' in report else ""))
+    sys.exit(0 if ok else 1)
+
+
+def meta_name(model):
+    return next((k for k, v in PRESETS.items() if v == model.cfg), "custom")
+
+
+if __name__ == "__main__":
+    main()
