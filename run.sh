@@ -55,7 +55,7 @@ case "$cmd" in
             *) echo "error: demo: unknown use case '$which' (have: nss, neuropbr, prism, all)" >&2; exit 2 ;;
         esac ;;
     smoke)
-        setup nss/requirements.txt
+        setup nss/requirements.txt gamengen/requirements.txt
         set +e
         "$PY" -m pytest -q tests "$@"
         rc=$?
