@@ -2,6 +2,7 @@
 
     python gamengen/collect.py --policy random --steps 20000 --out data/doom
     python gamengen/collect.py --policy random --steps 40000 --out data/doom     # resumes: records 20000 more
+    python gamengen/collect.py --policy runs/doom_agent/ckpt/latest --steps 20000 --out data/doom_agent   # PPO agent
 
 Layout (one shard = whole episodes, or consecutive parts of one long episode):
 
@@ -96,6 +97,19 @@ class ShardWriter:
         tmp.replace(self.out / "index.json")
 
 
+def new_index(resolution):
+    return {"format": FORMAT, "actions": list(ACTIONS), "resolution": resolution, "shards": [], "episodes": {}}
+
+
+def next_episode_id(index):
+    return 1 + max([int(e) for e in index["episodes"]] + [s[0] for sh in index["shards"] for s in sh["segments"]] + [-1])
+
+
+def split_of(seed, heldout, episode):
+    """Seeded, per-episode train / held-out assignment (the same for collect.py and agent.py --record)."""
+    return "heldout" if random.Random(f"split/{seed}/{episode}").random() < heldout else "train"
+
+
 def random_policy(rng):
     return lambda frame: rng.randrange(len(ACTIONS))
 
@@ -107,9 +121,9 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.tmp"):       # a shard being written when the last run was killed
         stale.unlink()
-    index = load_index(out) or {"format": FORMAT, "actions": list(ACTIONS), "resolution": resolution, "shards": [], "episodes": {}}
+    index = load_index(out) or new_index(resolution)
     done_steps = sum(s["steps"] for s in index["shards"])
-    next_episode = 1 + max([int(e) for e in index["episodes"]] + [s[0] for sh in index["shards"] for s in sh["segments"]] + [-1])
+    next_episode = next_episode_id(index)
     if done_steps >= steps:
         return index
     rng = random.Random(f"{seed}/{next_episode}")     # a resumed run does not replay the same random game
@@ -117,7 +131,6 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
     index["frame_shape"] = list(env.shape)
     act = random_policy(rng) if policy == "random" else policy
     writer = ShardWriter(out, index, shard_steps)
-    split_of = lambda e: "heldout" if random.Random(f"split/{seed}/{e}").random() < heldout else "train"   # noqa: E731
     finished = {}
     bar = tqdm(total=steps, initial=done_steps, desc="collect", unit="step", disable=not progress)
     episode, t, frame = next_episode, 0, env.reset()
@@ -130,11 +143,11 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
         frame = next_frame
         last = done_steps + writer.steps() >= steps
         if done or last:
-            finished[str(episode)] = {"split": split_of(episode), "length": t, "done": bool(done)}
+            finished[str(episode)] = {"split": split_of(seed, heldout, episode), "length": t, "done": bool(done)}
             episode, t, frame = episode + 1, 0, env.reset()
         if writer.steps() >= shard_steps or last:
             if t:       # the episode in progress continues in the next shard; if the run dies first, it stays truncated
-                finished[str(episode)] = {"split": split_of(episode), "length": t, "done": False}
+                finished[str(episode)] = {"split": split_of(seed, heldout, episode), "length": t, "done": False}
             done_steps += writer.steps()
             writer.flush(finished)
             finished = {}
@@ -146,7 +159,8 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="random", help="random (uniform over the 8 actions) or a saved agent checkpoint")
+    p.add_argument("--policy", default="random",
+                   help="random (uniform over the 8 actions) or a gamengen/agent.py checkpoint (e.g. runs/doom_agent/ckpt/latest)")
     p.add_argument("--steps", type=int, required=True, help="total recorded steps in OUT (an existing collection is continued)")
     p.add_argument("--out", required=True, help="output folder (index.json + shard_XXXXX.safetensors)")
     p.add_argument("--seed", type=int, default=0, help="seed of the games, the random policy and the train/held-out split")
@@ -155,11 +169,18 @@ def main():
     p.add_argument("--resolution", default="160x120", choices=["160x120", "320x240"], help="game screen (padded to 128 / 256 rows)")
     p.add_argument("--sticky", type=float, default=0.25, help="probability of repeating the previous action instead")
     args = p.parse_args()
-    if args.policy != "random":
-        fail(f"--policy {args.policy}: only 'random' is implemented so far (the PPO agent, gamengen/agent.py, is not written yet)")
+    policy = args.policy
+    if policy != "random":      # a PPO agent checkpoint (gamengen/agent.py): actions sampled from its policy
+        from common.ckpt import CheckpointError
+        from gamengen.agent import load_policy
+        try:
+            torch.set_num_threads(1)
+            policy = load_policy(args.policy, args.seed)
+        except CheckpointError as e:
+            fail(f"--policy {args.policy}: {e}")
     try:
         t0 = time.time()
-        index = collect(args.out, args.steps, args.policy, args.seed, args.heldout, args.shard_steps, args.resolution, args.sticky)
+        index = collect(args.out, args.steps, policy, args.seed, args.heldout, args.shard_steps, args.resolution, args.sticky)
     except ValueError as e:
         fail(str(e))
     eps = index["episodes"].values()
