@@ -118,6 +118,19 @@ class StopSignal:
     def exit_code(self):
         return 130 if self.signum == signal.SIGINT else 0
 
+    def checkpoint_and_leave(self, step, steps_this_run, stop_after, save, latest, logger, rt):
+        """Called after every training step. After --stop-after N steps of this run: save, tear down and return
+        True (the caller returns). On SIGINT/SIGTERM: save, tear down and exit 130/0. Otherwise False."""
+        if not (stop_after and steps_this_run >= stop_after) and self.signum is None:
+            return False
+        save()
+        teardown(rt)
+        if stop_after and steps_this_run >= stop_after:
+            logger.info(f"--stop-after {stop_after}: saved {latest} at step {step}")
+            return True
+        logger.warning(f"signal {self.signum}: saved {latest} at step {step}; resume with --resume")
+        sys.exit(self.exit_code)
+
 
 class NanGuard:
     """Checks a loss before backward. `ok(loss)` is False for non-finite losses, which are counted."""

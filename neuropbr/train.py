@@ -342,15 +342,8 @@ def main():
                     plateau.step(-score)
             if score is not None or step == total or (cfg.save_every_epochs and epoch_end):
                 save(score)
-            if args.stop_after and step - start_step >= args.stop_after:
-                save()
-                logger.info(f"--stop-after {args.stop_after}: saved {ck / 'latest'} at step {step}")
-                return runtime.teardown(rt)
-            if stop.signum is not None:
-                save()
-                logger.warning(f"signal {stop.signum}: saved {ck / 'latest'} at step {step}; resume with --resume")
-                runtime.teardown(rt)
-                sys.exit(stop.exit_code)
+            if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
+                return
     if rt.master:
         res = evaluate(gen, val_set, train_set, rt.device, out / "eval")
         (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))

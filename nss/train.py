@@ -294,16 +294,8 @@ def main():
                     best = max(best, val)
             if val is not None or step == cfg.max_steps or (save_every and step % save_every == 0):
                 save(psnr_val=val)
-            if args.stop_after and step - start_step >= args.stop_after:
-                save()
-                logger.info(f"--stop-after {args.stop_after}: saved {ck / 'latest'} at step {step}")
-                runtime.teardown(rt)
+            if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
                 return
-            if stop.signum is not None:
-                save()
-                logger.warning(f"signal {stop.signum}: saved {ck / 'latest'} at step {step}; resume with --resume")
-                runtime.teardown(rt)
-                sys.exit(stop.exit_code)
     if rt.master and not args.no_evaluate and test_dir is not None:
         if qat:   # what ships: the QAT graph converted to real int8
             model.net = quant.convert(model.net).to(rt.device)

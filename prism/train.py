@@ -290,15 +290,8 @@ def main():
                                                                   f"{res[k]['bilinear']['psnr']:.2f})" for k in sorted(res) if k.endswith("x")))
             if score is not None or step == total or (cfg.save_every and step % cfg.save_every == 0):
                 save(score)
-            if args.stop_after and step - start_step >= args.stop_after:
-                save()
-                logger.info(f"--stop-after {args.stop_after}: saved {ck / 'latest'} at step {step}")
-                return runtime.teardown(rt)
-            if stop.signum is not None:
-                save()
-                logger.warning(f"signal {stop.signum}: saved {ck / 'latest'} at step {step}; resume with --resume")
-                runtime.teardown(rt)
-                sys.exit(stop.exit_code)
+            if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
+                return
     if rt.master:
         res = evaluate(model, val_set, rt.device, out / "eval")
         logger.info(table(res) + f"\n\nimages: {out / 'eval'}")
