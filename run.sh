@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # nanoNG entry point.
 #   bash run.sh setup                 create .venv and install requirements.txt (done by every command)
-#   bash run.sh demo [nss|neuropbr|prism|all]  generate built-in data, train, evaluate vs baselines, export
+#   bash run.sh demo [nss|neuropbr|prism|gamengen|all]  generate built-in data, train, evaluate vs baselines, export
+#   bash run.sh play [play.py flags]  play the GameNGen model in a window (installs pygame; default: the demo's model)
 #   bash run.sh smoke                 the test suite (pytest), what CI runs
 #   bash run.sh bench [nss|all]       benchmarks (see bench/ once it exists)
 set -euo pipefail
@@ -50,10 +51,18 @@ case "$cmd" in
         which=${1:-nss}
         case "$which" in
             nss|neuropbr|prism) setup; "$PY" "$which/demo.py" "${@:2}" ;;
-            all) setup; "$PY" nss/demo.py --out runs/demo/nss && "$PY" neuropbr/demo.py --out runs/demo/neuropbr \
-                    && "$PY" prism/demo.py --out runs/demo/prism ;;
-            *) echo "error: demo: unknown use case '$which' (have: nss, neuropbr, prism, all)" >&2; exit 2 ;;
+            gamengen) setup gamengen/requirements.txt; "$PY" gamengen/demo.py "${@:2}" ;;
+            all) setup nss/requirements.txt gamengen/requirements.txt; "$PY" nss/demo.py --out runs/demo/nss \
+                    && "$PY" neuropbr/demo.py --out runs/demo/neuropbr && "$PY" prism/demo.py --out runs/demo/prism \
+                    && "$PY" gamengen/demo.py --out runs/demo/gamengen ;;
+            *) echo "error: demo: unknown use case '$which' (have: nss, neuropbr, prism, gamengen, all)" >&2; exit 2 ;;
         esac ;;
+    play)
+        setup gamengen/requirements.txt gamengen/requirements-play.txt
+        if [ $# -eq 0 ]; then
+            set -- --model-path runs/demo/gamengen/diffusion/ckpt/best --data runs/demo/gamengen/latents
+        fi
+        "$PY" gamengen/play.py "$@" ;;
     smoke)
         setup nss/requirements.txt gamengen/requirements.txt
         set +e
@@ -65,6 +74,6 @@ case "$cmd" in
         exit $rc ;;
     bench)
         echo "error: bench is not implemented yet (issue 9)" >&2; exit 2 ;;
-    help|-h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) echo "error: unknown command '$cmd' (setup | demo | smoke | bench)" >&2; exit 2 ;;
+    help|-h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) echo "error: unknown command '$cmd' (setup | demo | play | smoke | bench)" >&2; exit 2 ;;
 esac

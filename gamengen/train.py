@@ -153,7 +153,7 @@ def main():
             runtime.fail(f"{ck / 'latest'}: not a GameNGen diffusion checkpoint of this preset ({str(e).splitlines()[0]})")
     total = cfg.max_steps
     logger.info(f"GameNGen denoiser ({cfg.model}, context {mcfg.context}): {sum(p.numel() for p in model.parameters()):,} params | "
-                f"{len(train_set)} train windows ({len(set(train_set.ep_sorted.tolist()))} episodes), {len(val_set)} held-out | "
+                f"{len(train_set)} train windows ({len(set(train_set.ep_sorted[train_set.targets].tolist()))} episodes), {len(val_set)} held-out | "
                 f"{total} steps, batch {cfg.batch_size} | device {rt.device}")
     stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
 

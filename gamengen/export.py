@@ -1,0 +1,184 @@
+"""Export what play.py runs per frame: one guided denoiser step and the decoder, as XNNPACK .pte files for CPUs
+and .vgf/.tosa for Arm's ML extensions for Vulkan; check them against PyTorch and report the cost of a frame.
+
+    python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents --out runs/gg/export
+    python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents \\
+                              --decoder runs/gg/decoder/ckpt/best --no-vgf --out runs/gg/export_ft
+    python gamengen/export.py --preset cpu --no-vgf --out runs/gg/cost_cpu      # untrained: cost and lowering only
+
+OUT/denoise_step/  DenoiseStep(model, guidance) of gamengen/model.py at batch 1: forward(x (1,4,16,20),
+                   t (1,), s (1,), context (1,N,4,16,20), actions (1,N) int64, bucket (1,) int64) -> x at s; the
+                   conditional and unconditional (context zeroed) branches run inside as one batch of 2.
+                   An engine calls it --steps times per frame, t = 1 -> 0 in equal steps, x starting as noise.
+OUT/decoder/       forward(z (1,4,16,20), in the diffusion model's scaled latent space) -> frame (1,3,128,160)
+                   in [0, 1]: the 1 / scale of the latents' index (1 without data) and the clamp are inside.
+Each holds model.pte (XNNPACK), model.vgf + model.tosa + model_vgf.pte (VGF delegate; not with --no-vgf) and
+export_report.json (delegated fractions, non-delegated ops, max-abs-error of each against eager PyTorch).
+
+What lowers (VGF): all of the decoder. In the denoiser step the two embedding lookups of int64 indices
+(actions + positions into the action table, the noise bucket into its table) and the int64 add and cat that
+feed them stay on the CPU: model_vgf.pte runs them before its delegated graph, and the standalone model.vgf
+takes the looked-up vectors ((2, N, action_dim) and (2, cond_dim)) as inputs instead of actions and bucket, so
+its TOSA/VGF check against eager is skipped (said in the report). t and s as float tensors lower (cos, sin, exp).
+XNNPACK has no group norm, embedding or nearest upsampling: those run as portable CPU ops between its graphs.
+Cost: parameters of the denoiser and decoder, FLOPs (torch.utils.flop_counter: convolutions and matmuls) of a
+played frame = steps x denoise step + decode, and the eager and .pte milliseconds of a frame measured so.
+"""
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import ckpt
+from common.export import _run_tosa_and_vgf, export_fp32, lower_vgf, max_abs_error, verdict
+from common.runtime import fail
+from gamengen import autoencoder
+from gamengen.model import PRESETS, DenoiseStep, Denoiser, bucket_of
+from gamengen.train import load_denoiser
+
+AE_FOR = {"tiny": "tiny", "cpu": "cpu", "paper": "gpu"}       # untrained autoencoder beside an untrained --preset
+
+
+class DecodeFrame(nn.Module):
+    """Scaled latent (what the denoiser makes) -> frame in [0, 1]."""
+
+    def __init__(self, ae, scale=1.0):
+        super().__init__()
+        self.ae, self.inv_scale = ae, 1.0 / float(scale)
+
+    def forward(self, z):
+        return self.ae.decode(z * self.inv_scale).clamp(0, 1)
+
+
+def flops_of(net, inputs):
+    with FlopCounterMode(display=False) as f, torch.no_grad():
+        net(*inputs)
+    return f.get_total_flops()
+
+
+def export_part(net, inputs, out, vgf, repeats, xnnpack=True):
+    """export_fp32 for the .pte (and the VGF when the whole graph lowers, checked in the TOSA reference model and
+    on the emulation layer); when ops stay on the CPU, the VGF files are written and the report says which ops
+    and that the standalone .vgf's inputs differ, so its numeric check is skipped. -> report."""
+    report = export_fp32(net, inputs, out, vgf=False, xnnpack=xnnpack, repeats=repeats)
+    if vgf:
+        try:
+            v = lower_vgf(torch.export.export(net, inputs), out, "TOSA-1.0+FP")
+        except RuntimeError as e:                    # more than one delegated graph: no standalone .vgf
+            v = {"error": str(e).splitlines()[0]}
+        report["vgf"] = v
+        if v.get("non_delegated_ops"):
+            v["note"] = (f"not delegated, run on the CPU by model_vgf.pte: {', '.join(v['non_delegated_ops'])}; the standalone "
+                         "model.vgf takes their results as inputs, so its TOSA/VGF check is skipped")
+        elif "error" not in v:
+            with torch.no_grad():
+                ref = net(*inputs)
+            ref = list(ref) if isinstance(ref, (tuple, list)) else [ref]
+            _run_tosa_and_vgf(Path(out), inputs, report["checks"],
+                              lambda name, outputs: report["checks"].update({f"{name}_max_abs_error": max_abs_error(outputs, ref)}))
+    (Path(out) / "export_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def check_inputs(model, data, steps, seed=0):
+    """Denoiser step inputs (the first DDIM step of a held-out window when data, else random) and a latent."""
+    cfg, g = model.cfg, torch.Generator().manual_seed(seed)
+    N, C, (H, W) = cfg.context, cfg.latent_channels, cfg.latent_size
+    if data:
+        from gamengen.play import Episodes
+        ep = Episodes(data, N)
+        context, actions = ep.window(ep.ids[0])
+        context, actions, scale = context[None], actions[None], ep.ds.scale
+    else:
+        context, actions, scale = torch.randn(1, N, C, H, W, generator=g), torch.randint(0, cfg.n_actions, (1, N), generator=g), 1.0
+    x = torch.randn(1, C, H, W, generator=g)
+    t, s = torch.ones(1), torch.full((1,), 1 - 1 / steps)
+    bucket = bucket_of(torch.zeros(1), cfg)
+    return (x, t, s, context, actions, bucket), (context[:, -1],), scale
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", help="diffusion checkpoint directory (gamengen/train.py diffusion: OUT/ckpt/best)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="without --model-path: an untrained denoiser of this preset "
+                   "(for cost and lowering only; its output is meaningless)")
+    p.add_argument("--data", help="latents folder: a held-out window for the check, the latent scale and the default decoder "
+                   "(default with --model-path: the checkpoint's training data when it is still there)")
+    p.add_argument("--decoder", help="autoencoder checkpoint (default: the one named in the latents' index; with --preset and "
+                   "no data, an untrained autoencoder of the matching size)")
+    p.add_argument("--steps", type=int, help="DDIM steps per played frame, for the cost (default: the model's, 4)")
+    p.add_argument("--guidance", type=float, help="context guidance weight baked into the step (default: the model's, 1.5)")
+    p.add_argument("--out", required=True, help="output folder (denoise_step/ and decoder/ inside)")
+    p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte files")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of eager and .pte (median reported)")
+    p.add_argument("--tolerance", type=float, default=None, help=".pte vs eager max-abs-error (default 1e-4)")
+    args = p.parse_args()
+    if not (args.model_path or args.preset):
+        fail("give --model-path CKPT_DIR (a trained denoiser) or --preset tiny|cpu|paper (untrained, for cost only)")
+    try:
+        if args.model_path:
+            model, meta = load_denoiser(args.model_path)
+            if not args.data and meta.get("data") and (Path(meta["data"]) / "index.json").exists():
+                args.data = meta["data"]
+        else:
+            torch.manual_seed(0)
+            model = Denoiser(PRESETS[args.preset]).eval()
+        cfg = model.cfg
+        steps, guidance = args.steps or cfg.sample_steps, cfg.guidance if args.guidance is None else args.guidance
+        step_in, dec_in, scale = check_inputs(model, args.data, steps)
+        if args.decoder or args.data:
+            from gamengen.play import decoder_path
+            ae, ae_cfg = autoencoder.load_model(decoder_path(argparse.Namespace(decoder=args.decoder, data=args.data)))
+        elif args.preset:
+            torch.manual_seed(0)
+            ae_cfg = autoencoder.PRESETS[AE_FOR[args.preset]]
+            ae = autoencoder.AE(ae_cfg).eval()
+        else:
+            fail(f"no decoder: give --decoder AE_CKPT or --data LATENTS ({args.model_path}'s training data is not there)")
+    except ckpt.CheckpointError as e:
+        fail(str(e))
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    except KeyError as e:
+        fail(f"{args.model_path}: not a GameNGen diffusion checkpoint (no {e} in meta.json)")
+    out = Path(args.out)
+    step_net, dec_net = DenoiseStep(model, guidance).eval(), DecodeFrame(ae, scale).eval()
+    step_flops, dec_flops = flops_of(step_net, step_in), flops_of(dec_net, dec_in)
+    name = args.preset or meta["config"]["model"]
+    params = {"denoiser": sum(p.numel() for p in model.parameters()), "decoder": sum(p.numel() for p in ae.decoder.parameters())}
+    common = dict(usecase="gamengen", preset=name, trained=bool(args.model_path), context=cfg.context, guidance=guidance,
+                  steps_per_frame=steps)
+    ok, reports = True, {}
+    for part, net, inputs, flops, n in (("denoise_step", step_net, step_in, step_flops, params["denoiser"]),
+                                        ("decoder", dec_net, dec_in, dec_flops, params["decoder"])):
+        print(f"--- {part}")
+        report = export_part(net, inputs, out / part, not args.no_vgf, args.repeats)
+        ok &= verdict(report, out / part, args.tolerance, part=part, params=n, gflops=round(flops / 1e9, 4), **common)
+        if "note" in report.get("vgf", {}) or "error" in report.get("vgf", {}):
+            print(f"VGF {part}: {report['vgf'].get('note') or report['vgf']['error']}")
+        reports[part] = report
+    c1, c2 = reports["denoise_step"]["checks"], reports["decoder"]["checks"]
+    summary = dict(common, latent_scale=scale, decoder_config=asdict(ae_cfg), model_config=asdict(cfg), params=params,
+                   params_total=sum(params.values()), gflops_per_frame=round((steps * step_flops + dec_flops) / 1e9, 3),
+                   eager_ms_per_frame=round(steps * c1["eager_ms"] + c2["eager_ms"], 2),
+                   pte_ms_per_frame=round(steps * c1["pte_ms"] + c2["pte_ms"], 2),
+                   delegated={p: {k: r[k]["delegated_fraction"] for k in ("xnnpack", "vgf") if "delegated_fraction" in r.get(k, {})}
+                              for p, r in reports.items()}, pte_matches_eager=ok)
+    (out / "export_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"cost of a played frame ({name}, context {cfg.context}, {steps} steps x guided denoise step (batch 2) + decode): "
+          f"{summary['params_total']:,} params ({params['denoiser']:,} denoiser + {params['decoder']:,} decoder), "
+          f"{summary['gflops_per_frame']} GFLOPs, eager {summary['eager_ms_per_frame']:.1f} ms, .pte {summary['pte_ms_per_frame']:.1f} ms "
+          f"(threads {torch.get_num_threads()}); delegated {json.dumps(summary['delegated'])}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""GameNGen part 3: playing the diffusion model (headless play of an action script to a GIF with its FPS line, the
+engine's sliding context, one-line errors) and the export of a guided denoiser step and the decoder."""
+import json
+from argparse import Namespace
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("vizdoom", reason="GameNGen needs vizdoom (bash run.sh smoke installs gamengen/requirements.txt)")
+
+from gamengen import export, play  # noqa: E402
+from gamengen.autoencoder import load_model  # noqa: E402
+from gamengen.doom import ACTIONS  # noqa: E402
+from gamengen.model import sample  # noqa: E402
+from gamengen.train import load_denoiser  # noqa: E402
+from tests.conftest import run_main  # noqa: E402
+
+SCRIPT = """# walk in, look left, fire
+forward 2
+turn_left
+attack        # once
+strafe_right 2
+7
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread here (several times faster than 2 on a busy 2-core machine; play.py --threads 1 sets it
+    too), and the caller's count back afterwards."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def paths(root):
+    return root / "diffusion" / "ckpt" / "best", root / "latents"
+
+
+def test_headless_play_writes_the_gif_and_an_fps_line(gamengen_tiny, tmp_path, capsys):
+    ckpt, lat = paths(gamengen_tiny)
+    (tmp_path / "walk.txt").write_text(SCRIPT)
+    assert play.parse_actions(SCRIPT) == [2, 2, 6, 1, 5, 5, 7]
+    run_main(play.main, "--model-path", ckpt, "--data", lat, "--headless", "--actions", tmp_path / "walk.txt",
+             "--out", tmp_path / "play.gif", "--threads", 1, "--steps", 2)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    n_ctx = load_denoiser(ckpt)[0].cfg.context
+    assert line["frames"] == 7 and line["context_frames"] == n_ctx and line["steps"] == 2
+    assert line["fps"] > 0 and line["denoise_ms"] > 0 and line["decode_ms"] > 0
+    gif = Image.open(tmp_path / "play.gif")            # the decoded real context frames, then the generated ones
+    durations = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        durations.append(gif.info["duration"])
+    assert gif.size == (160, 128) and sum(durations) == (n_ctx + 7) * 50   # 20 fps; Pillow merges equal frames
+
+
+def test_engine_slides_the_context_and_bad_scripts_fail_in_one_line(gamengen_tiny, tmp_path, capsys):
+    ckpt, lat = paths(gamengen_tiny)
+    model, _ = load_denoiser(ckpt)
+    decoder, _ = load_model(play.decoder_path(Namespace(decoder=None, data=lat)))   # from the index's "ckpt"
+    episodes = play.Episodes(lat, model.cfg.context)
+    engine = play.Engine(model, decoder, episodes.ds.scale, steps=2, seed=5)
+    context, actions = episodes.window(episodes.ids[0])
+    engine.reset(context, actions)
+    assert torch.equal(engine.context, context) and torch.equal(engine.actions, actions)
+    a = ACTIONS.index("turn_right")
+    frame = engine.step(a)
+    assert frame.dtype == torch.uint8 and frame.shape == (3, 128, 160)
+    # the oldest latent left, the others moved one slot left, the sampled one is last
+    assert torch.equal(engine.context[:-1], context[1:])
+    played = actions.clone()
+    played[-1] = a                                      # the action pressed leads to the new frame
+    z = sample(model, context[None], played[None], steps=2, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(engine.context[-1], z[0], atol=1e-6)
+    assert torch.equal(frame, engine.decode(z)[0])
+    # the action moved left with its frame; the last slot is a placeholder the next step overwrites
+    assert engine.actions[-2] == a and torch.equal(engine.actions[:-2], actions[1:-1])
+    engine.step(ACTIONS.index("attack"))
+    assert engine.actions[-2] == ACTIONS.index("attack") and torch.allclose(engine.context[-2], z[0], atol=1e-6)
+    assert len(engine.times["denoise"]) == 2 and engine.stats()["fps"] > 0
+
+    (tmp_path / "bad.txt").write_text("forward 2\njump\n")
+    with pytest.raises(SystemExit) as e:
+        run_main(play.main, "--model-path", ckpt, "--data", lat, "--headless", "--actions", tmp_path / "bad.txt", "--threads", 1)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "bad.txt:2: unknown action 'jump'" in err, err
+    with pytest.raises(SystemExit) as e:
+        run_main(play.main, "--model-path", tmp_path / "nope", "--data", lat, "--headless", "--threads", 1)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "nope" in err, err
+
+
+def test_export_of_the_denoise_step_and_decoder_matches_eager(gamengen_tiny, tmp_path, capsys):
+    ckpt, lat = paths(gamengen_tiny)
+    with pytest.raises(SystemExit) as e:
+        run_main(export.main, "--model-path", ckpt, "--data", lat, "--out", tmp_path / "export", "--no-vgf", "--repeats", 1)
+    out = capsys.readouterr().out
+    assert e.value.code == 0, out[-3000:]
+    summary = json.loads((tmp_path / "export" / "export_summary.json").read_text())
+    assert summary["pte_matches_eager"] and summary["gflops_per_frame"] > 0 and summary["steps_per_frame"] == 4
+    for part in ("denoise_step", "decoder"):
+        rep = json.loads((tmp_path / "export" / part / "export_report.json").read_text())
+        assert rep["checks"]["pte_max_abs_error"] <= 1e-4 and rep["xnnpack"]["delegated_fraction"] > 0.5, rep
+        assert (tmp_path / "export" / part / "model.pte").stat().st_size > 0
+    # VGF: the decoder alone (seconds; the denoiser step's VGF lowering takes minutes on a small CPU)
+    step_in, dec_in, scale = export.check_inputs(load_denoiser(ckpt)[0], lat, steps=4)
+    decoder = export.DecodeFrame(load_model(play.decoder_path(Namespace(decoder=None, data=lat)))[0], scale)
+    rep = export.export_part(decoder.eval(), dec_in, tmp_path / "vgf", vgf=True, repeats=1, xnnpack=False)
+    assert rep["vgf"]["delegated_fraction"] == 1.0 and rep["checks"]["tosa_max_abs_error"] <= 1e-4, rep
+    assert (tmp_path / "vgf" / "model.vgf").stat().st_size > 0
