@@ -66,7 +66,7 @@ case "$cmd" in
     smoke)
         setup nss/requirements.txt gamengen/requirements.txt
         set +e
-        "$PY" -m pytest -q tests "$@"
+        "$PY" -m pytest -q --durations=15 tests "$@"
         rc=$?
         set -e
         # pytest exits 5 when it collected no tests: only acceptable while tests/ is empty.

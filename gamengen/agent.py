@@ -3,9 +3,9 @@
 The paper trains an RL agent on the shaped reward (gamengen/doom.py) and records every episode it plays while
 learning: those trajectories, from clumsy to competent, are GameNGen's training data.
 
-    python gamengen/agent.py --total-steps 150000 --out runs/doom_agent                      # train, save OUT/ckpt/latest
-    python gamengen/agent.py --total-steps 150000 --out runs/doom_agent --record data/doom   # ... and record all episodes
-    python gamengen/agent.py --total-steps 150000 --out runs/doom_agent --eval 10            # ... then compare with random
+    python gamengen/agent.py --out runs/doom_agent                            # train 600k steps (~1.5 h on 2 cores), save OUT/ckpt/latest
+    python gamengen/agent.py --out runs/doom_agent --record data/doom         # ... and record all episodes
+    python gamengen/agent.py --out runs/doom_agent --eval 50 --gif play.gif   # ... then compare with random, GIF of its play
     python gamengen/agent.py --checkpoint runs/doom_agent/ckpt/latest --eval 10              # evaluate only
     python gamengen/collect.py --policy runs/doom_agent/ckpt/latest --steps 20000 --out data/doom_agent
 
@@ -35,7 +35,7 @@ from gamengen.doom import ACTIONS, DoomEnv
 @dataclass
 class Args:
     out: str = "runs/doom_agent"  # run directory: metrics.jsonl, ckpt/latest
-    total_steps: int = 150_000  # agent steps to train, summed over environments (0 = no training)
+    total_steps: int = 600_000  # agent steps to train, summed over environments (0 = no training)
     n_envs: int = 8  # games played in parallel (stepped in turn)
     n_steps: int = 128  # steps per environment per rollout
     lr: float = 5e-4  # Adam learning rate, annealed linearly to 0
@@ -43,7 +43,7 @@ class Args:
     gae_lambda: float = 0.95  # GAE lambda
     n_minibatches: int = 4  # minibatches per epoch
     update_epochs: int = 4  # passes over each rollout
-    clip: float = 0.1  # PPO ratio clip
+    clip: float = 0.2  # PPO ratio clip
     ent_coef: float = 0.01  # entropy bonus
     vf_coef: float = 0.5  # value loss weight
     max_grad_norm: float = 0.5  # gradient clip

@@ -178,7 +178,8 @@ def build_parser():
     p.add_argument("--data", required=True, help="latents folder (gamengen/train.py encode); its held-out episodes start the game")
     p.add_argument("--decoder", help="autoencoder checkpoint to decode with (default: the one named in the latents' index; "
                    "a decoder-finetune run's ckpt/best works too)")
-    p.add_argument("--steps", type=int, help="DDIM steps per frame (default: the model's, 4)")
+    p.add_argument("--steps", type=int, default=2, help="DDIM steps per frame (default 2: on held-out Doom the cpu model's "
+                   "teacher-forced PSNR at 2 steps equals 4 steps' (22.23 vs 22.13 dB) at twice the frame rate; 4 is the paper's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight on the context (default: the model's, 1.5)")
     p.add_argument("--ctx-noise", type=float, default=0.0, help="noise level added to the context latents (paper's knob, 0..0.7)")
     p.add_argument("--episode", type=int, help="held-out episode id whose first N frames start the game (default: the first long enough)")

@@ -105,9 +105,3 @@ def test_export_of_the_denoise_step_and_decoder_matches_eager(gamengen_tiny, tmp
         rep = json.loads((tmp_path / "export" / part / "export_report.json").read_text())
         assert rep["checks"]["pte_max_abs_error"] <= 1e-4 and rep["xnnpack"]["delegated_fraction"] > 0.5, rep
         assert (tmp_path / "export" / part / "model.pte").stat().st_size > 0
-    # VGF: the decoder alone (seconds; the denoiser step's VGF lowering takes minutes on a small CPU)
-    step_in, dec_in, scale = export.check_inputs(load_denoiser(ckpt)[0], lat, steps=4)
-    decoder = export.DecodeFrame(load_model(play.decoder_path(Namespace(decoder=None, data=lat)))[0], scale)
-    rep = export.export_part(decoder.eval(), dec_in, tmp_path / "vgf", vgf=True, repeats=1, xnnpack=False)
-    assert rep["vgf"]["delegated_fraction"] == 1.0 and rep["checks"]["tosa_max_abs_error"] <= 1e-4, rep
-    assert (tmp_path / "vgf" / "model.vgf").stat().st_size > 0
