@@ -105,3 +105,16 @@ def test_export_of_the_denoise_step_and_decoder_matches_eager(gamengen_tiny, tmp
         rep = json.loads((tmp_path / "export" / part / "export_report.json").read_text())
         assert rep["checks"]["pte_max_abs_error"] <= 1e-4 and rep["xnnpack"]["delegated_fraction"] > 0.5, rep
         assert (tmp_path / "export" / part / "model.pte").stat().st_size > 0
+    # play.py --pte runs those programs: same frames as eager PyTorch (to rounding), same sliding context
+    model, _ = load_denoiser(ckpt)
+    decoder, _ = load_model(play.decoder_path(Namespace(decoder=None, data=lat)))
+    episodes = play.Episodes(lat, model.cfg.context)
+    args = Namespace(pte=tmp_path / "export", guidance=None)
+    pte = play.load_exported(args, model, None, episodes.ds.scale)
+    eager, exported = (play.Engine(model, decoder, episodes.ds.scale, steps=4, seed=3, pte=p) for p in (None, pte))
+    for engine in (eager, exported):
+        engine.reset(*episodes.window(episodes.ids[0]))
+    for a in (2, 6, 1):
+        f_eager, f_pte = eager.step(a), exported.step(a)
+        assert (f_eager.int() - f_pte.int()).abs().max() <= 1
+    assert torch.allclose(eager.context, exported.context, atol=1e-4) and torch.equal(eager.actions, exported.actions)
