@@ -45,6 +45,17 @@ def mmap_safetensors(path):
     return out
 
 
+def recorded_path(data, path, marker):
+    """A path written into a latents index (the autoencoder "ckpt", the episodes "source") as given on encode's
+    command line: tried as is, then relative to the latents folder and each of its parents; the first candidate
+    holding `marker` (e.g. meta.json, index.json) wins. Raises ValueError."""
+    p, root = Path(path), Path(data).resolve()
+    for cand in [p, *(base / p for base in (root, *root.parents))]:
+        if (cand / marker).exists():
+            return cand
+    raise ValueError(f"{path!r}, named in {data}/index.json, not found (looked beside the latents and in their parents)")
+
+
 class LatentSequences(torch.utils.data.Dataset):
     """One sample per recorded step of the split's episodes (the target), with its left-padded context."""
 

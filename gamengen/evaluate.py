@@ -29,8 +29,9 @@ from common.images import grid, save_gif
 from common.metrics import psnr, ssim
 from common.runtime import fail
 from gamengen.autoencoder import load_model as load_ae
-from gamengen.dataset import LatentSequences, mmap_safetensors
+from gamengen.dataset import LatentSequences, mmap_safetensors, recorded_path
 from gamengen.model import sample
+from gamengen.play import decoder_path
 from gamengen.train import load_denoiser
 
 
@@ -49,18 +50,6 @@ class Frames:
 
 def visible(x, pad=4):
     return x[..., pad:x.shape[-2] - pad, :]
-
-
-def near(path, data):
-    """A path recorded in a latents index: as written (relative to where encode ran), else beside the latents."""
-    return Path(path) if Path(path).exists() else Path(data).parent / path
-
-
-def decoder_for(decoder, index, data):
-    path = decoder or index.get("ckpt")
-    if path is None:
-        raise ckpt.CheckpointError(f"{data}/index.json names no autoencoder: give --decoder")
-    return load_ae(path if decoder else near(path, data))[0]
 
 
 @torch.no_grad()
@@ -142,10 +131,8 @@ def evaluate(model_path, data, decoder=None, out=None, windows=256, horizon=32, 
              ctx_noise=0.0, log=print):
     model, meta = load_denoiser(model_path)
     ds = LatentSequences(data, "heldout", model.cfg.context)
-    ae = decoder_for(decoder, ds.index, data).eval()
-    source = near(ds.index.get("source", "?"), data)
-    if not (source / "index.json").exists():
-        raise ValueError(f"{data}/index.json: its episodes folder {source} (the recorded frames) is not there")
+    ae = load_ae(decoder_path(argparse.Namespace(decoder=decoder, data=data)))[0].eval()
+    source = recorded_path(data, ds.index.get("source", "?"), "index.json")      # the recorded frames
     frames = Frames(ds, source)
     out = Path(out) if out else Path(model_path).resolve().parent.parent / "eval"
     steps, guidance = steps or model.cfg.sample_steps, model.cfg.guidance if guidance is None else guidance

@@ -40,7 +40,7 @@ from common import ckpt
 from common.images import save_gif
 from common.runtime import fail
 from gamengen.autoencoder import load_model as load_autoencoder
-from gamengen.dataset import LatentSequences
+from gamengen.dataset import LatentSequences, recorded_path
 from gamengen.doom import ACTIONS
 from gamengen.model import bucket_of, sample
 from gamengen.train import load_denoiser
@@ -178,19 +178,13 @@ def parse_actions(text, source="script"):
 
 
 def decoder_path(args):
-    """--decoder, else the autoencoder checkpoint the latents were encoded with (index "ckpt"), which encode
-    stored as given on its command line: tried as is, then relative to the latents folder and its parents."""
+    """--decoder, else the autoencoder checkpoint the latents were encoded with (their index's "ckpt")."""
     if args.decoder:
         return Path(args.decoder)
     index = json.loads((Path(args.data) / "index.json").read_text())
     if "ckpt" not in index:
         raise ValueError(f"{args.data}/index.json names no autoencoder checkpoint: give --decoder AE_CKPT")
-    p = Path(index["ckpt"])
-    data = Path(args.data).resolve()
-    for cand in [p, *(base / p for base in (data, *data.parents))]:
-        if (cand / "meta.json").exists():
-            return cand
-    raise ValueError(f"autoencoder checkpoint {index['ckpt']!r} of {args.data}/index.json not found: give --decoder AE_CKPT")
+    return recorded_path(args.data, index["ckpt"], "meta.json")
 
 
 def load_exported(args, model, decoder, scale):
