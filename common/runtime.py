@@ -151,6 +151,19 @@ class NanGuard:
     def must_stop(self):
         return self.policy == "stop" and self.consecutive > 0 or self.consecutive >= self.max_consecutive
 
+    def skip_step(self, loss, step, rt, save, latest, logger):
+        """The check every training loop makes before backward: False for a finite loss (averaged over DDP ranks,
+        so all ranks decide alike). Otherwise the step is skipped (warning, counted) and True is returned; under
+        --nan-policy stop, or after max_consecutive in a row, the last good state is saved and the run exits 2."""
+        if self.ok(all_reduce_mean(loss.detach(), rt)):
+            return False
+        logger.warning(f"step {step}: non-finite loss, skipped ({self.skipped} so far)")
+        if self.must_stop:
+            save()
+            fail(f"stopping: non-finite loss (--nan-policy {self.policy}{'' if self.policy == 'stop' else f', {self.consecutive} in a row'}); "
+                 f"last good state in {latest}")
+        return True
+
 
 def all_reduce_mean(x, rt):
     if rt.ddp:

@@ -261,7 +261,7 @@ def main():
     logger.info(f"NeuroPBR: generator {sum(p.numel() for p in gen.parameters()):,} params"
                 f"{f', PatchGAN {sum(p.numel() for p in disc.parameters()):,}' if disc else ''} | {len(train_set)} train / "
                 f"{len(val_set)} val samples | {steps_per_epoch} steps/epoch, {total} steps | device {rt.device}")
-    stop = runtime.StopSignal()
+    stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
 
     def save(score=None):
         if not rt.master:
@@ -272,7 +272,7 @@ def main():
         state.update({"opt_d": opt_d.state_dict()} if disc else {})
         state.update({"plateau": plateau.state_dict()} if plateau else {})
         meta = {"step": step, "epoch": step / steps_per_epoch, "preset": args.preset, "config": asdict(cfg),
-                "model": asdict(model_config(cfg)), "best_score": best, "val_score": score}
+                "model": asdict(model_config(cfg)), "best_score": best, "val_score": score, "nan_skipped": guard.skipped}
         name = f"step_{step:07d}"
         ckpt.save(ck, name, weights, state, meta)
         ckpt.link(ck, "latest", name)
@@ -312,6 +312,9 @@ def main():
                     _, g_adv = gan_losses(*disc(torch.cat([real, stack_maps(pred)])).chunk(2), cfg.gan_loss)
                 loss = loss + cfg.w_gan * g_adv
                 parts.update(d_loss=d_loss.detach(), g_adv=g_adv.detach())
+            if guard.skip_step(loss, step, rt, save, ck / "latest", logger):     # (the discriminator's steps stand)
+                step += 1
+                continue
             opt_g.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt_g)

@@ -259,12 +259,8 @@ def main():
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             loss = window_loss(model, net, batch, cfg, g, rt)
-            if not guard.ok(runtime.all_reduce_mean(loss, rt)):
-                logger.warning(f"step {step}: non-finite loss, step skipped ({guard.skipped} so far)")
+            if guard.skip_step(loss, step, rt, save, ck / "latest", logger):
                 opt.zero_grad(set_to_none=True)
-                if guard.must_stop:
-                    save()
-                    runtime.fail(f"stopping: non-finite loss (--nan-policy {args.nan_policy}); last good state in {ck / 'latest'}")
                 step += 1
                 continue
             opt.zero_grad(set_to_none=True)

@@ -247,11 +247,7 @@ def main():
                 g["lr"] = lr
             use_gan = disc is not None and step >= cfg.gan_start_step
             loss, parts, d_loss = stream_clip(net, model, clip, rt, cfg, disc, use_gan)
-            if not guard.ok(runtime.all_reduce_mean(loss.detach(), rt)):
-                logger.warning(f"step {step}: non-finite loss, skipped ({guard.skipped} so far)")
-                if guard.must_stop:
-                    save()
-                    runtime.fail(f"stopping: non-finite loss (--nan-policy {args.nan_policy}); last good state in {ck / 'latest'}")
+            if guard.skip_step(loss, step, rt, save, ck / "latest", logger):
                 step += 1
                 continue
             opt.zero_grad(set_to_none=True)

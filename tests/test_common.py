@@ -109,6 +109,14 @@ def test_nan_guard_and_override():
     assert not g.must_stop and runtime.NanGuard("stop").ok(torch.tensor(float("inf"))) is False
     s = runtime.NanGuard("stop"); s.ok(torch.tensor(float("inf")))
     assert s.must_stop
+    import logging
+    rt, saved, log = runtime.Runtime(device=torch.device("cpu")), [], logging.getLogger("test")
+    g = runtime.NanGuard("skip", max_consecutive=2)
+    assert not g.skip_step(torch.tensor(0.5), 0, rt, lambda: saved.append(0), "latest", log)
+    assert g.skip_step(torch.tensor(float("nan")), 1, rt, lambda: saved.append(1), "latest", log) and not saved
+    with pytest.raises(SystemExit) as e:      # the second in a row: save the last good state and stop
+        g.skip_step(torch.tensor(float("inf")), 2, rt, lambda: saved.append(2), "latest", log)
+    assert e.value.code == 2 and saved == [2] and g.skipped == 2
 
     from dataclasses import dataclass
 
