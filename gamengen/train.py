@@ -43,7 +43,7 @@ AE_STAGES = {"ae": "train", "encode": "encode", "decoder-finetune": "decoder-fin
 class Config:
     model: str = "cpu"              # tiny | cpu | paper (gamengen/model.py); sets the context length N
     batch_size: int = 32            # windows per optimizer step (over all processes)
-    max_steps: int = 6000
+    max_steps: int = 5000            # 34.5 min on one busy CPU thread (see README)
     lr: float = 5e-4
     min_lr: float = 1e-5
     warmup_steps: int = 200
