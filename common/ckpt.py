@@ -84,6 +84,19 @@ def prune(ckpt_root, keep):
             shutil.rmtree(p, ignore_errors=True)
 
 
+def save_step(ckpt_root, step, model_state, state, meta, best=False, keep_every=0):
+    """The rotation every training loop uses: write step_XXXXXXX, point `latest` at it, copy it to `best` when
+    `best` is true, and remove the older step_* directories except those at multiples of keep_every (0: none).
+    -> the path written."""
+    name = f"step_{step:07d}"
+    path = save(ckpt_root, name, model_state, state, meta)
+    link(ckpt_root, "latest", name)
+    if best:
+        save(ckpt_root, "best", model_state, state, meta)
+    prune(ckpt_root, {name} | {p.name for p in Path(ckpt_root).glob("step_*") if keep_every and int(p.name[5:]) % keep_every == 0})
+    return path
+
+
 def load(path, map_location="cpu", with_state=True):
     """Read a checkpoint directory -> (model_state, state or None, meta). Raises CheckpointError."""
     path = Path(path)

@@ -154,13 +154,8 @@ def fit(model, params, cfg, out, batch_fn, eval_fn, loss_fn, resume, log=print):
             losses = []
             meta = {"step": step, "best_psnr": max(best, val), "heldout_psnr": val, "config": asdict(cfg)}
             state = {"optimizer": opt.state_dict(), "sched": sched.state_dict(), "rng": ckpt.rng_state()}
-            name = f"step_{step:07d}"
-            ckpt.save(root, name, model.state_dict(), state, meta)
-            ckpt.link(root, "latest", name)
-            if val > best:
-                best = val
-                ckpt.save(root, "best", model.state_dict(), state, meta)
-            ckpt.prune(root, keep={name})
+            ckpt.save_step(root, step, model.state_dict(), state, meta, best=val > best)
+            best = max(best, val)
     return best
 
 

@@ -165,13 +165,8 @@ def main():
         state = {"opt": opt.state_dict(), "scaler": scaler.state_dict()}
         meta = {"step": step, "preset": args.preset, "config": asdict(cfg), "model": asdict(mcfg), "data": str(args.data),
                 "best_score": best, "val_score": score, "nan_skipped": guard.skipped}
-        name = f"step_{step:07d}"
-        ckpt.save(ck, name, weights, state, meta)
-        ckpt.link(ck, "latest", name)
-        if score is not None and score <= best:
-            ckpt.save(ck, "best", weights, state, meta)
-        save_every = args.save_every or cfg.save_every
-        ckpt.prune(ck, {name} | {p.name for p in ck.glob("step_*") if save_every and int(p.name[5:]) % save_every == 0})
+        ckpt.save_step(ck, step, weights, state, meta, best=score is not None and score <= best,
+                       keep_every=args.save_every or cfg.save_every)
 
     start_step, t_last, t_data, t_step, seen = step, time.time(), 0.0, 0.0, 0
     model.train()

@@ -273,16 +273,9 @@ def main():
         state.update({"plateau": plateau.state_dict()} if plateau else {})
         meta = {"step": step, "epoch": step / steps_per_epoch, "preset": args.preset, "config": asdict(cfg),
                 "model": asdict(model_config(cfg)), "best_score": best, "val_score": score, "nan_skipped": guard.skipped}
-        name = f"step_{step:07d}"
-        ckpt.save(ck, name, weights, state, meta)
-        ckpt.link(ck, "latest", name)
-        epoch_done = step // steps_per_epoch
-        keep = {name} | {p.name for p in ck.glob("step_*") if cfg.save_every_epochs and
-                         int(p.name[5:]) % (cfg.save_every_epochs * steps_per_epoch) == 0}
-        if score is not None and score >= best:
-            ckpt.save(ck, "best", weights, state, meta)
-        ckpt.prune(ck, keep)
-        logger.debug(f"saved {name} (epoch {epoch_done})")
+        path = ckpt.save_step(ck, step, weights, state, meta, best=score is not None and score >= best,
+                              keep_every=cfg.save_every_epochs * steps_per_epoch)
+        logger.debug(f"saved {path.name} (epoch {step // steps_per_epoch})")
 
     gen.train()
     start_step, t_last = step, time.time()

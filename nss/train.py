@@ -240,13 +240,8 @@ def main():
         meta = {"step": step, "model_type": "qat_int8" if qat else "fp32", "preset": args.preset, "config": asdict(cfg), "model": asdict(model.cfg),
                 "best_psnr": best, "val_psnr": psnr_val, "nan_skipped": guard.skipped}
         state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": ckpt.rng_state()}
-        name = f"step_{step:07d}"
-        ckpt.save(ck, name, model.net.state_dict(), state, meta)
-        ckpt.link(ck, "latest", name)
-        keep = {name} | ({p.name for p in ck.glob("step_*") if save_every and int(p.name[5:]) % save_every == 0})
-        if psnr_val is not None and psnr_val >= best:
-            ckpt.save(ck, "best", model.net.state_dict(), state, meta)
-        ckpt.prune(ck, keep)
+        ckpt.save_step(ck, step, model.net.state_dict(), state, meta, best=psnr_val is not None and psnr_val >= best,
+                       keep_every=save_every)
 
     model.train()
     start_step, t_last, tokens = step, time.time(), 0

@@ -17,7 +17,6 @@ shown to it as real, so the GAN pulls towards the look of real footage. When the
 synthetic clips, each batch is half of each.
 """
 import argparse
-import json
 import math
 import sys
 import time
@@ -225,13 +224,8 @@ def main():
         state.update({"opt_d": opt_d.state_dict()} if disc else {})
         meta = {"step": step, "preset": args.preset, "config": asdict(cfg), "model": asdict(MODELS[cfg.model]),
                 "best_score": best, "val_score": score, "nan_skipped": guard.skipped}
-        name = f"step_{step:07d}"
-        ckpt.save(ck, name, weights, state, meta)
-        ckpt.link(ck, "latest", name)
-        if score is not None and score >= best:
-            ckpt.save(ck, "best", weights, state, meta)
-        save_every = args.save_every or cfg.save_every
-        ckpt.prune(ck, {name} | {p.name for p in ck.glob("step_*") if save_every and int(p.name[5:]) % save_every == 0})
+        ckpt.save_step(ck, step, weights, state, meta, best=score is not None and score >= best,
+                       keep_every=args.save_every or cfg.save_every)
 
     model.train()
     start_step, t_last, seen = step, time.time(), 0

@@ -32,6 +32,15 @@ def test_checkpoint_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["best"]
 
 
+def test_save_step_links_latest_copies_best_and_keeps_every_nth(tmp_path):
+    for step in (2, 4, 6):
+        ckpt.save_step(tmp_path, step, {"w": torch.full((1,), float(step))}, {}, {"step": step}, best=step == 4, keep_every=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "latest", "step_0000004", "step_0000006"]
+    assert ckpt.load(tmp_path / "latest")[2]["step"] == 6 and ckpt.load(tmp_path / "best")[2]["step"] == 4
+    ckpt.save_step(tmp_path, 8, {"w": torch.zeros(1)}, {}, {"step": 8})       # keep_every 0: only the newest step stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "latest", "step_0000008"]
+
+
 def test_rng_state_roundtrip_is_exact(tmp_path):
     import random
     import numpy as np
