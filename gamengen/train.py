@@ -156,6 +156,7 @@ def main():
                 f"{len(train_set)} train windows ({len(set(train_set.ep_sorted[train_set.targets].tolist()))} episodes), {len(val_set)} held-out | "
                 f"{total} steps, batch {cfg.batch_size} | device {rt.device}")
     stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
+    save_every = args.save_every or cfg.save_every
 
     def save(score=None):
         if not rt.master:
@@ -166,7 +167,7 @@ def main():
         meta = {"step": step, "preset": args.preset, "config": asdict(cfg), "model": asdict(mcfg), "data": str(args.data),
                 "best_score": best, "val_score": score, "nan_skipped": guard.skipped}
         ckpt.save_step(ck, step, weights, state, meta, best=score is not None and score <= best,
-                       keep_every=args.save_every or cfg.save_every)
+                       keep_every=save_every)
 
     start_step, t_last, t_data, t_step, seen = step, time.time(), 0.0, 0.0, 0
     model.train()
@@ -210,7 +211,7 @@ def main():
             score, best = mse, min(best, mse)
             metrics.write(step, "val", latent_mse=mse, copy_last_mse=base)
             logger.info(f"step {step:6d} | val latent MSE {mse:.4f} (copy-last-frame {base:.4f}) | EMA, 4 DDIM steps, w=1.5")
-        if score is not None or step == total or (cfg.save_every and step % cfg.save_every == 0):
+        if score is not None or step == total or (save_every and step % save_every == 0):
             save(score)
         if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
             return

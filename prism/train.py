@@ -214,6 +214,7 @@ def main():
                 f"({real} of {len(train_set.sequences)} sequences real), {len(val_set.sequences)} held-out sequences | "
                 f"{total} steps | device {rt.device}")
     stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
+    save_every = args.save_every or cfg.save_every
 
     def save(score=None):
         if not rt.master:
@@ -225,7 +226,7 @@ def main():
         meta = {"step": step, "preset": args.preset, "config": asdict(cfg), "model": asdict(MODELS[cfg.model]),
                 "best_score": best, "val_score": score, "nan_skipped": guard.skipped}
         ckpt.save_step(ck, step, weights, state, meta, best=score is not None and score >= best,
-                       keep_every=args.save_every or cfg.save_every)
+                       keep_every=save_every)
 
     model.train()
     start_step, t_last, seen = step, time.time(), 0
@@ -278,7 +279,7 @@ def main():
                 metrics.write(step, "val", **{f"{k}_{m}_psnr": res[k][m]["psnr"] for k in res if k.endswith("x") for m in res[k] if m != "frames"})
                 logger.info(f"step {step:6d} | val " + " | ".join(f"{k} PSNR {res[k]['prism']['psnr']:.2f} dB (bilinear "
                                                                   f"{res[k]['bilinear']['psnr']:.2f})" for k in sorted(res) if k.endswith("x")))
-            if score is not None or step == total or (cfg.save_every and step % cfg.save_every == 0):
+            if score is not None or step == total or (save_every and step % save_every == 0):
                 save(score)
             if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
                 return
