@@ -232,10 +232,11 @@ class DenoiseStep(nn.Module):
 
 
 @torch.no_grad()
-def sample(model, context, actions, steps=None, guidance=None, ctx_noise=0.0, generator=None, noise=None):
+def sample(model, context, actions, steps=None, guidance=None, ctx_noise=0.0, generator=None, noise=None, step=None):
     """Next latent from N context latents and N actions: DDIM from pure noise at t = 1 to t = 0 in `steps`
     (default 4) uniform steps, with context guidance w (default 1.5). ctx_noise adds that much Gaussian noise to
-    the context and tells the model its bucket (the paper's inference knob)."""
+    the context and tells the model its bucket (the paper's inference knob). `step` replaces DenoiseStep(model,
+    guidance) by a callable with its signature, e.g. the exported program (guidance baked in at export)."""
     cfg = model.cfg
     steps, guidance = steps or cfg.sample_steps, cfg.guidance if guidance is None else guidance
     B, dev = context.shape[0], context.device
@@ -243,7 +244,7 @@ def sample(model, context, actions, steps=None, guidance=None, ctx_noise=0.0, ge
         context = context + ctx_noise * torch.randn(context.shape, generator=generator).to(dev)
     bucket = bucket_of(torch.full((B,), float(ctx_noise), device=dev), cfg)
     x = noise if noise is not None else torch.randn((B, cfg.latent_channels, *cfg.latent_size), generator=generator).to(dev)
-    step = DenoiseStep(model, guidance)
+    step = step or DenoiseStep(model, guidance)
     ts = torch.linspace(1, 0, steps + 1, device=dev)
     for i in range(steps):
         x = step(x, ts[i].expand(B), ts[i + 1].expand(B), context, actions, bucket)

@@ -42,7 +42,7 @@ from common.runtime import fail
 from gamengen.autoencoder import load_model as load_autoencoder
 from gamengen.dataset import LatentSequences, recorded_path
 from gamengen.doom import ACTIONS
-from gamengen.model import bucket_of, sample
+from gamengen.model import sample
 from gamengen.train import load_denoiser
 
 # pygame key name -> action, in priority order (the first one held down wins)
@@ -59,6 +59,7 @@ class Engine:
     def __init__(self, model, decoder, scale, steps=None, guidance=None, ctx_noise=0.0, seed=0, device="cpu", pte=None):
         self.model, self.decoder, self.scale = model.to(device).eval(), decoder.to(device).eval(), float(scale)
         self.pte = pte          # (denoise step, decoder) .pte programs of gamengen/export.py, or None: eager PyTorch
+        self.pte_step = (lambda *inputs: pte[0](list(inputs))[0]) if pte else None     # DenoiseStep's signature
         self.steps, self.guidance, self.ctx_noise, self.device = steps, guidance, ctx_noise, torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
         self.context = self.actions = None
@@ -89,29 +90,13 @@ class Engine:
                 x = self.decoder.decode(latents.to(self.device) / self.scale).clamp(0, 1)
             return (x * 255 + 0.5).to(torch.uint8).cpu()
 
-    def _sample_pte(self):
-        """sample() of gamengen/model.py with the exported guided DDIM step (guidance baked in at export)."""
-        cfg, steps = self.model.cfg, self.steps or self.model.cfg.sample_steps
-        context = self.context[None]
-        if self.ctx_noise:
-            context = context + self.ctx_noise * torch.randn(context.shape, generator=self.generator)
-        bucket = bucket_of(torch.full((1,), float(self.ctx_noise)), cfg)
-        x = torch.randn((1, cfg.latent_channels, *cfg.latent_size), generator=self.generator)
-        ts = torch.linspace(1, 0, steps + 1)
-        for i in range(steps):
-            x = self.pte[0]([x, ts[i:i + 1], ts[i + 1:i + 2], context, self.actions[None], bucket])[0]
-        return x
-
     def step(self, action):
         """Play `action` (an id of ACTIONS) -> the next frame, uint8 (3, 128, 160)."""
         with torch.inference_mode():
             self.actions[-1] = int(action)
             t0 = time.perf_counter()
-            if self.pte:
-                z = self._sample_pte()
-            else:
-                z = sample(self.model, self.context[None], self.actions[None], steps=self.steps, guidance=self.guidance,
-                           ctx_noise=self.ctx_noise, generator=self.generator)
+            z = sample(self.model, self.context[None], self.actions[None], steps=self.steps, guidance=self.guidance,
+                       ctx_noise=self.ctx_noise, generator=self.generator, step=self.pte_step)
             self._sync()
             t1 = time.perf_counter()
             frame = self.decode(z)[0]
