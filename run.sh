@@ -4,7 +4,8 @@
 #   bash run.sh demo [nss|neuropbr|prism|gamengen|all]  generate built-in data, train, evaluate vs baselines, export
 #   bash run.sh play [play.py flags]  play the GameNGen model in a window (installs pygame; default: the demo's model)
 #   bash run.sh smoke                 the test suite (pytest), what CI runs
-#   bash run.sh bench [nss|all]       benchmarks (see bench/ once it exists)
+#   bash run.sh bench [nss|neuropbr|prism|gamengen|all] [--quick]  train each for a fixed budget, measure quality,
+#                                     speed and cost against the baselines -> bench/results.md + results.json
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -73,7 +74,15 @@ case "$cmd" in
         if [ $rc -eq 5 ] && [ -z "$(ls tests/test_*.py 2>/dev/null)" ]; then rc=0; fi
         exit $rc ;;
     bench)
-        echo "error: bench is not implemented yet (issue 9)" >&2; exit 2 ;;
-    help|-h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' ;;
+        which=${1:-all}; shift || true
+        setup nss/requirements.txt gamengen/requirements.txt
+        case "$which" in
+            nss|neuropbr|prism|gamengen) "$PY" "$which/bench.py" "$@" ;;
+            all) start=$(date +%s)
+                 for u in nss neuropbr prism gamengen; do "$PY" "$u/bench.py" "$@"; done
+                 echo "[run.sh] bench all: $(( ($(date +%s) - start) / 60 )) min; results in bench/results.md" ;;
+            *) echo "error: bench: unknown use case '$which' (have: nss, neuropbr, prism, gamengen, all)" >&2; exit 2 ;;
+        esac ;;
+    help|-h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' ;;
     *) echo "error: unknown command '$cmd' (setup | demo | play | smoke | bench)" >&2; exit 2 ;;
 esac

@@ -210,14 +210,10 @@ def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
     a, b = load(qat / "ckpt" / "latest")[0], load(tmp_path / "split" / "ckpt" / "latest")[0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed QAT run differs"
     assert any("activation_post_process" in k for k in a)                     # observer state is checkpointed
-    r = run(["nss/train.py", "--evaluate", "--model-path", str(qat / "ckpt" / "latest"), "--model-type", "qat_int8",
-             "--data", str(synth_data), "--out", str(tmp_path / "ev"), "--eval-frames", "3"], timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((tmp_path / "ev" / "eval" / "results.json").read_text())
-    assert res["model_type"] == "qat_int8" and 5 < res["nss"]["psnr"] < 60
+    # (evaluating a qat_int8 and a ptq_int8 model is covered by test_bench_quick)
     r = run(["nss/export.py", "--model-path", str(qat / "ckpt" / "latest"), "--export-type", "fp32", "--out", str(tmp_path / "x")])
     assert r.returncode == 2 and "qat_int8" in r.stderr                       # a QAT checkpoint is not fp32
-    for kind, ck in (("ptq_int8", fp), ("qat_int8", qat)):
+    for kind, ck in (("qat_int8", qat),):   # ptq_int8 lowers through the same export_int8 (test_common_quant)
         out = tmp_path / f"export_{kind}"
         r = run(["nss/export.py", "--model-path", str(ck / "ckpt" / "latest"), "--export-type", kind, "--data",
                  str(synth_data / "test"), "--calibration-data", str(synth_data / "train"), "--out", str(out)], timeout=600)
@@ -228,6 +224,30 @@ def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
         assert set(json.loads((out / "metadata.json").read_text())) == {"export_type", "inputs", "outputs"}
         for name in ("model.vgf", "model.tosa", "model.pte"):
             assert (out / name).stat().st_size > 0
+
+
+def test_bench_quick(tmp_path):
+    """`bash run.sh bench nss --quick`: every kind of row, from this run, with sane values."""
+    res = tmp_path / "results"
+    r = run(["nss/bench.py", "--quick", "--work", str(tmp_path / "work"), "--results", str(res)], timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads((res / "results.json").read_text())
+    keys = {"usecase", "metric", "variant", "value", "unit", "higher_is_better", "baselines", "command"}
+    assert rows and all(set(row) == keys and math.isfinite(row["value"]) for row in rows)
+    got = {(row["metric"], row["variant"]): row for row in rows}
+    for v in ("fp32", "ptq_int8", "qat_int8"):
+        for m in ("psnr", "ssim", "tpsnr"):
+            assert set(got[m, v]["baselines"]) == {"bilinear", "bicubic", "taa"}
+        assert got["psnr", v]["value"] > got["psnr", v]["baselines"]["bicubic"]   # even 30 steps beat bicubic
+    for v in ("eager_fp32", "eager_bf16", "pte_xnnpack_fp32", "pte_xnnpack_int8"):
+        assert got["ms_per_frame", v]["value"] > 0 and 0 < got["share_of_peak", v]["value"] < 100
+    assert got["pte_max_abs_error", "pte_xnnpack_fp32"]["value"] < 1e-3
+    assert got["flops_per_frame", "fp32"]["value"] > 1          # GFLOP of a 544x960 network input
+    assert 0 <= got["data_loading_share", "fp32"]["value"] < 100 and got["peak_rss", "train.py"]["value"] > 100
+    assert {"data", "forward", "backward", "optimizer"} <= {v for m, v in got if m == "step_ms"}
+    assert got["train_frames_per_s", "torchrun x2"]["baselines"]["1 process"] > 0 and got["ddp_speedup", "2 vs 1 process"]["value"] > 0
+    md = (res / "results.md").read_text()
+    assert "bash run.sh bench nss --quick" in md and "| psnr ↑ | qat_int8 |" in md
 
 
 def test_help_explains_every_flag():

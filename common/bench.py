@@ -1,0 +1,180 @@
+"""What every use case's bench.py shares: timing (median after warm-up), FLOPs per call (torch.utils.flop_counter),
+the machine's matmul peak, a training-step breakdown (data / forward / backward / optimizer), the peak RSS of a
+child process, 1-vs-2-process scaling, and the results files (bench/results.json rows + bench/results.md).
+
+    res = Results("nss", command="bash run.sh bench nss", out="bench")
+    res.add("psnr", "fp32", 30.6, "dB", True, baselines={"bicubic": 25.7})
+    res.write()        # merges with the other use cases' rows already in bench/results.json, prints the table
+"""
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine():
+    """Cores, CPU model, GPU and package versions, for the results header."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "python": platform.python_version(),
+            **{p: version(p) for p in ("torch", "torchvision", "executorch")}}
+
+
+def sync(device="cpu"):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, repeats=10, warmup=3, device="cpu"):
+    """Median wall time of fn() in ms over `repeats` calls after `warmup` calls."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def count_flops(fn):
+    """FLOPs of one fn() call as torch.utils.flop_counter counts them (matmuls and convolutions)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def peak_gflops(device="cpu", n=2048, dtype=torch.float32, repeats=5):
+    """The machine's practical fp32 peak: the best GFLOP/s of an n x n matmul (what MFU is a share of)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    ms = min(median_ms(lambda: a @ b, repeats=3, warmup=1, device=device) for _ in range(repeats))
+    return 2 * n ** 3 / (ms * 1e-3) / 1e9
+
+
+def step_breakdown(next_batch, loss_fn, opt, steps=10, warmup=2, device="cpu", samples=1):
+    """Time `steps` training steps split into data (next_batch()), forward (loss_fn(batch)), backward and
+    optimizer. -> ms of each part (median), data share of the step, samples/s, CUDA max allocated (MiB)."""
+    parts = {"data": [], "forward": [], "backward": [], "optimizer": []}
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        batch = next_batch()
+        sync(device); t1 = time.perf_counter()
+        loss = loss_fn(batch)
+        sync(device); t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync(device); t3 = time.perf_counter()
+        opt.step()
+        sync(device); t4 = time.perf_counter()
+        if i >= warmup:
+            for k, a, b in (("data", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("optimizer", t3, t4)):
+                parts[k].append((b - a) * 1e3)
+    ms = {k: statistics.median(v) for k, v in parts.items()}
+    total = sum(ms.values())
+    out = {**ms, "step": total, "data_share": ms["data"] / total, "samples_per_s": samples / (total * 1e-3)}
+    if torch.device(device).type == "cuda":
+        out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
+
+
+def run(cmd, env=None, quiet=False):
+    """Run a python script of this repo (cmd[0] relative to the root, or 'torchrun') as a child; print the
+    command; -> (seconds, peak RSS of the child in MiB). Exits with the child's code if it fails."""
+    argv = [sys.executable, "-m", "torch.distributed.run", *cmd[1:]] if cmd[0] == "torchrun" else [sys.executable, *cmd]
+    print("$ " + " ".join(["python" if a == sys.executable else a for a in argv]), flush=True)
+    t = time.time()
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                            stdout=subprocess.DEVNULL if quiet else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        sys.exit(f"error: bench step failed with exit code {code}: {' '.join(cmd)}")
+    return time.time() - t, usage.ru_maxrss / 1024
+
+
+def metric_median(metrics_jsonl, key, kind="train", skip=1):
+    """Median of `key` over the rows of one kind in a run's metrics.jsonl (the first `skip` rows, which
+    include warm-up, left out)."""
+    rows = [json.loads(l) for l in Path(metrics_jsonl).read_text().splitlines() if l.strip()]
+    vals = [r[key] for r in rows if r.get("split") == kind and key in r]
+    return statistics.median(vals[skip:] or vals)
+
+
+def scaling(script, args, out, steps, key, metrics_kind="train"):
+    """Throughput (metrics.jsonl `key`, all processes together) of `steps` training steps of `script args` in
+    1 process vs `torchrun --nproc_per_node=2` -> (one, two, speed-up)."""
+    one = two = None
+    for n in (1, 2):
+        o = Path(out) / f"procs{n}"
+        cmd = [script, *args, "--out", str(o), "--max-steps", str(steps)]
+        run(["torchrun", "--standalone", f"--nproc_per_node={n}", *cmd] if n == 2 else cmd, quiet=True)
+        v = metric_median(o / "metrics.jsonl", key, metrics_kind)
+        one, two = (v, two) if n == 1 else (one, v)
+    return one, two, two / one
+
+
+class Results:
+    """Rows {usecase, metric, variant, value, unit, higher_is_better, baselines, command} for one use case."""
+
+    def __init__(self, usecase, command, out="bench"):
+        self.usecase, self.command, self.out, self.rows, self.t0 = usecase, command, Path(out), [], time.time()
+        self.info = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
+
+    def add(self, metric, variant, value, unit, higher_is_better=True, baselines=None):
+        row = {"usecase": self.usecase, "metric": metric, "variant": variant, "value": round(float(value), 4),
+               "unit": unit, "higher_is_better": higher_is_better,
+               "baselines": {k: round(float(v), 4) for k, v in (baselines or {}).items()}, "command": self.command}
+        self.rows.append(row)
+        print(f"[bench] {self.usecase} {metric} ({variant}): {row['value']:g} {unit}"
+              + "".join(f" | {k} {v:g}" for k, v in row["baselines"].items()), flush=True)
+        return row
+
+    def write(self, notes=()):
+        """Merge into OUT/results.json (other use cases' rows kept), rewrite OUT/results.md, print this table."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.info.update(seconds=round(time.time() - self.t0), notes=list(notes))
+        path, runs_path = self.out / "results.json", self.out / "runs.json"
+        rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["usecase"] != self.usecase]
+        runs = json.loads(runs_path.read_text()) if runs_path.exists() else {}
+        runs[self.usecase] = self.info
+        rows += self.rows
+        path.write_text(json.dumps(rows, indent=1))
+        runs_path.write_text(json.dumps(runs, indent=1))
+        md = ["# nanoNG benchmark results", "",
+              "Written by `bash run.sh bench`; every number below comes from the run named in its section.", ""]
+        for uc in [u for u in ("nss", "neuropbr", "prism", "gamengen") if u in runs]:
+            md += [f"## {uc}", "", table([r for r in rows if r["usecase"] == uc], runs[uc]), ""]
+        (self.out / "results.md").write_text("\n".join(md))
+        print("\n" + table(self.rows, self.info))
+        print(f"\nwrote {path} and {self.out / 'results.md'} ({self.info['seconds'] / 60:.1f} min)")
+
+
+def table(rows, info):
+    m = info["machine"]
+    head = [f"`{info['command']}` on {info['date']}, {info['seconds'] / 60:.1f} min; {m['cores']} cores {m['cpu']}, "
+            f"GPU {m['gpu']}; torch {m['torch']}, executorch {m['executorch']}, python {m['python']}", ""]
+    head += [f"- {n}" for n in info.get("notes", [])] + ([""] if info.get("notes") else [])
+    lines = ["| metric | variant | value | unit | baselines |", "|---|---|---|---|---|"]
+    for r in rows:
+        arrow = "↑" if r["higher_is_better"] else "↓"
+        base = ", ".join(f"{k} {v:g}" for k, v in r["baselines"].items())
+        lines.append(f"| {r['metric']} {arrow} | {r['variant']} | {r['value']:g} | {r['unit']} | {base} |")
+    return "\n".join(head + lines)

@@ -1,0 +1,133 @@
+"""NSS benchmark: train on built-in data for a fixed number of steps, then measure, all in this one run:
+  quality  PSNR / SSIM / tPSNR of fp32, ptq_int8 and qat_int8 on held-out sequences (seeds the training never
+           saw) against bilinear, bicubic and TAA upsampling
+  speed    ms per frame of the network at its deployment size (540p -> 1080p: a 1x12x544x960 input) in eager
+           fp32 and bf16 and as XNNPACK .pte fp32 and int8 (median of >= 10 runs after warm-up), FLOPs per frame
+           and the share of this machine's matmul peak
+  cost     training samples/s, step-time breakdown (data / forward / backward / optimizer), peak RSS, and
+           1 process vs torchrun --nproc_per_node=2
+Rows go to bench/results.json and bench/results.md (common/bench.py).
+
+    python nss/bench.py                  # cpu preset, 1200 steps + 300 QAT steps (bash run.sh bench nss)
+    python nss/bench.py --quick          # tiny preset, a few minutes: what tests/test_nss.py runs
+"""
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from common import bench, ckpt, quant
+from common.export import load_pte, lower_xnnpack, max_abs_error
+from common.runtime import Runtime
+from nss.dataset import NSSWindows
+from nss.model import NSS, NSSConfig
+from nss.quantize import calibration_inputs, example_input, fp32_net
+from nss.train import PRESETS, window_loss
+
+
+@dataclass
+class Budget:
+    preset: str
+    steps: int            # fp32 training steps
+    qat_steps: int        # QAT fine-tuning steps from the fp32 checkpoint
+    scaling_steps: int    # steps of each 1-vs-2-process run
+    size: tuple = (544, 960)   # network input at deployment (540p padded to a multiple of 8 -> 1080p output)
+    repeats: int = 10
+
+
+BUDGETS = {"full": Budget("cpu", 1200, 300, 60), "quick": Budget("tiny", 30, 20, 15)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny preset and budget (a few minutes; for tests)")
+    p.add_argument("--work", default=None, help="run directory for data, checkpoints, exports (default runs/bench/nss[_quick])")
+    p.add_argument("--results", default="bench", help="folder of results.json / results.md (merged per use case)")
+    p.add_argument("--seed", type=int, default=1337)
+    args = p.parse_args()
+    b = BUDGETS["quick" if args.quick else "full"]
+    work = Path(args.work or f"runs/bench/nss{'_quick' if args.quick else ''}")
+    res = bench.Results("nss", "bash run.sh bench nss" + (" --quick" if args.quick else ""), args.results)
+    print(f"[bench] nss budget: preset {b.preset}, {b.steps} steps + {b.qat_steps} QAT steps, "
+          f"scaling {b.scaling_steps} steps, speed at {b.size[0]}x{b.size[1]} x{b.repeats}; work dir {work}", flush=True)
+    torch.manual_seed(args.seed)
+    for d in ("fp32/ckpt", "ptq", "qat", "pte", "scaling"):   # a rerun trains from scratch (the rendered data is kept)
+        shutil.rmtree(work / d, ignore_errors=True)
+
+    # --- training (fixed budget) and quality on held-out sequences -------------------------------------------------
+    fp32_dir, data = work / "fp32", work / "fp32" / "data"
+    common = ["--preset", b.preset, "--seed", str(args.seed), "--log-level", "quiet"]
+    train_s, train_rss = bench.run(["nss/train.py", "--out", str(fp32_dir), "--max-steps", str(b.steps), *common])
+    best = fp32_dir / "ckpt" / "latest"
+    bench.run(["nss/train.py", "--evaluate", "--model-path", str(best), "--model-type", "ptq_int8", "--data", str(data),
+               "--out", str(work / "ptq"), *common])
+    bench.run(["nss/train.py", "--qat", "--finetune", str(best), "--data", str(data), "--out", str(work / "qat"),
+               "--max-steps", str(b.qat_steps), *common])
+    for variant, d in (("fp32", fp32_dir), ("ptq_int8", work / "ptq"), ("qat_int8", work / "qat")):
+        r = json.loads((d / "eval" / "results.json").read_text())
+        for metric, unit in (("psnr", "dB"), ("ssim", ""), ("tpsnr", "dB")):
+            res.add(metric, variant, r["nss"][metric], unit, True, {m: r[m][metric] for m in ("bilinear", "bicubic", "taa")})
+
+    # --- speed at the deployment size --------------------------------------------------------------------------------
+    weights, _, _ = ckpt.load(best, with_state=False)
+    net = fp32_net(weights)
+    x = torch.rand(1, 12, *b.size)
+    peak = bench.peak_gflops()
+    res.add("matmul_peak", "fp32", peak, "GFLOP/s", True)
+    flops = bench.count_flops(lambda: net(x))
+    res.add("flops_per_frame", "fp32", flops / 1e9, "GFLOP", False)
+    model = NSS(NSSConfig()).eval()
+    model.net = net
+    calib = calibration_inputs(model, data / "train", 16)   # real pre-processed frames, as export.py calibrates
+    ex = example_input()
+    int8 = quant.ptq(net, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=quant.image_dims(ex))
+    lower_xnnpack(torch.export.export(net, (x,)), work / "pte" / "fp32.pte")
+    lower_xnnpack(torch.export.export(int8, (x,)), work / "pte" / "int8.pte")
+    pte32, pte8 = load_pte(work / "pte" / "fp32.pte"), load_pte(work / "pte" / "int8.pte")
+    with torch.no_grad():
+        res.add("pte_max_abs_error", "pte_xnnpack_fp32", max_abs_error(pte32([x]), list(net(x))), "", False)
+
+    def bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(x)
+    for variant, fn in (("eager_fp32", lambda: net(x)), ("eager_bf16", bf16),
+                        ("pte_xnnpack_fp32", lambda: pte32([x])), ("pte_xnnpack_int8", lambda: pte8([x]))):
+        ms = bench.median_ms(fn, b.repeats)
+        res.add("ms_per_frame", variant, ms, "ms", False)
+        res.add("share_of_peak", variant, 100 * flops / (ms * 1e-3) / 1e9 / peak, "%", True)
+
+    # --- training cost -------------------------------------------------------------------------------------------------
+    cfg = PRESETS[b.preset]
+    train_set = NSSWindows(data / "train", cfg.recurrent_samples, cfg.crop, augment=True, exposure=cfg.exposure)
+    model = NSS(NSSConfig()).train()
+    opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr)
+    rt = Runtime(device=torch.device("cpu"), rank=0, world=1, ddp=False, amp_dtype=None)
+    g = torch.Generator().manual_seed(args.seed)
+    cost = bench.step_breakdown(lambda: train_set.batch(cfg.batch_size, g), lambda batch: window_loss(model, model.net, batch, cfg, g, rt),
+                                opt, steps=b.repeats, samples=cfg.batch_size * cfg.recurrent_samples)
+    res.add("train_frames_per_s", "1 process", cost["samples_per_s"], "frames/s", True)
+    for part in ("data", "forward", "backward", "optimizer"):
+        res.add("step_ms", part, cost[part], "ms", False)
+    res.add("data_loading_share", "fp32", 100 * cost["data_share"], "%", False, {"goal": 5})
+    res.add("peak_rss", "train.py", train_rss, "MiB", False)
+    res.add("train_wall_time", f"{b.steps} steps", train_s / 60, "min", False)
+    one, two, speedup = bench.scaling("nss/train.py", ["--data", str(data), "--no-evaluate", *common],
+                                      work / "scaling", b.scaling_steps, "frames_per_s")
+    res.add("train_frames_per_s", "torchrun x2", two, "frames/s", True, {"1 process": one})
+    res.add("ddp_speedup", "2 vs 1 process", speedup, "x", True)
+    res.write(notes=[f"budget: preset {b.preset}, {b.steps} fp32 steps; qat_int8 = {b.qat_steps} more QAT steps from "
+                     f"the fp32 checkpoint; ptq_int8 calibrated on 16 training frames",
+                     "quality on the held-out sequences (seed + 10000), Reinhard-tonemapped; speed on a "
+                     f"1x12x{b.size[0]}x{b.size[1]} network input (540p -> 1080p), {b.repeats} runs after 3 warm-up",
+                     "share_of_peak = FLOPs per frame / time / the fp32 matmul peak measured in this run"])
+
+
+if __name__ == "__main__":
+    main()
