@@ -139,9 +139,9 @@ class Results:
         self.info = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
 
     def add(self, metric, variant, value, unit, higher_is_better=True, baselines=None):
-        row = {"usecase": self.usecase, "metric": metric, "variant": variant, "value": round(float(value), 4),
+        row = {"usecase": self.usecase, "metric": metric, "variant": variant, "value": float(f"{float(value):.5g}"),
                "unit": unit, "higher_is_better": higher_is_better,
-               "baselines": {k: round(float(v), 4) for k, v in (baselines or {}).items()}, "command": self.command}
+               "baselines": {k: float(f"{float(v):.5g}") for k, v in (baselines or {}).items()}, "command": self.command}
         self.rows.append(row)
         print(f"[bench] {self.usecase} {metric} ({variant}): {row['value']:g} {unit}"
               + "".join(f" | {k} {v:g}" for k, v in row["baselines"].items()), flush=True)
@@ -172,9 +172,13 @@ def table(rows, info):
     head = [f"`{info['command']}` on {info['date']}, {info['seconds'] / 60:.1f} min; {m['cores']} cores {m['cpu']}, "
             f"GPU {m['gpu']}; torch {m['torch']}, executorch {m['executorch']}, python {m['python']}", ""]
     head += [f"- {n}" for n in info.get("notes", [])] + ([""] if info.get("notes") else [])
-    lines = ["| metric | variant | value | unit | baselines |", "|---|---|---|---|---|"]
+    lines = ["| metric | variant | value | unit | baselines | goal (DESIGN.md §8) |", "|---|---|---|---|---|---|"]
     for r in rows:
         arrow = "↑" if r["higher_is_better"] else "↓"
-        base = ", ".join(f"{k} {v:g}" for k, v in r["baselines"].items())
-        lines.append(f"| {r['metric']} {arrow} | {r['variant']} | {r['value']:g} | {r['unit']} | {base} |")
+        base = ", ".join(f"{k} {v:g}" for k, v in r["baselines"].items() if k != "goal")
+        goal = r["baselines"].get("goal")
+        if goal is not None:
+            met = r["value"] >= goal if r["higher_is_better"] else r["value"] <= goal
+            goal = f"{goal:g}: met" if met else f"{goal:g}: **missed by {abs(r['value'] - goal):.3g}**"
+        lines.append(f"| {r['metric']} {arrow} | {r['variant']} | {r['value']:g} | {r['unit']} | {base} | {goal or ''} |")
     return "\n".join(head + lines)

@@ -12,6 +12,7 @@ Rows go to bench/results.json and bench/results.md (common/bench.py).
     python nss/bench.py --quick          # tiny preset, a few minutes: what tests/test_nss.py runs
 """
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -51,6 +52,7 @@ def main():
     p.add_argument("--work", default=None, help="run directory for data, checkpoints, exports (default runs/bench/nss[_quick])")
     p.add_argument("--results", default="bench", help="folder of results.json / results.md (merged per use case)")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training and eager timings (.pte runs on the CPU)")
     args = p.parse_args()
     b = BUDGETS["quick" if args.quick else "full"]
     work = Path(args.work or f"runs/bench/nss{'_quick' if args.quick else ''}")
@@ -63,24 +65,32 @@ def main():
 
     # --- training (fixed budget) and quality on held-out sequences -------------------------------------------------
     fp32_dir, data = work / "fp32", work / "fp32" / "data"
-    common = ["--preset", b.preset, "--seed", str(args.seed), "--log-level", "quiet"]
+    dev = torch.device("cuda" if args.device == "cuda" or args.device == "auto" and torch.cuda.is_available() else "cpu")
+    common = ["--preset", b.preset, "--seed", str(args.seed), "--log-level", "quiet", "--device", dev.type]
     train_s, train_rss = bench.run(["nss/train.py", "--out", str(fp32_dir), "--max-steps", str(b.steps), *common])
     best = fp32_dir / "ckpt" / "latest"
     bench.run(["nss/train.py", "--evaluate", "--model-path", str(best), "--model-type", "ptq_int8", "--data", str(data),
                "--out", str(work / "ptq"), *common])
     bench.run(["nss/train.py", "--qat", "--finetune", str(best), "--data", str(data), "--out", str(work / "qat"),
                "--max-steps", str(b.qat_steps), *common])
+    psnr = {}
     for variant, d in (("fp32", fp32_dir), ("ptq_int8", work / "ptq"), ("qat_int8", work / "qat")):
         r = json.loads((d / "eval" / "results.json").read_text())
+        psnr[variant] = r["nss"]["psnr"]
+        goal = max(r["bicubic"]["psnr"] + 3, r["taa"]["psnr"] + 1.5)    # DESIGN.md §8: bicubic + 3 dB and TAA + 1.5 dB
         for metric, unit in (("psnr", "dB"), ("ssim", ""), ("tpsnr", "dB")):
-            res.add(metric, variant, r["nss"][metric], unit, True, {m: r[m][metric] for m in ("bilinear", "bicubic", "taa")})
+            res.add(metric, variant, r["nss"][metric], unit, True, {m: r[m][metric] for m in ("bilinear", "bicubic", "taa")}
+                    | ({"goal": goal} if metric == "psnr" else {}))
+    for variant, goal in (("ptq_int8", 0.5), ("qat_int8", 0.05)):       # int8 within 0.5 dB (PTQ) / 0.05 dB (QAT) of fp32
+        res.add("psnr_drop_vs_fp32", variant, psnr["fp32"] - psnr[variant], "dB", False, {"goal": goal})
 
     # --- speed at the deployment size --------------------------------------------------------------------------------
     weights, _, _ = ckpt.load(best, with_state=False)
     net = fp32_net(weights)
     x = torch.rand(1, 12, *b.size)
-    peak = bench.peak_gflops()
-    res.add("matmul_peak", "fp32", peak, "GFLOP/s", True)
+    peak = {"cpu": bench.peak_gflops()} | ({"cuda": bench.peak_gflops(dev)} if dev.type == "cuda" else {})
+    for d, v in peak.items():
+        res.add("matmul_peak", f"fp32 {d}", v, "GFLOP/s", True)
     flops = bench.count_flops(lambda: net(x))
     res.add("flops_per_frame", "fp32", flops / 1e9, "GFLOP", False)
     model = NSS(NSSConfig()).eval()
@@ -94,30 +104,38 @@ def main():
     with torch.no_grad():
         res.add("pte_max_abs_error", "pte_xnnpack_fp32", max_abs_error(pte32([x]), list(net(x))), "", False)
 
+    net_d, x_d = copy.deepcopy(net).to(dev), x.to(dev)
+
     def bf16():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return net(x)
-    for variant, fn in (("eager_fp32", lambda: net(x)), ("eager_bf16", bf16),
-                        ("pte_xnnpack_fp32", lambda: pte32([x])), ("pte_xnnpack_int8", lambda: pte8([x]))):
-        ms = bench.median_ms(fn, b.repeats)
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            return net_d(x_d)
+    on = "" if dev.type == "cpu" else f" {dev.type}"
+    for variant, fn, d in ((f"eager_fp32{on}", lambda: net_d(x_d), dev), (f"eager_bf16{on}", bf16, dev),
+                           ("pte_xnnpack_fp32", lambda: pte32([x]), "cpu"), ("pte_xnnpack_int8", lambda: pte8([x]), "cpu")):
+        ms = bench.median_ms(fn, b.repeats, device=d)
         res.add("ms_per_frame", variant, ms, "ms", False)
-        res.add("share_of_peak", variant, 100 * flops / (ms * 1e-3) / 1e9 / peak, "%", True)
+        res.add("share_of_peak", variant, 100 * flops / (ms * 1e-3) / 1e9 / peak[torch.device(d).type], "%", True)
 
     # --- training cost -------------------------------------------------------------------------------------------------
     cfg = PRESETS[b.preset]
     train_set = NSSWindows(data / "train", cfg.recurrent_samples, cfg.crop, augment=True, exposure=cfg.exposure)
-    model = NSS(NSSConfig()).train()
+    model = NSS(NSSConfig()).to(dev).train()
     opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr)
-    rt = Runtime(device=torch.device("cpu"), rank=0, world=1, ddp=False, amp_dtype=None)
+    rt = Runtime(device=dev, rank=0, world=1, ddp=False, amp_dtype=None)
     g = torch.Generator().manual_seed(args.seed)
-    cost = bench.step_breakdown(lambda: train_set.batch(cfg.batch_size, g), lambda batch: window_loss(model, model.net, batch, cfg, g, rt),
-                                opt, steps=b.repeats, samples=cfg.batch_size * cfg.recurrent_samples)
+    cost = bench.step_breakdown(lambda: {k: v.to(dev) for k, v in train_set.batch(cfg.batch_size, g).items()},
+                                lambda batch: window_loss(model, model.net, batch, cfg, g, rt),
+                                opt, steps=b.repeats, device=dev, samples=cfg.batch_size * cfg.recurrent_samples)
     res.add("train_frames_per_s", "1 process", cost["samples_per_s"], "frames/s", True)
     for part in ("data", "forward", "backward", "optimizer"):
         res.add("step_ms", part, cost[part], "ms", False)
     res.add("data_loading_share", "fp32", 100 * cost["data_share"], "%", False, {"goal": 5})
     res.add("peak_rss", "train.py", train_rss, "MiB", False)
+    if "cuda_max_allocated_mib" in cost:
+        res.add("cuda_max_allocated", "train step", cost["cuda_max_allocated_mib"], "MiB", False)
     res.add("train_wall_time", f"{b.steps} steps", train_s / 60, "min", False)
+    if torch.cuda.device_count() < 2:   # two processes need two GPUs; otherwise compare on the CPU
+        common[-1] = "cpu"
     one, two, speedup = bench.scaling("nss/train.py", ["--data", str(data), "--no-evaluate", *common],
                                       work / "scaling", b.scaling_steps, "frames_per_s")
     res.add("train_frames_per_s", "torchrun x2", two, "frames/s", True, {"1 process": one})

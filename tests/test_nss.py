@@ -237,11 +237,13 @@ def test_bench_quick(tmp_path):
     got = {(row["metric"], row["variant"]): row for row in rows}
     for v in ("fp32", "ptq_int8", "qat_int8"):
         for m in ("psnr", "ssim", "tpsnr"):
-            assert set(got[m, v]["baselines"]) == {"bilinear", "bicubic", "taa"}
+            assert set(got[m, v]["baselines"]) - {"goal"} == {"bilinear", "bicubic", "taa"}
+        assert "goal" in got["psnr", v]["baselines"]
         assert got["psnr", v]["value"] > got["psnr", v]["baselines"]["bicubic"]   # even 30 steps beat bicubic
     for v in ("eager_fp32", "eager_bf16", "pte_xnnpack_fp32", "pte_xnnpack_int8"):
         assert got["ms_per_frame", v]["value"] > 0 and 0 < got["share_of_peak", v]["value"] < 100
     assert got["pte_max_abs_error", "pte_xnnpack_fp32"]["value"] < 1e-3
+    assert {v for m, v in got if m == "psnr_drop_vs_fp32"} == {"ptq_int8", "qat_int8"}
     assert got["flops_per_frame", "fp32"]["value"] > 1          # GFLOP of a 544x960 network input
     assert 0 <= got["data_loading_share", "fp32"]["value"] < 100 and got["peak_rss", "train.py"]["value"] > 100
     assert {"data", "forward", "backward", "optimizer"} <= {v for m, v in got if m == "step_ms"}
