@@ -4,6 +4,7 @@
 #   bash run.sh demo [nss|neuropbr|prism|gamengen|all]  generate built-in data, train, evaluate vs baselines, export
 #   bash run.sh play [play.py flags]  play the GameNGen model in a window (installs pygame; default: the demo's model)
 #   bash run.sh smoke                 the test suite (pytest), what CI runs
+#   bash run.sh stress                the long reliability tests: kill -9, signals, 5,000 fuzzed files per reader
 #   bash run.sh bench [nss|neuropbr|prism|gamengen|all] [--quick]  train each for a fixed budget, measure quality,
 #                                     speed and cost against the baselines -> bench/results.md + results.json
 set -euo pipefail
@@ -67,11 +68,24 @@ case "$cmd" in
     smoke)
         setup nss/requirements.txt gamengen/requirements.txt
         set +e
-        "$PY" -m pytest -q --durations=15 tests "$@"
+        # two workers, one torch thread each (2 cores); each test file stays on one worker (tests/conftest.py)
+        OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m pytest -q -n ${NANONG_TEST_WORKERS:-2} --dist loadgroup --durations=15 tests "$@"
         rc=$?
         set -e
         # pytest exits 5 when it collected no tests: only acceptable while tests/ is empty.
         if [ $rc -eq 5 ] && [ -z "$(ls tests/test_*.py 2>/dev/null)" ]; then rc=0; fi
+        exit $rc ;;
+    stress)
+        setup nss/requirements.txt gamengen/requirements.txt
+        report=$(mktemp)
+        start=$(date +%s)
+        set +e
+        NANONG_STRESS=1 NANONG_STRESS_REPORT=$report "$PY" -m pytest -q --durations=15 tests/test_reliability.py "$@"
+        rc=$?
+        set -e
+        echo "[run.sh] stress: $(( $(date +%s) - start ))s; kills survived and fuzz outcomes per reader:"
+        cat "$report"; echo
+        rm -f "$report"
         exit $rc ;;
     bench)
         which=${1:-all}; shift || true
@@ -84,5 +98,5 @@ case "$cmd" in
             *) echo "error: bench: unknown use case '$which' (have: nss, neuropbr, prism, gamengen, all)" >&2; exit 2 ;;
         esac ;;
     help|-h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' ;;
-    *) echo "error: unknown command '$cmd' (setup | demo | play | smoke | bench)" >&2; exit 2 ;;
+    *) echo "error: unknown command '$cmd' (setup | demo | play | smoke | stress | bench)" >&2; exit 2 ;;
 esac

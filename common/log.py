@@ -20,12 +20,24 @@ def setup(out_dir, level="info", master=True, name="nanong"):
     console.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(console)
     if master:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(Path(out_dir) / "output.log")
+        try:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(Path(out_dir) / "output.log")
+        except OSError as e:
+            from common.runtime import fail
+            fail(f"{out_dir}: cannot write the run folder here ({e.strerror or e})")
         fh.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
     return log
+
+
+def _step_of(row):
+    """The step of a metrics.jsonl row; infinity for a line torn by a kill -9 in the middle of its write."""
+    try:
+        return json.loads(row)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class Metrics:
@@ -46,7 +58,7 @@ class Metrics:
     def resume(self, step):
         """Drop rows the interrupted run logged after its checkpoint at `step`; the resumed run redoes them."""
         if self.enabled and self.path.exists():
-            rows = [r for r in self.path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+            rows = [r for r in self.path.read_text(errors="replace").splitlines() if _step_of(r) <= step]
             self.path.write_text("".join(r + "\n" for r in rows))
 
     def write(self, step, split, **values):

@@ -5,6 +5,7 @@ DDP follows nanoGPT: a run is distributed when torchrun sets RANK; rank 0 is the
 logs and saves; gloo on CPU, nccl on CUDA.
 """
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -101,6 +102,20 @@ def fail(msg, code=2):
     sys.exit(code)
 
 
+def user_errors(*errors):
+    """Decorator for a main(): the given exceptions, whose messages are one line naming a file (a corrupt sample
+    met mid-run, a checkpoint that could not be written), end the program through fail() instead of a traceback."""
+    def wrap(main):
+        @functools.wraps(main)
+        def guarded(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except errors as e:
+                fail(str(e))
+        return guarded
+    return wrap
+
+
 class StopSignal:
     """SIGINT/SIGTERM set a flag; the training loop checks it after each step, saves and exits."""
 
@@ -128,7 +143,7 @@ class StopSignal:
         if stop_after and steps_this_run >= stop_after:
             logger.info(f"--stop-after {stop_after}: saved {latest} at step {step}")
             return True
-        logger.warning(f"signal {self.signum}: saved {latest} at step {step}; resume with --resume")
+        logger.warning(f"{signal.Signals(self.signum).name}: saved {latest} at step {step}; continue with --resume")
         sys.exit(self.exit_code)
 
 

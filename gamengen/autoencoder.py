@@ -32,8 +32,8 @@ from safetensors.torch import save_file
 
 from common import ckpt
 from common.metrics import psnr
-from common.runtime import fail
-from gamengen.dataset import mmap_safetensors
+from common.runtime import NanGuard, fail
+from gamengen.dataset import DataError, read_shards
 
 
 @dataclass
@@ -94,8 +94,18 @@ class AE(nn.Module):
 
 
 def load_shards(data):
-    index = json.loads((Path(data) / "index.json").read_text())
-    return index, [mmap_safetensors(Path(data) / sh["file"]) for sh in index["shards"]]
+    """Recorded episodes (collect.py) or latents (encode) -> (index, [{key: memmap}]). Raises DataError."""
+    index, shards = read_shards(data, ("actions", "episode", "step"))
+    want = index.get("frame_shape")
+    for sh, s in zip(index["shards"], shards):
+        f = s.get("frames")
+        if f is None and "latents" not in s:
+            raise DataError(f"{Path(data) / sh['file']}: neither 'frames' (recorded episodes) nor 'latents' (encoded)")
+        if f is not None and (f.dtype != np.uint8 or f.ndim != 4 or (want is not None and list(f.shape[1:]) != want)
+                              or f.shape[1] != 3 or f.shape[2] % 8 or f.shape[3] % 8 or not f.shape[2]):
+            raise DataError(f"{Path(data) / sh['file']}: 'frames' {f.dtype} {list(f.shape)}, expected uint8 (N, {want or '3, H, W'}) "
+                            f"with H and W multiples of 8")
+    return index, shards
 
 
 def frame_rows(index, shards, split):
@@ -123,38 +133,57 @@ def eval_rows(index, shards, n):
     return [rows[i] for i in np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int)]
 
 
-def fit(model, params, cfg, out, batch_fn, eval_fn, loss_fn, resume, log=print):
-    """The shared loop: AdamW + warmup/cosine, checkpoints in OUT/ckpt (latest, best), resume."""
+def fit(model, params, cfg, out, batch_fn, eval_fn, loss_fn, resume, batch_rng, log=print):
+    """The shared loop: AdamW + warmup/cosine, checkpoints in OUT/ckpt (latest, best), resume (bit-exact: the
+    state of batch_rng, the generator batch_fn draws from, is checkpointed too). A non-finite loss skips its step;
+    20 in a row stop the run (ValueError), the last good state in OUT/ckpt/latest."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1, s / cfg.steps))))
-    root, step, best = Path(out) / "ckpt", 0, -1.0
+    root, step, best, guard = Path(out) / "ckpt", 0, -1.0, NanGuard("skip")
+    ckpt.check_room(root, model)
     if resume and (root / "latest").exists():
         weights, state, meta = ckpt.load(root / "latest")
-        ckpt.load_into(model, weights)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["sched"])
-        ckpt.set_rng_state(state["rng"])
-        step, best = meta["step"], meta["best_psnr"]
+        try:
+            ckpt.load_into(model, weights)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["sched"])
+            ckpt.set_rng_state(state["rng"])
+            if "batch_rng" in state:     # (older checkpoints did not keep it)
+                batch_rng.set_state(state["batch_rng"])
+            step, best = meta["step"], meta["best_psnr"]
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            raise ckpt.CheckpointError(f"{root / 'latest'}: not a checkpoint of this stage "
+                                       f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
         log(f"resumed from step {step}")
+
+    def save(val):
+        meta = {"step": step, "best_psnr": max(best, val), "heldout_psnr": val, "config": asdict(cfg), "nan_skipped": guard.skipped}
+        state = {"optimizer": opt.state_dict(), "sched": sched.state_dict(), "rng": ckpt.rng_state(), "batch_rng": batch_rng.get_state()}
+        ckpt.save_step(root, step, model.state_dict(), state, meta, best=val > best)
+
     t0, losses = time.time(), []
     while step < cfg.steps:
         model.train()
         loss = loss_fn(*batch_fn())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if guard.ok(loss.detach()):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        else:                       # no update, the step counts
+            log(f"step {step}: non-finite loss, skipped ({guard.skipped} so far)")
+            if guard.must_stop:
+                save(best)
+                raise ValueError(f"stopping: {guard.consecutive} non-finite losses in a row; last good state in {root / 'latest'}")
         sched.step()
         step += 1
-        losses.append(loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             val = eval_fn()
-            log(f"step {step} loss {np.mean(losses):.4f} heldout_psnr {val:.2f} dB ({time.time() - t0:.0f}s)")
+            log(f"step {step} loss {np.mean(losses or [np.nan]):.4f} heldout_psnr {val:.2f} dB ({time.time() - t0:.0f}s)")
             losses = []
-            meta = {"step": step, "best_psnr": max(best, val), "heldout_psnr": val, "config": asdict(cfg)}
-            state = {"optimizer": opt.state_dict(), "sched": sched.state_dict(), "rng": ckpt.rng_state()}
-            ckpt.save_step(root, step, model.state_dict(), state, meta, best=val > best)
+            save(val)
             best = max(best, val)
     return best
 
@@ -175,6 +204,8 @@ def train(args, cfg):
     model = AE(cfg)
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
+    if cfg.crop and any(n < c for n, c in zip(shards[0]["frames"].shape[2:], cfg.crop)):
+        raise DataError(f"{args.data}: frames {list(shards[0]['frames'].shape[2:])} are smaller than the training crop {list(cfg.crop)}")
 
     def loss_fn(x):
         y, z = model(x)
@@ -188,7 +219,7 @@ def train(args, cfg):
         y0, x0 = (8 * int(torch.randint((n - c) // 8 + 1, (), generator=g)) for n, c in zip(x.shape[2:], cfg.crop))
         return (x[:, :, y0:y0 + h, x0:x0 + w],)
     best = fit(model, model.parameters(), cfg, args.out, batch, lambda: evaluate(lambda x, k: model(x)[0], shards, ev),
-               loss_fn, args.resume)
+               loss_fn, args.resume, g)
     print(f"best held-out PSNR {best:.2f} dB over {len(ev)} frames")
 
 
@@ -235,7 +266,7 @@ def decoder_finetune(args, cfg):
         return zs(rr), frames(shards, rr)
     cfg.channels = mcfg.channels        # meta records the model's shape
     after = fit(model, model.decoder.parameters(), cfg, args.out, batch, lambda: evaluate(recon, shards, ev),
-                lambda z, x: F.mse_loss(model.decode(z), x), args.resume)
+                lambda z, x: F.mse_loss(model.decode(z), x), args.resume, g)
     print(f"decoder fine-tune: held-out PSNR from stored latents {before:.2f} -> {after:.2f} dB (best)")
 
 

@@ -11,9 +11,11 @@ episodes: near an episode's start the context is left-padded with zero latents a
 whole, from the index. Latents are memory-mapped (numpy memmap over the safetensors payload: nothing is read
 until a sample touches it, and a sample reads only its own N+1 rows); latents are multiplied by the index's
 `scale` (1 / std of the train latents, as Stable Diffusion's 0.18215) unless scaled=False.
+Any problem with an index or a shard (recorded episodes or latents) is a DataError naming the file.
 """
 import argparse
 import json
+import math
 import struct
 import sys
 import time
@@ -26,23 +28,84 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-DTYPES = {"U8": np.uint8, "I64": np.int64, "F16": np.float16, "F32": np.float32, "BF16": None}
+from gamengen.doom import ACTIONS
+
+DTYPES = {"U8": np.uint8, "I64": np.int64, "F16": np.float16, "F32": np.float32}
+
+
+class DataError(ValueError):
+    """Bad recorded episodes or latents: the message is one line naming the file and the problem."""
 
 
 def mmap_safetensors(path):
     """{name: read-only numpy memmap view} of a safetensors file, zero-copy (the format is an 8-byte header
-    length, a JSON header with dtype/shape/data_offsets, then the raw little-endian payload)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    length, a JSON header with dtype/shape/data_offsets, then the raw little-endian payload). DataError for a
+    file that is not safetensors, is truncated or whose header lies about sizes."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8).ljust(8, b"\xff"))[0]
+            if n > size - 8:
+                raise DataError(f"{path}: truncated or not a safetensors file (header of {n} bytes, file of {size})")
+            header = json.loads(f.read(n))
+        mm = np.memmap(path, dtype=np.uint8, mode="r")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:    # JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"{path}: corrupt safetensors header ({str(e).splitlines()[0]})") from None
+    if not isinstance(header, dict):
+        raise DataError(f"{path}: corrupt safetensors header (not a JSON object)")
     out = {}
     for name, v in header.items():
         if name == "__metadata__":
             continue
-        a, b = v["data_offsets"]
-        out[name] = mm[8 + n + a: 8 + n + b].view(DTYPES[v["dtype"]]).reshape(v["shape"])
+        try:
+            a, b = v["data_offsets"]
+            shape, dtype = [int(d) for d in v["shape"]], DTYPES[v["dtype"]]
+            ok = all(isinstance(x, int) and x >= 0 for x in (a, b, *v["shape"])) and 8 + n + b <= size
+            ok = ok and b - a == math.prod(shape) * np.dtype(dtype).itemsize
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DataError(f"{path}: '{name}': header entry {v!r:.100} does not fit the file ({size} bytes)")
+        out[name] = mm[8 + n + a: 8 + n + b].view(dtype).reshape(shape)
     return out
+
+
+def read_shards(root, keys):
+    """ROOT/index.json and the shards it lists, memory-mapped -> (index, [{key: array}]). Checks that every shard
+    is a plain file name inside ROOT, holds `keys`, one row per recorded step in every tensor (as many as the index
+    says) and actions in range. Raises DataError."""
+    root = Path(root)
+    path = root / "index.json"
+    try:
+        index = json.loads(path.read_text())
+        names = [sh["file"] for sh in index["shards"]]
+        bad = [e for e, v in index["episodes"].items() if not (e.isdigit() and isinstance(v, dict) and "split" in v)]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: not a GameNGen index ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if bad or not names:
+        raise DataError(f"{path}: " + (f"episode {bad[0]!r}: expected an id with a 'split'" if bad else "lists no shards"))
+    shards = []
+    for sh, name in zip(index["shards"], names):
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+            raise DataError(f"{path}: shard {name!r}: expected a .safetensors file inside {root}")
+        s = mmap_safetensors(root / name)
+        missing = [k for k in keys if k not in s]
+        if missing:
+            raise DataError(f"{root / name}: missing '{missing[0]}' (a shard holds {', '.join(keys)})")
+        rows = {k: a.shape[0] if a.ndim else -1 for k, a in s.items()}          # every key holds one row per step
+        if len(set(rows.values())) != 1 or rows[keys[0]] != sh.get("steps", rows[keys[0]]):
+            raise DataError(f"{root / name}: rows per key {rows} differ (index.json says {sh.get('steps')} steps)")
+        if any(s[k].ndim != 1 or s[k].dtype != np.int64 for k in ("actions", "episode", "step")):
+            raise DataError(f"{root / name}: 'actions', 'episode' and 'step' must be int64 of shape (N,)")
+        if len(s["actions"]) and not (0 <= s["actions"].min() and s["actions"].max() < len(ACTIONS)):
+            raise DataError(f"{root / name}: 'actions' outside 0..{len(ACTIONS) - 1}")
+        shards.append(s)
+    return index, shards
 
 
 def recorded_path(data, path, marker):
@@ -61,10 +124,14 @@ class LatentSequences(torch.utils.data.Dataset):
 
     def __init__(self, root, split="train", context=8, scaled=True):
         root = Path(root)
-        self.index = json.loads((root / "index.json").read_text())
-        self.context = context
-        self.scale = float(self.index.get("scale", 1.0)) if scaled else 1.0
-        self.shards = [mmap_safetensors(root / sh["file"]) for sh in self.index["shards"]]
+        self.root, self.context = root, context
+        self.index, self.shards = read_shards(root, ("latents", "actions", "episode", "step"))
+        self.scale = self.index.get("scale", 1.0) if scaled else 1.0
+        if not isinstance(self.scale, (int, float)) or not 0 < self.scale < math.inf:
+            raise DataError(f"{root / 'index.json'}: 'scale' {self.scale!r} is not a positive number")
+        shapes = {tuple(s["latents"].shape[1:]) for s in self.shards}
+        if len(shapes) != 1 or any(s["latents"].dtype.kind != "f" or s["latents"].ndim != 4 for s in self.shards):
+            raise DataError(f"{root}: 'latents' must be float (N, C, h, w) of one shape in every shard, found {sorted(shapes)}")
         ep = np.concatenate([s["episode"] for s in self.shards]).astype(np.int64)
         st = np.concatenate([s["step"] for s in self.shards]).astype(np.int64)
         self.shard_of = np.concatenate([np.full(len(s["episode"]), i) for i, s in enumerate(self.shards)])
@@ -74,14 +141,14 @@ class LatentSequences(torch.utils.data.Dataset):
         first = np.r_[True, ep_s[1:] != ep_s[:-1]]    # where each episode starts in sorted order
         start = np.maximum.accumulate(np.where(first, np.arange(len(ep_s)), 0))
         if len(ep_s) and not np.array_equal(st_s, np.arange(len(ep_s)) - start):
-            raise ValueError(f"{root}: an episode's steps are not contiguous from 0 (missing or duplicated shard?)")
+            raise DataError(f"{root}: an episode's steps are not contiguous from 0 (missing or duplicated shard?)")
         self.n_valid = np.minimum(np.arange(len(ep_s)) - start, context)     # real context frames before each
         splits = self.index["episodes"]
         keep = np.array([splits.get(str(e), {}).get("split") == split for e in ep_s], dtype=bool)
         self.targets = np.nonzero(keep)[0]
         self.ep_sorted, self.st_sorted = ep_s, st_s
         if not len(self.targets):
-            raise ValueError(f"{root}: no {split!r} episodes in the index")
+            raise DataError(f"{root}: no {split!r} episodes in the index")
 
     def __len__(self):
         return len(self.targets)
@@ -96,6 +163,8 @@ class LatentSequences(torch.utils.data.Dataset):
     def __getitem__(self, i):
         p, n, N = int(self.targets[i]), int(self.n_valid[self.targets[i]]), self.context
         lat = torch.from_numpy(self._rows("latents", p - n, p + 1).astype(np.float32)) * self.scale
+        if not torch.isfinite(lat).all():
+            raise DataError(f"{self.root}: 'latents' of episode {self.ep_sorted[p]} has NaN or inf values near step {self.st_sorted[p]}")
         ctx = torch.zeros((N,) + tuple(lat.shape[1:]))
         actions = torch.zeros(N, dtype=torch.int64)    # 0 = noop
         valid = torch.zeros(N, dtype=torch.bool)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import ckpt, log, runtime
-from gamengen.dataset import LatentSequences
+from gamengen.dataset import DataError, LatentSequences
 from gamengen.model import PRESETS as MODELS
 from gamengen.model import Denoiser, sample, training_loss
 
@@ -75,6 +75,7 @@ def build_parser():
     p.add_argument("--lr", type=float, help="AdamW learning rate (cosine to min_lr after warm-up)")
     p.add_argument("--ema", type=float, help="EMA decay of the sampling weights")
     p.add_argument("--eval-every", type=int, help="steps between held-out evaluations (and checkpoints)")
+    p.add_argument("--log-every", type=int, help="steps between train log lines and metrics.jsonl rows")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (continue with --resume)")
     return p
 
@@ -112,6 +113,7 @@ def load_denoiser(path, ema=True, map_location="cpu"):
     return model.eval(), meta
 
 
+@runtime.user_errors(DataError, ckpt.CheckpointError)
 def main():
     if len(sys.argv) > 1 and sys.argv[1] in AE_STAGES:          # the autoencoder stages: autoencoder.py's CLI
         from gamengen import autoencoder
@@ -137,7 +139,12 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     step, best = 0, math.inf
-    if args.resume:
+    if rt.master:
+        ckpt.check_room(ck, model, ema)
+    if args.resume and not (ck / "latest").exists():   # the run was killed before its first checkpoint
+        logger.info(f"--resume: no checkpoint in {ck} yet, starting from step 0")
+        metrics.resume(0)
+    elif args.resume:
         try:
             weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
             ckpt.load_into(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
@@ -149,8 +156,8 @@ def main():
             logger.info(f"resumed from {ck / 'latest'} at step {step}")
         except ckpt.CheckpointError as e:
             runtime.fail(str(e))
-        except (RuntimeError, KeyError) as e:
-            runtime.fail(f"{ck / 'latest'}: not a GameNGen diffusion checkpoint of this preset ({str(e).splitlines()[0]})")
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            runtime.fail(f"{ck / 'latest'}: not a GameNGen diffusion checkpoint of this preset ({(str(e).splitlines() or [type(e).__name__])[0]})")
     total = cfg.max_steps
     logger.info(f"GameNGen denoiser ({cfg.model}, context {mcfg.context}): {sum(p.numel() for p in model.parameters()):,} params | "
                 f"{len(train_set)} train windows ({len(set(train_set.ep_sorted[train_set.targets].tolist()))} episodes), {len(val_set)} held-out | "
@@ -183,19 +190,17 @@ def main():
             group["lr"] = lr
         with rt.autocast():
             loss = training_loss(net, b["target"], b["context"], b["actions"], b["valid"], generator=g)
-        if guard.skip_step(loss, step, rt, save, ck / "latest", logger):
-            step += 1
-            continue
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        with torch.no_grad():
-            decay = min(cfg.ema, (1 + step) / (10 + step))        # warm-up of the average, as in common EMA practice
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+        if not guard.skip_step(loss, step, rt, save, ck / "latest", logger):   # non-finite: no update, the step counts
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            with torch.no_grad():
+                decay = min(cfg.ema, (1 + step) / (10 + step))        # warm-up of the average, as in common EMA practice
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - decay)
         step += 1
         seen += len(idx) * rt.world
         t_data, t_step = t_data + t1 - t0, t_step + time.perf_counter() - t1
@@ -203,7 +208,7 @@ def main():
             dt, t_last = time.time() - t_last, time.time()
             logger.info(f"step {step:6d} | loss {loss.item():.4f} | lr {lr:.2e} | {seen / dt:.0f} windows/s | "
                         f"data {100 * t_data / (t_data + t_step):.1f}% of step time")
-            metrics.write(step, "train", loss=loss.item(), lr=lr, data_share=t_data / (t_data + t_step))
+            metrics.write(step, "train", loss=loss.item(), lr=lr, data_share=t_data / (t_data + t_step), windows_per_s=seen / dt)
             seen, t_data, t_step = 0, 0.0, 0.0
         score = None
         if rt.master and (step % cfg.eval_every == 0 or step == total):

@@ -37,15 +37,18 @@ A sample folder (in a chosen source) missing from the metadata is an error, and 
 no folder in clean/ nor dirty/ (an entry found only in the source you did not choose is simply not used).
 """
 import copy
+import io
 import json
 import struct
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_png, read_file
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_png
 
 SOURCES = {0: ("clean",), 1: ("clean", "dirty"), 2: ("dirty",)}
 VIEWS = ("0.png", "1.png", "2.png")
@@ -83,13 +86,28 @@ def png_size(path):
 
 
 def read_png(path, mode):
-    """Decode a PNG to float32 (C, H, W) in [0, 1]; 8- and 16-bit files."""
+    """Decode a PNG to float32 (C, H, W) in [0, 1]; 8- and 16-bit files; mode RGB (3 channels) or UNCHANGED.
+    Pillow decodes, and so checks, every file: torchvision's libpng decoder can crash the process (segfault) on a
+    corrupt file instead of raising. 16-bit colour, which Pillow cuts to 8 bits, is then decoded by torchvision."""
     try:
-        img = decode_png(read_file(str(path)), mode)
-    except Exception as e:  # torchvision raises RuntimeError for corrupt data, OSError et al. for files
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "PNG":
+                raise ValueError(f"{im.format or 'unknown'} data")
+            im.load()
+            if data[24] == 16 and data[25] in (2, 6):          # IHDR bit depth 16, RGB or RGBA
+                img = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode)
+                return img.float() / 65535.0
+            if im.mode.startswith("I"):                         # 16-bit gray
+                img = torch.from_numpy(np.asarray(im).astype(np.float32) / 65535.0)[None]
+                return img.expand(3, -1, -1).contiguous() if mode == ImageReadMode.RGB else img
+            if im.mode not in ("L", "LA", "RGB", "RGBA"):      # palette, 1-bit: as libpng expands them
+                im = im.convert("RGBA" if "transparency" in im.info else "L" if im.mode == "1" else "RGB")
+            a = np.asarray(im.convert("RGB") if mode == ImageReadMode.RGB else im, dtype=np.float32) / 255.0
+    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, zlib errors... for corrupt data
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: unreadable or corrupt PNG ({msg})") from None
-    return img.float() / (65535.0 if img.dtype == torch.uint16 else 255.0)
+    return torch.from_numpy(a.reshape(a.shape[0], a.shape[1], -1)).permute(2, 0, 1).contiguous()
 
 
 def resize(x, size):

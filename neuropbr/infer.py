@@ -13,12 +13,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, read_image
+from torchvision.io import ImageReadMode
 
 from common import ckpt
 from common.images import save_png
 from common.runtime import fail
-from neuropbr.dataset import DataError, PBRDataset
+from neuropbr.dataset import DataError, PBRDataset, read_png
 from neuropbr.model import Generator, ModelConfig
 
 
@@ -29,10 +29,7 @@ def load_views(folder, size):
         path = Path(folder) / f"{v}.png"
         if not path.exists():
             raise DataError(f"{path}: missing view (the input folder needs 0.png, 1.png and 2.png)")
-        try:
-            img = read_image(str(path), ImageReadMode.RGB).float() / 255
-        except RuntimeError as e:
-            raise DataError(f"{path}: unreadable PNG ({str(e).splitlines()[0]})") from None
+        img = read_png(path, ImageReadMode.RGB)
         views.append(F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0])
     return torch.stack(views)
 

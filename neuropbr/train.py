@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def build_parser():
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the validation materials")
     p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (continue with --resume)")
+    p.add_argument("--log-every", type=int, metavar="N", help="log a train row (loss, samples/s) every N steps (default: preset)")
     return p
 
 
@@ -198,6 +200,7 @@ def model_config(cfg):
     return ModelConfig(**{f.name: getattr(cfg, f.name) for f in fields(ModelConfig)})
 
 
+@runtime.user_errors(DataError, ckpt.CheckpointError)
 def main():
     args = build_parser().parse_args()
     cfg = runtime.override(replace(PRESETS[args.preset]), args)
@@ -221,7 +224,14 @@ def main():
             return
         if args.init:
             from safetensors.torch import load_file
-            state = load_file(args.init) if args.init.endswith(".safetensors") else torch.load(args.init, weights_only=True)
+            try:
+                with warnings.catch_warnings():   # e.g. a note on the pickle protocol of a file it is about to refuse
+                    warnings.simplefilter("ignore")
+                    state = load_file(args.init) if args.init.endswith(".safetensors") else torch.load(args.init, weights_only=True)
+            except Exception as e:   # unreadable, or objects that weights_only refuses to unpickle (it never runs them)
+                runtime.fail(f"{args.init}: not a state dict of tensors ({(str(e).strip().splitlines() or [type(e).__name__])[0]})")
+            if not isinstance(state, dict):
+                runtime.fail(f"{args.init}: holds a {type(state).__name__}, expected a state dict of tensors")
             missing = gen.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
             logger.info(f"encoder initialised from {args.init} ({len(missing.missing_keys)} keys left at random init)")
     except (DataError, ckpt.CheckpointError) as e:
@@ -239,7 +249,12 @@ def main():
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_g, factor=0.5, patience=2) if cfg.scheduler == "plateau" else None
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     step, best = 0, -math.inf
-    if args.resume:
+    if rt.master:
+        ckpt.check_room(ck, gen, disc)
+    if args.resume and not (ck / "latest").exists():   # the run was killed before its first checkpoint
+        logger.info(f"--resume: no checkpoint in {ck} yet, starting from step 0")
+        metrics.resume(0)
+    elif args.resume:
         try:
             weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
             ckpt.load_into(gen, {k[4:]: v for k, v in weights.items() if k.startswith("gen.")})
@@ -256,8 +271,8 @@ def main():
             logger.info(f"resumed from {ck / 'latest'} at step {step}")
         except ckpt.CheckpointError as e:
             runtime.fail(str(e))
-        except (RuntimeError, KeyError) as e:
-            runtime.fail(f"{ck / 'latest'}: not a NeuroPBR checkpoint of this preset ({str(e).splitlines()[0]})")
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            runtime.fail(f"{ck / 'latest'}: not a NeuroPBR checkpoint of this preset ({(str(e).splitlines() or [type(e).__name__])[0]})")
     logger.info(f"NeuroPBR: generator {sum(p.numel() for p in gen.parameters()):,} params"
                 f"{f', PatchGAN {sum(p.numel() for p in disc.parameters()):,}' if disc else ''} | {len(train_set)} train / "
                 f"{len(val_set)} val samples | {steps_per_epoch} steps/epoch, {total} steps | device {rt.device}")
@@ -274,11 +289,11 @@ def main():
         meta = {"step": step, "epoch": step / steps_per_epoch, "preset": args.preset, "config": asdict(cfg),
                 "model": asdict(model_config(cfg)), "best_score": best, "val_score": score, "nan_skipped": guard.skipped}
         path = ckpt.save_step(ck, step, weights, state, meta, best=score is not None and score >= best,
-                              keep_every=cfg.save_every_epochs * steps_per_epoch)
+                              keep_every=args.save_every or cfg.save_every_epochs * steps_per_epoch)
         logger.debug(f"saved {path.name} (epoch {step // steps_per_epoch})")
 
     gen.train()
-    start_step, t_last = step, time.time()
+    start_step, t_last, s_last = step, time.time(), step
     with runtime.profiler(args.profile and rt.master, out) as prof_step:
         while step < total:
             batch = {k: v.to(rt.device) for k, v in batch_at(train_set, step, cfg, args.seed, rt.rank, rt.world).items()}
@@ -305,24 +320,23 @@ def main():
                     _, g_adv = gan_losses(*disc(torch.cat([real, stack_maps(pred)])).chunk(2), cfg.gan_loss)
                 loss = loss + cfg.w_gan * g_adv
                 parts.update(d_loss=d_loss.detach(), g_adv=g_adv.detach())
-            if guard.skip_step(loss, step, rt, save, ck / "latest", logger):     # (the discriminator's steps stand)
-                step += 1
-                continue
-            opt_g.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt_g)
-            torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip)
-            scaler.step(opt_g)
-            scaler.update()
+            if not guard.skip_step(loss, step, rt, save, ck / "latest", logger):  # non-finite: no update (D's steps stand)
+                opt_g.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt_g)
+                torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip)
+                scaler.step(opt_g)
+                scaler.update()
             step += 1
             prof_step()
             if step % cfg.log_every == 0 or step == total:
                 dt, t_last = time.time() - t_last, time.time()
+                samples_per_s, s_last = (step - s_last) * cfg.batch_size * rt.world / dt, step   # all processes
                 parts = {k: v.item() for k, v in parts.items()}
                 logger.info(f"step {step:6d} | epoch {step / steps_per_epoch:5.2f} | loss {loss.item():.4f} | "
                             f"{' | '.join(f'{k} {v:.3f}' for k, v in parts.items())} | lr {opt_g.param_groups[0]['lr']:.2e} | "
-                            f"{cfg.log_every * cfg.batch_size / dt:.1f} samples/s")
-                metrics.write(step, "train", loss=loss.item(), lr=opt_g.param_groups[0]["lr"], **parts)
+                            f"{samples_per_s:.1f} samples/s")
+                metrics.write(step, "train", loss=loss.item(), lr=opt_g.param_groups[0]["lr"], samples_per_s=samples_per_s, **parts)
             score = None
             epoch_end = step % steps_per_epoch == 0
             if rt.master and ((epoch_end and (step // steps_per_epoch) % cfg.eval_every_epochs == 0) or step == total):
@@ -336,7 +350,7 @@ def main():
                 best = max(best, score)
                 if plateau:
                     plateau.step(-score)
-            if score is not None or step == total or (cfg.save_every_epochs and epoch_end):
+            if score is not None or step == total or (cfg.save_every_epochs and epoch_end) or (args.save_every and step % args.save_every == 0):
                 save(score)
             if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
                 return

@@ -94,7 +94,10 @@ def read_capture(path, keys=None):
                     out[k] = f.get_tensor(k)
     except Exception as e:  # safetensors raises its own error types for corrupt payloads
         raise DataError(f"{path}: unreadable safetensors data ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    F = out["colour_linear"].shape[0] if out["colour_linear"].dim() == 4 else -1
+    for k in ("colour_linear", "ground_truth_linear"):
+        if out[k].dim() != 4:
+            raise DataError(f"{path}: key '{k}': shape {tuple(out[k].shape)}, expected (frames, 3, height, width)")
+    F = out["colour_linear"].shape[0]
     h, w = out["colour_linear"].shape[-2:]
     H, W = out["ground_truth_linear"].shape[-2:]
     dims = {"h": h, "w": w, "H": H, "W": W}

@@ -31,8 +31,11 @@ def qat_net(net, backend="vgf"):
 
 
 def checkpoint_type(path):
-    meta = Path(path) / "meta.json"
-    return json.loads(meta.read_text()).get("model_type", "fp32") if meta.exists() else "fp32"
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text())
+    except (OSError, ValueError):     # missing or unreadable: ckpt.load says so where the checkpoint is read
+        return "fp32"
+    return meta.get("model_type", "fp32") if isinstance(meta, dict) else "fp32"
 
 
 @torch.no_grad()

@@ -158,6 +158,7 @@ def window_loss(model, net, batch, cfg, g, rt):
     return total / T
 
 
+@runtime.user_errors(DataError, ckpt.CheckpointError)
 def main():
     args = build_parser().parse_args()
     ck = Path(args.out) / "ckpt"
@@ -210,6 +211,8 @@ def main():
         logger.info("QAT: int8 fake-quant on weights (per-channel symmetric) and activations (per-tensor affine); "
                     "sigmoid outputs fixed at scale 1/254, zero point -127")
     model.to(rt.device)
+    if rt.master:
+        ckpt.check_room(ck, model.net)
     logger.info(f"NSS{' QAT' if qat else ''}: {sum(p.numel() for p in model.net.parameters()):,} params | "
                 f"{len(train_set)} windows of {cfg.recurrent_samples} frames from {len(train_set.files)} captures | "
                 f"device {rt.device} x{rt.world}")
@@ -217,7 +220,7 @@ def main():
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     step, best = 0, -math.inf
     try:
-        if args.resume:
+        if args.resume and (ck / "latest").exists():
             weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
             ckpt.load_into(model.net, weights)
             opt.load_state_dict(state["optimizer"])
@@ -226,10 +229,13 @@ def main():
             step, best = meta["step"], meta.get("best_psnr", -math.inf)
             metrics.resume(step)
             logger.info(f"resumed from {ck / 'latest'} at step {step}")
+        elif args.resume:   # the run was killed before its first checkpoint
+            logger.info(f"--resume: no checkpoint in {ck} yet, starting from step 0")
+            metrics.resume(0)
     except ckpt.CheckpointError as e:
         runtime.fail(str(e))
-    except (RuntimeError, KeyError) as e:
-        runtime.fail(f"{ck / 'latest'}: not an NSS checkpoint ({str(e).splitlines()[0]})")
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        runtime.fail(f"{ck / 'latest'}: not an NSS checkpoint ({(str(e).splitlines() or [type(e).__name__])[0]})")
     net = DDP(model.net) if rt.ddp else model.net
     stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
     save_every = args.save_every if args.save_every is not None else cfg.save_every
@@ -254,16 +260,13 @@ def main():
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             loss = window_loss(model, net, batch, cfg, g, rt)
-            if guard.skip_step(loss, step, rt, save, ck / "latest", logger):
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                continue
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.net.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            if not guard.skip_step(loss, step, rt, save, ck / "latest", logger):   # non-finite: no update, the step counts
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.net.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
             step += 1
             prof_step()
             tokens += cfg.batch_size * cfg.recurrent_samples * rt.world

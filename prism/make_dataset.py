@@ -27,6 +27,7 @@ import itertools
 import logging
 import sys
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -119,8 +120,12 @@ def load_raft(kind, path, device):
 def load_depth(path, device):
     """-> (callable, static input (H, W) or None) from a torch.export.save'd program."""
     logging.getLogger("torch.export").setLevel(logging.ERROR)   # it logs a traceback before raising on bad files
+    # torch.export.load unpickles (weights_only=False) whatever weights_only refuses, so a stranger's .pt2 could
+    # run code: keep weights_only on for the whole load.
+    torch_load = torch.load
     try:
-        ep = torch.export.load(str(path))
+        with mock.patch.object(torch, "load", lambda *a, **kw: torch_load(*a, **dict(kw, weights_only=True))):
+            ep = torch.export.load(str(path))
         if device.type != "cpu":
             ep = torch.export.passes.move_to_device_pass(ep, device)
         name = ep.graph_signature.user_inputs[0]

@@ -160,6 +160,7 @@ def stream_clip(net, model, clip, rt, cfg, disc=None, use_gan=False):
     return loss, parts, d_loss
 
 
+@runtime.user_errors(DataError, ckpt.CheckpointError)
 def main():
     args = build_parser().parse_args()
     cfg = runtime.override(replace(PRESETS[args.preset]), args)
@@ -190,7 +191,12 @@ def main():
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999)) if disc else None
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     step, best = 0, -math.inf
-    if args.resume:
+    if rt.master:
+        ckpt.check_room(ck, model, disc)
+    if args.resume and not (ck / "latest").exists():   # the run was killed before its first checkpoint
+        logger.info(f"--resume: no checkpoint in {ck} yet, starting from step 0")
+        metrics.resume(0)
+    elif args.resume:
         try:
             weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
             ckpt.load_into(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
@@ -205,8 +211,8 @@ def main():
             logger.info(f"resumed from {ck / 'latest'} at step {step}")
         except ckpt.CheckpointError as e:
             runtime.fail(str(e))
-        except (RuntimeError, KeyError) as e:
-            runtime.fail(f"{ck / 'latest'}: not a Prism checkpoint of this preset ({str(e).splitlines()[0]})")
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            runtime.fail(f"{ck / 'latest'}: not a Prism checkpoint of this preset ({(str(e).splitlines() or [type(e).__name__])[0]})")
     total = cfg.max_steps
     real = sum(s["is_real"] for s in train_set.sequences)
     logger.info(f"Prism-{cfg.model}: {sum(p.numel() for p in model.parameters()):,} params"
@@ -242,24 +248,22 @@ def main():
                 g["lr"] = lr
             use_gan = disc is not None and step >= cfg.gan_start_step
             loss, parts, d_loss = stream_clip(net, model, clip, rt, cfg, disc, use_gan)
-            if guard.skip_step(loss, step, rt, save, ck / "latest", logger):
-                step += 1
-                continue
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            if d_loss is not None:      # the discriminator's own step, on the frames it judged (generator detached)
-                opt_d.zero_grad(set_to_none=True)
-                scaler.scale(d_loss).backward()
-                if rt.ddp:              # not DDP-wrapped (it runs twice per frame): average its gradients by hand
-                    for p in disc.parameters():
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= rt.world
-                scaler.step(opt_d)
-                parts["d_loss"] = d_loss.detach()
-            scaler.update()
+            if not guard.skip_step(loss, step, rt, save, ck / "latest", logger):   # non-finite: no update, the step counts
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                if d_loss is not None:      # the discriminator's own step, on the frames it judged (generator detached)
+                    opt_d.zero_grad(set_to_none=True)
+                    scaler.scale(d_loss).backward()
+                    if rt.ddp:              # not DDP-wrapped (it runs twice per frame): average its gradients by hand
+                        for p in disc.parameters():
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= rt.world
+                    scaler.step(opt_d)
+                    parts["d_loss"] = d_loss.detach()
+                scaler.update()
             step += 1
             seen += len(idx)
             prof_step()
@@ -268,7 +272,7 @@ def main():
                 parts = {k: float(v) for k, v in parts.items()}
                 logger.info(f"step {step:6d} | {clip['scale']}x | loss {loss.item():.4f} | "
                             f"{' | '.join(f'{k} {v:.4f}' for k, v in parts.items())} | lr {lr:.2e} | {seen / dt:.1f} clips/s")
-                metrics.write(step, "train", loss=loss.item(), lr=lr, **parts)
+                metrics.write(step, "train", loss=loss.item(), lr=lr, clips_per_s=seen / dt, frames_per_s=seen * cfg.clip_len / dt, **parts)
                 seen = 0
             score = None
             if rt.master and (step % cfg.eval_every == 0 or step == total):

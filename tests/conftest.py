@@ -9,6 +9,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`run.sh smoke` runs two workers): keep each file on one worker, so module fixtures are
+    built once, and the two files that use the session fixture `gamengen_tiny` on the same worker."""
+    for item in items:
+        name = Path(str(item.fspath)).stem
+        group = "gamengen_tiny" if "gamengen_tiny" in getattr(item, "fixturenames", ()) else name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def run_main(main, *argv):
     """Call a script's main() in-process with sys.argv set (no interpreter start-up: seconds saved per call)."""
     saved = sys.argv
