@@ -6,10 +6,10 @@ child process, 1-vs-2-process scaling, and the results files (bench/results.json
     res.add("psnr", "fp32", 30.6, "dB", True, baselines={"bicubic": 25.7})
     res.write()        # merges with the other use cases' rows already in bench/results.json, prints the table
 """
+import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -21,6 +21,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(usecase, doc, device=False):
+    """The command line every bench.py shares -> (args, work dir, Results). `doc` is the script's docstring."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0], epilog=doc.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny budget, every kind of row (a few minutes; for tests)")
+    p.add_argument("--work", default=None, help=f"run directory for data, checkpoints, exports (default runs/bench/{usecase}[_quick])")
+    p.add_argument("--results", default="bench", help="folder of results.json / results.md (merged per use case)")
+    p.add_argument("--seed", type=int, default=1337)
+    if device:
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training and eager timings (.pte runs on the CPU)")
+    args = p.parse_args()
+    quick = " --quick" if args.quick else ""
+    work = Path(args.work or f"runs/bench/{usecase}{'_quick' if args.quick else ''}")
+    return args, work, Results(usecase, f"bash run.sh bench {usecase}{quick}", args.results)
 
 
 def machine():

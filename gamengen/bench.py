@@ -14,7 +14,6 @@ Rows go to bench/results.json and bench/results.md (common/bench.py).
     python gamengen/bench.py             # cpu preset: 10k recorded steps, 500 AE + 1500 denoiser steps (bash run.sh bench gamengen)
     python gamengen/bench.py --quick     # tiny preset, 2-3 minutes: every kind of row, what a test can run
 """
-import argparse
 import copy
 import json
 import os
@@ -95,16 +94,8 @@ def int8_programs(model, ae, scale, latents, out, steps, n=8):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny preset and budget (2-3 minutes; for tests)")
-    p.add_argument("--work", default=None, help="run directory for episodes, checkpoints, exports (default runs/bench/gamengen[_quick])")
-    p.add_argument("--results", default="bench", help="folder of results.json / results.md (merged per use case)")
-    p.add_argument("--seed", type=int, default=1337)
-    args = p.parse_args()
+    args, work, res = bench.cli("gamengen", __doc__)
     b = BUDGETS["quick" if args.quick else "full"]
-    work = Path(args.work or f"runs/bench/gamengen{'_quick' if args.quick else ''}")
-    res = bench.Results("gamengen", "bash run.sh bench gamengen" + (" --quick" if args.quick else ""), args.results)
     tcfg = train.PRESETS[b.preset]
     print(f"[bench] gamengen budget: {b.record_steps} recorded steps (random policy, {b.heldout:.0%} of episodes held out), "
           f"autoencoder {AE_FOR[b.preset]} {b.ae_steps} steps, denoiser {b.preset} {b.steps} steps of batch {tcfg.batch_size}, "

@@ -12,7 +12,6 @@ Rows go to bench/results.json and bench/results.md (common/bench.py).
     python neuropbr/bench.py             # cpu preset, 450 steps (bash run.sh bench neuropbr)
     python neuropbr/bench.py --quick     # tiny preset, a few minutes: the same rows, for tests
 """
-import argparse
 import itertools
 import shutil
 import sys
@@ -60,17 +59,9 @@ def synth(root, count, size, seed):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny preset and budget (a few minutes; for tests)")
-    p.add_argument("--work", default=None, help="run directory for data, checkpoints, exports (default runs/bench/neuropbr[_quick])")
-    p.add_argument("--results", default="bench", help="folder of results.json / results.md (merged per use case)")
-    p.add_argument("--seed", type=int, default=1337)
-    args = p.parse_args()
+    args, work, res = bench.cli("neuropbr", __doc__)
     b = BUDGETS["quick" if args.quick else "full"]
     cfg = PRESETS[b.preset]
-    work = Path(args.work or f"runs/bench/neuropbr{'_quick' if args.quick else ''}")
-    res = bench.Results("neuropbr", "bash run.sh bench neuropbr" + (" --quick" if args.quick else ""), args.results)
     print(f"[bench] neuropbr budget: preset {b.preset}, {b.steps} steps of batch {cfg.batch_size} at {cfg.image_size}², "
           f"{b.materials} training / {b.heldout} held-out materials, scaling {b.scaling_steps} steps, speed x{b.repeats}; "
           f"work dir {work}", flush=True)

@@ -11,7 +11,6 @@ Rows go to bench/results.json and bench/results.md (common/bench.py).
     python nss/bench.py                  # cpu preset, 1200 steps + 300 QAT steps (bash run.sh bench nss)
     python nss/bench.py --quick          # tiny preset, a few minutes: what tests/test_nss.py runs
 """
-import argparse
 import copy
 import json
 import shutil
@@ -46,17 +45,8 @@ BUDGETS = {"full": Budget("cpu", 1200, 300, 60), "quick": Budget("tiny", 30, 20,
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny preset and budget (a few minutes; for tests)")
-    p.add_argument("--work", default=None, help="run directory for data, checkpoints, exports (default runs/bench/nss[_quick])")
-    p.add_argument("--results", default="bench", help="folder of results.json / results.md (merged per use case)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training and eager timings (.pte runs on the CPU)")
-    args = p.parse_args()
+    args, work, res = bench.cli("nss", __doc__, device=True)
     b = BUDGETS["quick" if args.quick else "full"]
-    work = Path(args.work or f"runs/bench/nss{'_quick' if args.quick else ''}")
-    res = bench.Results("nss", "bash run.sh bench nss" + (" --quick" if args.quick else ""), args.results)
     print(f"[bench] nss budget: preset {b.preset}, {b.steps} steps + {b.qat_steps} QAT steps, "
           f"scaling {b.scaling_steps} steps, speed at {b.size[0]}x{b.size[1]} x{b.repeats}; work dir {work}", flush=True)
     torch.manual_seed(args.seed)

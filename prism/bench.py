@@ -12,7 +12,6 @@ Rows go to bench/results.json and bench/results.md (common/bench.py).
     python prism/bench.py                # cpu preset, 150 steps per network, ~11 min on 2 cores (bash run.sh bench prism)
     python prism/bench.py --quick        # tiny data and budget, ~3 min: every kind of row, for tests
 """
-import argparse
 import contextlib
 import copy
 import os
@@ -108,17 +107,8 @@ def native_stderr(lines):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny data and budget (~3 min; for tests)")
-    p.add_argument("--work", default=None, help="run directory for data, checkpoints, exports (default runs/bench/prism[_quick])")
-    p.add_argument("--results", default="bench", help="folder of results.json / results.md (merged per use case)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training and eager timings (.pte runs on the CPU)")
-    args = p.parse_args()
+    args, work, res = bench.cli("prism", __doc__, device=True)
     b = BUDGETS["quick" if args.quick else "full"]
-    work = Path(args.work or f"runs/bench/prism{'_quick' if args.quick else ''}")
-    res = bench.Results("prism", "bash run.sh bench prism" + (" --quick" if args.quick else ""), args.results)
     print(f"[bench] prism budget: preset {b.preset}, {b.steps} steps x {b.batch} clips for each of {', '.join(NETS)}; "
           f"data {b.data[0]} x {b.data[1]} frames at {b.data[2]}², held-out {b.heldout[0]} x {b.heldout[1]}; scaling "
           f"{b.scaling_steps} steps; speed at {b.size[0]}x{b.size[1]} x{b.repeats}; work dir {work}", flush=True)
