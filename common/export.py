@@ -43,19 +43,34 @@ def _numpy(x):
     return np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
 
 
-def max_abs_error(outputs, reference):
-    """Largest |a - b| over all outputs (tensors or arrays, any dtype), compared in float64. The TOSA reference
-    model and the scenario runner may list a graph's outputs in another order than PyTorch: outputs are
-    matched to the references by shape (outputs of the same shape keep their order)."""
+def _matched(outputs, reference):
+    """outputs reordered to line up with reference. The TOSA reference model and the scenario runner may list a
+    graph's outputs in another order than PyTorch: they are matched by shape (same shapes keep their order)."""
     if len(outputs) != len(reference):
         raise ValueError(f"{len(outputs)} outputs, expected {len(reference)}")
-    left = list(outputs)
-    outputs = []
+    left, matched = list(outputs), []
     for r in reference:
         i = next((i for i, o in enumerate(left) if tuple(_numpy(o).shape) == tuple(_numpy(r).shape)), 0)
-        outputs.append(left.pop(i))
+        matched.append(left.pop(i))
+    return matched
+
+
+def max_abs_error(outputs, reference):
+    """Largest |a - b| over all outputs (tensors or arrays, any dtype, matched as _matched does), in float64."""
     return max(float(np.abs(_numpy(o).astype(np.float64) - _numpy(r).astype(np.float64)).max())
-               for o, r in zip(outputs, reference))
+               for o, r in zip(_matched(outputs, reference), reference))
+
+
+def step_errors(name, outputs, reference, steps=None):
+    """{name_steps: max, name_p99_steps, name_mean_steps}: |outputs - reference| in int8 levels (steps: the size
+    of one level per output; 1 for int8 arrays). Two int8 implementations requantize in their own arithmetic:
+    a rounding tie that flips one level in a hidden layer can grow through later layers, so the tail is
+    reported too (p99: 99% of output values are within it)."""
+    steps = steps or [1.0] * len(reference)
+    d = np.concatenate([np.abs(_numpy(o).astype(np.float64) - _numpy(r).astype(np.float64)).ravel() / s
+                        for o, r, s in zip(_matched(outputs, reference), reference, steps)])
+    return {f"{name}_steps": round(float(d.max()), 3), f"{name}_p99_steps": round(float(np.quantile(d, 0.99)), 3),
+            f"{name}_mean_steps": round(float(d.mean()), 5)}
 
 
 def _median_ms(fn, repeats):
@@ -236,21 +251,15 @@ def _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, r
         steps_of = [q["SINT"]["scale"] for q in (pte_out or out_q)]    # one int8 level of each output
         forward = load_pte(out_dir / "model.pte")
         outputs = forward(example_inputs)
-        # XNNPACK requantizes in its own arithmetic: an intermediate rounding tie that flips one level can
-        # grow through later layers, so report the tail too (p99: 99% of output values are within it)
-        steps = np.concatenate([np.abs(_numpy(o).astype(np.float64) - _numpy(r)).ravel() / step
-                                for o, r, step in zip(outputs, pte_ref, steps_of)])
-        checks.update(pte_max_abs_error=max_abs_error(outputs, pte_ref), pte_steps=round(float(steps.max()), 3),
-                      pte_p99_steps=round(float(np.quantile(steps, 0.99)), 3),
-                      pte_mean_steps=round(float(steps.mean()), 5),
+        checks.update(step_errors("pte", outputs, pte_ref, steps_of), pte_max_abs_error=max_abs_error(outputs, pte_ref),
                       pte_ms=_median_ms(lambda: forward(example_inputs), repeats))
     if vgf:
         inputs = [quantize_input(x, q) for x, q in zip(example_inputs, io["inputs"].values())]
         ref_q = [quantize_input(r, q).numpy() for r, q in zip(ref, out_q)]
 
         def compare(name, outputs):
-            checks[f"{name}_steps"] = max_abs_error(outputs, ref_q)
-            checks[f"{name}_max_abs_error"] = max_abs_error([dequantize_output(o, q) for o, q in zip(outputs, out_q)], ref)
+            checks.update(step_errors(name, outputs, ref_q))
+            checks[f"{name}_max_abs_error"] = max_abs_error([dequantize_output(o, q) for o, q in zip(_matched(outputs, ref_q), out_q)], ref)
         tosa, vgf_out = _run_tosa_and_vgf(out_dir, inputs, checks, compare)
         if vgf_out is not None:
             checks["vgf_vs_tosa_steps"] = max_abs_error(vgf_out, tosa)
