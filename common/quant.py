@@ -50,6 +50,10 @@ class FixedSigmoidQParams(Quantizer):
     def annotate(self, model):
         model = self.inner.annotate(model)
         for node in model.graph.nodes:
+            _drop_integer_edges(node)
+            if node.target in PAD_OPS:
+                _share_input_qparams(node)
+        for node in model.graph.nodes:
             if node.target != torch.ops.aten.sigmoid.default:
                 continue
             if Q_ANNOTATION_KEY not in node.meta:
@@ -67,6 +71,36 @@ class FixedSigmoidQParams(Quantizer):
 
     def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
         self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
+
+
+PAD_OPS = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
+
+
+def _is_float(node):
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return not isinstance(val, torch.Tensor) or val.dtype.is_floating_point
+
+
+def _drop_integer_edges(node):
+    """Integer tensors (a game's action ids, a bucket index) are not activations: no observer on them."""
+    a = node.meta.get(Q_ANNOTATION_KEY)
+    if a is None:
+        return
+    a.input_qspec_map = {n: q for n, q in a.input_qspec_map.items() if _is_float(n)}
+    if not _is_float(node):
+        a.output_qspec = None
+
+
+def _share_input_qparams(node):
+    """A zero pad of a quantized tensor stays in its input's int8 grid (zero is exact in an affine grid). The
+    XNNPACK quantizer leaves pads alone, and XNNPACK rejects a pad whose input is int8 and output is float."""
+    inp = node.args[0]
+    a = inp.meta.get(Q_ANNOTATION_KEY)
+    if Q_ANNOTATION_KEY in node.meta or a is None or a.output_qspec is None or not _is_float(inp):
+        return
+    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map={inp: SharedQuantizationSpec(inp)},
+                                                         output_qspec=SharedQuantizationSpec((inp, node)),
+                                                         _annotated=True)
 
 
 def quantizer(backend="vgf", qat=False):

@@ -141,3 +141,34 @@ def test_int8_exports_compute_what_pytorch_computes(int8_export):
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown quantization backend"):
         quant.quantizer("tpu")
+
+
+class PadNet(nn.Module):
+    """conv, an embedded integer input, a zero pad of the int8 map, conv: Prism's window padding and GameNGen's
+    action ids in miniature."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.emb, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Embedding(6, 8), nn.Conv2d(8, 4, 3)
+
+    def forward(self, x, a, b):
+        ids = torch.cat([a, b], 1)                                     # int64: must get no observer
+        h = torch.relu(self.c1(x)) + self.emb(ids).sum(1)[:, :, None, None]
+        return self.c2(F.pad(h, (0, 2, 0, 2)))
+
+
+def test_xnnpack_int8_with_a_zero_pad_and_integer_inputs_runs(tmp_path):
+    torch.manual_seed(0)
+    net, g = PadNet().eval(), torch.Generator().manual_seed(0)
+    calib = [(torch.rand(1, 3, 12, 12, generator=g), torch.randint(0, 6, (1, 2), generator=g),
+              torch.randint(0, 6, (1, 1), generator=g)) for _ in range(4)]
+    q = quant.ptq(net, calib[0], calib, backend="xnnpack")
+    pad = next(n for n in q.graph.nodes if n.target == torch.ops.aten.pad.default)
+    assert [u.target for u in pad.users] == [torch.ops.quantized_decomposed.quantize_per_tensor.default]  # int8 out
+    report = export.lower_xnnpack(torch.export.export(q, calib[0]), tmp_path / "int8.pte")
+    assert report["delegated_fraction"] > 0.5, report
+    out = export.load_pte(tmp_path / "int8.pte")(list(calib[-1]))[0]  # XNNPACK refused int8-in/fp32-out pads
+    with torch.no_grad():
+        ref, fp = q(*calib[-1]), net(*calib[-1])
+    step = (ref.max() - ref.min()) / 255
+    assert (out - ref).abs().max() <= 2 * step and (ref - fp).abs().max() < 0.1
