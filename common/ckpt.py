@@ -11,6 +11,7 @@ read and put back if the kill fell between the two renames. A failed write (disk
 and raises CheckpointError; the previous checkpoint stays. Loading never unpickles arbitrary objects:
 safetensors for weights (NaN refused), `torch.load(weights_only=True)` for the state, JSON for the meta.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -187,11 +188,40 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def load_into(module, weights, strict=True):
+def load_into(module, weights, strict=True, prefix=None):
     """module.load_state_dict(weights) for weights read from safetensors, which keeps no per-submodule
     `_metadata` (state-dict versions). Without it some modules migrate "old" state on load: torchao's
-    observers, for one, reset their `eps` buffer, so a resumed QAT run would not be bit-exact."""
+    observers, for one, reset their `eps` buffer, so a resumed QAT run would not be bit-exact.
+    prefix: load only the entries named `prefix.*` (a checkpoint of several modules: "gen", "disc")."""
     from collections import OrderedDict
+    if prefix:
+        weights = {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
     state = OrderedDict(weights)
     state._metadata = getattr(module.state_dict(), "_metadata", None)
     return module.load_state_dict(state, strict=strict)
+
+
+@contextlib.contextmanager
+def resuming(ckpt_root, what, map_location="cpu", log=print):
+    """--resume, as every train.py does it:
+
+        with ckpt.resuming(ck, "a Prism checkpoint of this preset", rt.device, logger.info) as latest:
+            if latest:   # (weights, state, meta) of ck/latest; None: nothing saved yet, start at step 0
+                ...load them into the models and optimizers...
+
+    A run killed before its first checkpoint has none yet: it starts from step 0 (and says so). A checkpoint
+    that does not fit what is being loaded (missing keys, other shapes: another preset) raises CheckpointError
+    with one line naming it."""
+    path = Path(ckpt_root) / "latest"
+    if not path.exists():
+        log(f"--resume: no checkpoint in {ckpt_root} yet, starting from step 0")
+        yield None
+        return
+    latest = load(path, map_location)
+    try:
+        yield latest
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: not {what} ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    log(f"resumed from {path} at step {latest[2]['step']}")

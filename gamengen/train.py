@@ -141,23 +141,16 @@ def main():
     step, best = 0, math.inf
     if rt.master:
         ckpt.check_room(ck, model, ema)
-    if args.resume and not (ck / "latest").exists():   # the run was killed before its first checkpoint
-        logger.info(f"--resume: no checkpoint in {ck} yet, starting from step 0")
-        metrics.resume(0)
-    elif args.resume:
-        try:
-            weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
-            ckpt.load_into(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
-            ckpt.load_into(ema, {k[4:]: v for k, v in weights.items() if k.startswith("ema.")})
-            opt.load_state_dict(state["opt"])
-            scaler.load_state_dict(state["scaler"])
-            step, best = meta["step"], meta.get("best_score", math.inf)
-            metrics.resume(step)
-            logger.info(f"resumed from {ck / 'latest'} at step {step}")
-        except ckpt.CheckpointError as e:
-            runtime.fail(str(e))
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
-            runtime.fail(f"{ck / 'latest'}: not a GameNGen diffusion checkpoint of this preset ({(str(e).splitlines() or [type(e).__name__])[0]})")
+    if args.resume:
+        with ckpt.resuming(ck, "a GameNGen diffusion checkpoint of this preset", rt.device, logger.info) as latest:
+            if latest:
+                weights, state, meta = latest
+                ckpt.load_into(model, weights, prefix="model")
+                ckpt.load_into(ema, weights, prefix="ema")
+                opt.load_state_dict(state["opt"])
+                scaler.load_state_dict(state["scaler"])
+                step, best = meta["step"], meta.get("best_score", math.inf)
+        metrics.resume(step)
     total = cfg.max_steps
     logger.info(f"GameNGen denoiser ({cfg.model}, context {mcfg.context}): {sum(p.numel() for p in model.parameters()):,} params | "
                 f"{len(train_set)} train windows ({len(set(train_set.ep_sorted[train_set.targets].tolist()))} episodes), {len(val_set)} held-out | "

@@ -76,7 +76,7 @@ def main():
     train_s, train_rss = bench.run(["neuropbr/train.py", "--out", str(work / "train"), "--max-steps", str(b.steps), *common])
     weights, _, meta = ckpt.load(work / "train" / "ckpt" / "latest", with_state=False)
     gen = Generator(ModelConfig(**meta["model"]))
-    ckpt.load_into(gen, {k[4:]: v for k, v in weights.items() if k.startswith("gen.")})
+    ckpt.load_into(gen, weights, prefix="gen")
     kw = dict(render_curriculum=cfg.render_curriculum, image_size=cfg.image_size)
     train_set, _ = PBRDataset(data / "input", data / "output", **kw).split(cfg.val_fraction, cfg.val_seed)  # as train.py
     test_set = PBRDataset(held / "input", held / "output", **kw)

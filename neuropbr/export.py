@@ -14,8 +14,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-
 from common import ckpt, quant
 from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
@@ -40,7 +38,7 @@ def main():
     try:
         weights, _, meta = ckpt.load(args.model_path, with_state=False)
         gen = Generator(ModelConfig(**meta["model"]))
-        ckpt.load_into(gen, {k[4:]: v for k, v in weights.items() if k.startswith("gen.")})
+        ckpt.load_into(gen, weights, prefix="gen")
         gen.eval()
         size = meta["config"]["image_size"]
         root = Path(args.data) if args.data else Path(args.model_path).resolve().parents[1] / "data"

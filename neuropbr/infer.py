@@ -49,7 +49,7 @@ def main():
     try:
         weights, _, meta = ckpt.load(args.checkpoint, with_state=False)
         gen = Generator(ModelConfig(**meta["model"]))
-        ckpt.load_into(gen, {k[4:]: v for k, v in weights.items() if k.startswith("gen.")})
+        ckpt.load_into(gen, weights, prefix="gen")
         size = meta["config"]["image_size"]
         if args.input_dir:
             views, name = load_views(args.input_dir, size), Path(args.input_dir).name

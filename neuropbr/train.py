@@ -251,28 +251,21 @@ def main():
     step, best = 0, -math.inf
     if rt.master:
         ckpt.check_room(ck, gen, disc)
-    if args.resume and not (ck / "latest").exists():   # the run was killed before its first checkpoint
-        logger.info(f"--resume: no checkpoint in {ck} yet, starting from step 0")
-        metrics.resume(0)
-    elif args.resume:
-        try:
-            weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
-            ckpt.load_into(gen, {k[4:]: v for k, v in weights.items() if k.startswith("gen.")})
-            if disc:
-                ckpt.load_into(disc, {k[5:]: v for k, v in weights.items() if k.startswith("disc.")})
-                opt_d.load_state_dict(state["opt_d"])
-            opt_g.load_state_dict(state["opt_g"])
-            scaler.load_state_dict(state["scaler"])
-            if plateau:
-                plateau.load_state_dict(state["plateau"])
-            ckpt.set_rng_state(state["rng"])
-            step, best = meta["step"], meta.get("best_score", -math.inf)
-            metrics.resume(step)
-            logger.info(f"resumed from {ck / 'latest'} at step {step}")
-        except ckpt.CheckpointError as e:
-            runtime.fail(str(e))
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
-            runtime.fail(f"{ck / 'latest'}: not a NeuroPBR checkpoint of this preset ({(str(e).splitlines() or [type(e).__name__])[0]})")
+    if args.resume:
+        with ckpt.resuming(ck, "a NeuroPBR checkpoint of this preset", rt.device, logger.info) as latest:
+            if latest:
+                weights, state, meta = latest
+                ckpt.load_into(gen, weights, prefix="gen")
+                if disc:
+                    ckpt.load_into(disc, weights, prefix="disc")
+                    opt_d.load_state_dict(state["opt_d"])
+                opt_g.load_state_dict(state["opt_g"])
+                scaler.load_state_dict(state["scaler"])
+                if plateau:
+                    plateau.load_state_dict(state["plateau"])
+                ckpt.set_rng_state(state["rng"])
+                step, best = meta["step"], meta.get("best_score", -math.inf)
+        metrics.resume(step)
     logger.info(f"NeuroPBR: generator {sum(p.numel() for p in gen.parameters()):,} params"
                 f"{f', PatchGAN {sum(p.numel() for p in disc.parameters()):,}' if disc else ''} | {len(train_set)} train / "
                 f"{len(val_set)} val samples | {steps_per_epoch} steps/epoch, {total} steps | device {rt.device}")

@@ -184,7 +184,6 @@ class NSS(nn.Module):
         """-> network input (N, 12, h, w) and the per-frame quantities the post-process needs."""
         cfg = self.cfg
         n, _, h, w = f["colour"].shape
-        H, W = h * cfg.scale, w * cfg.scale
         e = f["exposure"]
         valid = state["valid"]
         mv, nearest_offset = dilate_motion(f["depth"], f["motion_lr"], cfg.mv_zero)   # (N, 2, h, w) LR px

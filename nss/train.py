@@ -219,23 +219,16 @@ def main():
     opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     step, best = 0, -math.inf
-    try:
-        if args.resume and (ck / "latest").exists():
-            weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
-            ckpt.load_into(model.net, weights)
-            opt.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            ckpt.set_rng_state(state["rng"])
-            step, best = meta["step"], meta.get("best_psnr", -math.inf)
-            metrics.resume(step)
-            logger.info(f"resumed from {ck / 'latest'} at step {step}")
-        elif args.resume:   # the run was killed before its first checkpoint
-            logger.info(f"--resume: no checkpoint in {ck} yet, starting from step 0")
-            metrics.resume(0)
-    except ckpt.CheckpointError as e:
-        runtime.fail(str(e))
-    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
-        runtime.fail(f"{ck / 'latest'}: not an NSS checkpoint ({(str(e).splitlines() or [type(e).__name__])[0]})")
+    if args.resume:
+        with ckpt.resuming(ck, "an NSS checkpoint", rt.device, logger.info) as latest:
+            if latest:
+                weights, state, meta = latest
+                ckpt.load_into(model.net, weights)
+                opt.load_state_dict(state["optimizer"])
+                scaler.load_state_dict(state["scaler"])
+                ckpt.set_rng_state(state["rng"])
+                step, best = meta["step"], meta.get("best_psnr", -math.inf)
+        metrics.resume(step)
     net = DDP(model.net) if rt.ddp else model.net
     stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
     save_every = args.save_every if args.save_every is not None else cfg.save_every

@@ -14,6 +14,7 @@ Rows go to bench/results.json and bench/results.md (common/bench.py).
 """
 import contextlib
 import copy
+import math
 import os
 import shutil
 import sys
@@ -69,7 +70,7 @@ def render(root, sequences, frames, size, seed):
 def load_net(run_dir):
     weights, _, meta = ckpt.load(Path(run_dir) / "ckpt" / "latest", with_state=False)
     model = Prism(MODELS[meta["config"]["model"]])
-    ckpt.load_into(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+    ckpt.load_into(model, weights, prefix="model")
     return model.eval()
 
 
@@ -175,6 +176,10 @@ def main():
             lower_xnnpack(torch.export.export(int8, x), work / "pte" / "int8.pte")
             with native_stderr(log):
                 pte8 = load_pte(work / "pte" / "int8.pte")
+                with torch.no_grad():   # the int8 frame (in [0, 1]) vs eager fp32's
+                    f8, f32 = pte8(list(x))[0], net(*x)[0]
+                res.add("pte_max_abs_error", f"{name} pte_xnnpack_int8", max_abs_error([f8], [f32]), "", False)
+                res.add("psnr_vs_fp32", f"{name} pte_xnnpack_int8", -10 * math.log10((f8 - f32).pow(2).mean().item() + 1e-12), "dB", True)
                 timed(name, "pte_xnnpack_int8", lambda: pte8(list(x)), flops, "cpu")
         except Exception as e:   # noqa: BLE001 - recorded, not hidden: the row is missing and the note says why
             why = (str(e).splitlines() or [""])[0]

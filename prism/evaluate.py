@@ -74,7 +74,7 @@ def table(res):
     for key in sorted(k for k in res if k.endswith("x")):
         for m in METHODS:
             r = res[key][m]
-            name = f"**Prism**" if m == "prism" else m
+            name = "**Prism**" if m == "prism" else m
             lines.append(f"| {key} | {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['tpsnr']:.2f} |")
         lines.append(f"| {key} | Prism − bilinear | {res[key]['prism']['psnr'] - res[key]['bilinear']['psnr']:+.2f} | | |")
     return "\n".join(lines)

@@ -12,7 +12,6 @@ random frames with --size. Writes model.vgf, model.tosa, model_vgf.pte, model.pt
 Needs Arm's model-converter on PATH for the .vgf (run.sh sets it).
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -67,7 +66,7 @@ def main():
         if args.model_path:
             weights, _, meta = ckpt.load(args.model_path, with_state=False)
             model = Prism(PRESETS[meta["config"]["model"]])
-            ckpt.load_into(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+            ckpt.load_into(model, weights, prefix="model")
         else:
             torch.manual_seed(0)
             model = Prism(PRESETS[args.preset])

@@ -178,7 +178,7 @@ def main():
                 runtime.fail("--evaluate needs --model-path CKPT_DIR")
             weights, _, meta = ckpt.load(args.model_path, with_state=False)
             model = Prism(MODELS[meta["config"]["model"]])
-            ckpt.load_into(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+            ckpt.load_into(model, weights, prefix="model")
             res = evaluate(model.to(rt.device), val_set, rt.device, out / "eval")
             logger.info(table(res))
             return
@@ -193,26 +193,19 @@ def main():
     step, best = 0, -math.inf
     if rt.master:
         ckpt.check_room(ck, model, disc)
-    if args.resume and not (ck / "latest").exists():   # the run was killed before its first checkpoint
-        logger.info(f"--resume: no checkpoint in {ck} yet, starting from step 0")
-        metrics.resume(0)
-    elif args.resume:
-        try:
-            weights, state, meta = ckpt.load(ck / "latest", map_location=rt.device)
-            ckpt.load_into(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
-            opt.load_state_dict(state["opt"])
-            if disc:
-                ckpt.load_into(disc, {k[5:]: v for k, v in weights.items() if k.startswith("disc.")})
-                opt_d.load_state_dict(state["opt_d"])
-            scaler.load_state_dict(state["scaler"])
-            ckpt.set_rng_state(state["rng"])
-            step, best = meta["step"], meta.get("best_score", -math.inf)
-            metrics.resume(step)
-            logger.info(f"resumed from {ck / 'latest'} at step {step}")
-        except ckpt.CheckpointError as e:
-            runtime.fail(str(e))
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
-            runtime.fail(f"{ck / 'latest'}: not a Prism checkpoint of this preset ({(str(e).splitlines() or [type(e).__name__])[0]})")
+    if args.resume:
+        with ckpt.resuming(ck, "a Prism checkpoint of this preset", rt.device, logger.info) as latest:
+            if latest:
+                weights, state, meta = latest
+                ckpt.load_into(model, weights, prefix="model")
+                opt.load_state_dict(state["opt"])
+                if disc:
+                    ckpt.load_into(disc, weights, prefix="disc")
+                    opt_d.load_state_dict(state["opt_d"])
+                scaler.load_state_dict(state["scaler"])
+                ckpt.set_rng_state(state["rng"])
+                step, best = meta["step"], meta.get("best_score", -math.inf)
+        metrics.resume(step)
     total = cfg.max_steps
     real = sum(s["is_real"] for s in train_set.sequences)
     logger.info(f"Prism-{cfg.model}: {sum(p.numel() for p in model.parameters()):,} params"

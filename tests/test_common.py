@@ -78,6 +78,22 @@ def test_missing_or_corrupt_checkpoint_names_the_file(tmp_path):
         ckpt.load(p)
 
 
+def test_resuming_starts_fresh_loads_by_prefix_and_names_a_misfit(tmp_path):
+    said = []
+    with ckpt.resuming(tmp_path, "a test checkpoint", log=said.append) as latest:   # killed before any save
+        assert latest is None
+    assert "starting from step 0" in said[-1]
+    net = torch.nn.Linear(3, 3)
+    weights = {f"gen.{k}": v + 1 for k, v in net.state_dict().items()} | {"disc.w": torch.zeros(1)}
+    ckpt.save_step(tmp_path, 7, weights, {"rng": ckpt.rng_state()}, {"step": 7})
+    with ckpt.resuming(tmp_path, "a test checkpoint", log=said.append) as latest:
+        ckpt.load_into(net, latest[0], prefix="gen")
+    assert torch.equal(net.weight, weights["gen.weight"]) and said[-1].endswith("at step 7")
+    with pytest.raises(ckpt.CheckpointError, match=r"latest: not a test checkpoint \(Error\(s\) in loading"):
+        with ckpt.resuming(tmp_path, "a test checkpoint", log=said.append) as latest:
+            ckpt.load_into(torch.nn.Linear(3, 4), latest[0], prefix="gen")     # another preset's shapes
+
+
 def test_psnr_ssim_known_values():
     x = torch.rand(2, 3, 32, 32)
     assert metrics.ssim(x, x).item() == pytest.approx(1.0, abs=1e-5)

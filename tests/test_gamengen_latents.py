@@ -4,7 +4,6 @@ import argparse
 import json
 from dataclasses import asdict
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file

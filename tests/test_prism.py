@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from common import ckpt
 from prism.dataset import DataError, PrismDataset, batches, write_index, write_sequence
-from prism.model import PRESETS, SEED_PARAMS, MultiScaleDiscriminator, Prism, build_model
+from prism.model import PRESETS, SEED_PARAMS, MultiScaleDiscriminator, build_model
 from prism.train import PRESETS as TRAIN_PRESETS
 from prism.train import gan_losses, stream_clip
 
