@@ -220,8 +220,8 @@ def resuming(ckpt_root, what, map_location="cpu", log=print):
     latest = load(path, map_location)
     try:
         yield latest
+    except CheckpointError:
+        raise
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
-        if isinstance(e, CheckpointError):
-            raise
         raise CheckpointError(f"{path}: not {what} ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     log(f"resumed from {path} at step {latest[2]['step']}")

@@ -170,20 +170,17 @@ def main():
     logger = log.setup(out, args.log_level, rt.master)
     metrics = log.Metrics(out, enabled=rt.master)
     model = Prism(MODELS[cfg.model])
-    try:
-        data = PrismDataset(resolve_data(args, cfg, rt, logger), clip_len=cfg.clip_len, crop=cfg.crop or None, seed=args.seed)
-        train_set, val_set = data.split(cfg.val_sequences, seed=42)
-        if args.evaluate:
-            if not args.model_path:
-                runtime.fail("--evaluate needs --model-path CKPT_DIR")
-            weights, _, meta = ckpt.load(args.model_path, with_state=False)
-            model = Prism(MODELS[meta["config"]["model"]])
-            ckpt.load_into(model, weights, prefix="model")
-            res = evaluate(model.to(rt.device), val_set, rt.device, out / "eval")
-            logger.info(table(res))
-            return
-    except (DataError, ckpt.CheckpointError) as e:
-        runtime.fail(str(e))
+    data = PrismDataset(resolve_data(args, cfg, rt, logger), clip_len=cfg.clip_len, crop=cfg.crop or None, seed=args.seed)
+    train_set, val_set = data.split(cfg.val_sequences, seed=42)
+    if args.evaluate:
+        if not args.model_path:
+            runtime.fail("--evaluate needs --model-path CKPT_DIR")
+        weights, _, meta = ckpt.load(args.model_path, with_state=False)
+        model = Prism(MODELS[meta["config"]["model"]])
+        ckpt.load_into(model, weights, prefix="model")
+        res = evaluate(model.to(rt.device), val_set, rt.device, out / "eval")
+        logger.info(table(res))
+        return
     model.to(rt.device)
     net = DDP(model, find_unused_parameters=True) if rt.ddp else model   # a batch is one scale: the other head idles
     disc = MultiScaleDiscriminator(cfg.d_scales, ndf=cfg.ndf).to(rt.device) if cfg.w_gan > 0 else None
