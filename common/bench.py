@@ -188,7 +188,7 @@ def table(rows, info):
     head = [f"`{info['command']}` on {info['date']}, {info['seconds'] / 60:.1f} min; {m['cores']} cores {m['cpu']}, "
             f"GPU {m['gpu']}; torch {m['torch']}, executorch {m['executorch']}, python {m['python']}", ""]
     head += [f"- {n}" for n in info.get("notes", [])] + ([""] if info.get("notes") else [])
-    lines = ["| metric | variant | value | unit | baselines | goal (DESIGN.md §8) |", "|---|---|---|---|---|---|"]
+    lines = ["| metric | variant | value | unit | baselines | goal (README Goals) |", "|---|---|---|---|---|---|"]
     for r in rows:
         arrow = "↑" if r["higher_is_better"] else "↓"
         base = ", ".join(f"{k} {v:g}" for k, v in r["baselines"].items() if k != "goal")

@@ -7,11 +7,11 @@ training (QAT) with ExecuTorch's Arm VGF quantizer, and an XNNPACK-quantizer pat
     ... fq.train(); loss.backward() ...                       #    (observers + fake-quant on, fp32 maths)
     q = quant.convert(fq)                                     # -> int8 graph; then common/export.export_int8
 
-Arm's scheme (ref/nss.md §3.4): activations int8 per-tensor affine [-128, 127]; weights int8 per-channel
-symmetric [-127, 127]; bias int32; and sigmoid outputs with *fixed* qparams, scale 1/254 and zero point
--127, so [0, 1] maps exactly onto [-127, 127] and a GPU can store them in an SNORM texture and filter them
-with hardware. A quantized graph is a plain torch.fx GraphModule that runs in PyTorch (fake-quant maths),
-so it can be evaluated with the fp32 pre/post-process around it before any export.
+Arm's scheme (NSS QAT in arm/neural-graphics-model-gym): activations int8 per-tensor affine [-128, 127];
+weights int8 per-channel symmetric [-127, 127]; bias int32; and sigmoid outputs with *fixed* qparams, scale
+1/254 and zero point -127, so [0, 1] maps exactly onto [-127, 127] and a GPU can store them in an SNORM
+texture and filter them with hardware. A quantized graph is a plain torch.fx GraphModule that runs in PyTorch
+(fake-quant maths), so it can be evaluated with the fp32 pre/post-process around it before any export.
 """
 import copy
 import logging
@@ -122,7 +122,8 @@ def quantizer(backend="vgf", qat=False):
 
 def capture(model, example_inputs, dynamic_shapes=None):
     """torch.export the model into the ATen graph PT2E quantizes. check_guards=False drops the `_guards_fn`
-    module torch >= 2.9 inserts, which int8 layernorm/attention/avg_pool lowering rejects (ref/export.md).
+    module torch >= 2.9 inserts, which int8 layernorm/attention/avg_pool lowering rejects (measured: without it
+    they fail with `call_module is not supported`).
     dynamic_shapes (torch.export's) keeps the graph usable at other batch sizes and resolutions, as
     training crops and full evaluation frames need."""
     return torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes).module(check_guards=False)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 
 def add_common_args(p, presets):
-    """The command-line conventions of DESIGN.md §1, identical for every use case."""
+    """The command-line conventions shared by every train.py (so scripts, tests and benchmarks can drive them)."""
     p.add_argument("--data", default=None, help="dataset root; when absent, built-in data is generated into OUT/data")
     p.add_argument("--preset", default="cpu", choices=sorted(presets), help="hyper-parameter preset (dataclass in train.py)")
     p.add_argument("--out", default="runs/default", help="run directory: output.log, metrics.jsonl, images, ckpt/")

@@ -1,7 +1,7 @@
 """NeuroPBR benchmark: train on built-in data for a fixed number of steps, then measure, all in this one run:
   quality  albedo PSNR, roughness / metallic MAE and normal angle error on held-out materials (rendered with
            seed + 10000: materials, cameras and lights the training never saw) against the mean-material and
-           view-average baselines (neuropbr/evaluate.py) and DESIGN.md's goals
+           view-average baselines (neuropbr/evaluate.py) and the goals below
   speed    ms per material (one sample: three views at the model's image size -> four maps) in eager fp32 and
            bf16 and as XNNPACK .pte fp32 and int8 (median of >= 10 runs after warm-up), FLOPs per material and
            the share of this machine's matmul peak
@@ -44,7 +44,8 @@ class Budget:
 
 
 BUDGETS = {"full": Budget("cpu", 450, 24, 4, 240, 64), "quick": Budget("tiny", 24, 8, 2, 40, 8)}
-# DESIGN.md's goals: (map, evaluate.py metric, row name, unit, higher is better, goal)
+# goals (README, Goals: albedo and MAE at the shipped-weights bar; normal in degrees): (map, evaluate.py metric,
+# row name, unit, higher is better, goal)
 QUALITY = (("albedo", "psnr", "albedo_psnr", "dB", True, 26), ("roughness", "mae", "roughness_mae", "", False, 0.06),
            ("metallic", "mae", "metallic_mae", "", False, 0.06), ("normal", "angle_mean", "normal_angle_error", "deg", False, 8))
 
@@ -142,7 +143,7 @@ def main():
                      f"PatchGAN on from step {cfg.gan_start_epoch * per_epoch}); quality of the last checkpoint",
                      f"data: built-in procedural materials (neuropbr/synth.py) at {cfg.image_size}², clean + dirty renders: "
                      f"{len(train_set)} training materials (seed {args.seed}; train.py keeps 10% for validation), quality on "
-                     f"{len(test_set)} held-out materials (seed {args.seed + 10000}); goals from DESIGN.md",
+                     f"{len(test_set)} held-out materials (seed {args.seed + 10000}); goals from the README (Goals)",
                      f"variants: speed of one material (a 1x3x3x{cfg.image_size}x{cfg.image_size} input), {b.repeats} runs "
                      f"after 3 warm-up; int8 = PT2E PTQ with the XNNPACK quantizer calibrated on {len(calib)} training samples; "
                      "share_of_peak = FLOPs per material / time / the fp32 matmul peak measured in this run",

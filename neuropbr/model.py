@@ -1,5 +1,5 @@
 """NeuroPBR generator and discriminator: three rendered views of a material -> albedo, roughness, metallic and
-normal maps (the structure of NeuroPBR's MultiViewPBRGenerator, ref/others.md §B.2).
+normal maps (the structure of MultiViewPBRGenerator in josephHelfenbein/NeuroPBR's training/train.py).
 
     views (B, 3 views, 3, H, W) in [0, 1]
       -> shared torchvision ResNet encoder per view (random init; --init loads local weights)

@@ -67,7 +67,7 @@ def main():
     for variant, d in (("fp32", fp32_dir), ("ptq_int8", work / "ptq"), ("qat_int8", work / "qat")):
         r = json.loads((d / "eval" / "results.json").read_text())
         psnr[variant] = r["nss"]["psnr"]
-        goal = max(r["bicubic"]["psnr"] + 3, r["taa"]["psnr"] + 1.5)    # DESIGN.md §8: bicubic + 3 dB and TAA + 1.5 dB
+        goal = max(r["bicubic"]["psnr"] + 3, r["taa"]["psnr"] + 1.5)    # README, Goals: TAA + 1.5 dB and bicubic + 3
         for metric, unit in (("psnr", "dB"), ("ssim", ""), ("tpsnr", "dB")):
             res.add(metric, variant, r["nss"][metric], unit, True, {m: r[m][metric] for m in ("bilinear", "bicubic", "taa")}
                     | ({"goal": goal} if metric == "psnr" else {}))

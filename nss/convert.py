@@ -1,8 +1,10 @@
 """Convert Arm NSS EXR captures (dataset spec 1.0.1) to NSS safetensors, then optionally cut them into crops.
 
-Input (Arm's spec, ../shared/ref/nss.md §1.1): <SRC>/<seq>.json plus, per capture <seq>, the folders
-ground_truth/<seq>, motion_gt/<seq>, x2/color/<seq>, x2/depth/<seq>, x2/motion/<seq> of <frame>.exr.
-Output (§1.3): one <DST>/<basename(SRC)>/<seq>.safetensors per capture, every tensor stacked over frames.
+Input (Arm's spec: docs/nss/nss_dataset_specification.md in arm/neural-graphics-model-gym): <SRC>/<seq>.json
+plus, per capture <seq>, the folders ground_truth/<seq>, motion_gt/<seq>, x2/color/<seq>, x2/depth/<seq>,
+x2/motion/<seq> of <frame>.exr.
+Output (the layout of Arm's safetensors_writer.py, summarised in nss/dataset.py): one
+<DST>/<basename(SRC)>/<seq>.safetensors per capture, every tensor stacked over frames.
 Flags follow Arm's safetensors_writer.py (single dash), so its commands work here unchanged:
 
     pip install -r nss/requirements.txt                  # OpenEXR, the optional NSS extra

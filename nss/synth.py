@@ -11,9 +11,10 @@ each frame it ray-casts, on the CPU in batched torch tensors:
   motion, motion_lr    exact motion of the surface seen at each (unjittered) pixel centre, camera and object
                        motion both, in pixels of the image's own resolution, (y, x), previous -> current
 
-and writes one <OUT>/seq_XXXX.safetensors per capture with every key of Arm's layout (../shared/ref/nss.md
-§1.3), so nss/train.py, nss/evaluate.py and Arm's own loader read it like Arm's captures. Held-out data is
-the same generator with other seeds, which gives other scenes, palettes, lights and camera paths.
+and writes one <OUT>/seq_XXXX.safetensors per capture with every key of Arm's layout (the one
+scripts/safetensors_generator/safetensors_writer.py of arm/neural-graphics-model-gym writes; see nss/dataset.py),
+so nss/train.py, nss/evaluate.py and Arm's own loader read it like Arm's captures. Held-out data is the same
+generator with other seeds, which gives other scenes, palettes, lights and camera paths.
 
     python nss/synth.py --out data/synth/train --sequences 16 --frames 24 --size 192 192 --seed 0
     python nss/synth.py --out data/synth/test --sequences 4 --frames 32 --size 256 256 --seed 10000 \\
@@ -993,8 +994,8 @@ def check_depth_params(depth, view_depth, params):
 
 def render_sequence(seed, frames, size, spp=16, cuts=True, on_frame=None):
     """Render one capture of `frames` frames at high res `size` = (H, W) -> dict of tensors in Arm's NSS
-    safetensors layout (every key of ../shared/ref/nss.md §1.3). `spp` must be a square (4x4 grid per pixel
-    for 16). on_frame() is called after every frame."""
+    safetensors layout (every key Model Gym's safetensors_writer.py writes). `spp` must be a square (4x4 grid
+    per pixel for 16). on_frame() is called after every frame."""
     H, W = size
     if H % SCALE or W % SCALE or H < 2 or W < 2:
         raise ValueError(f"size {H}x{W}: height and width must be even and positive")

@@ -1,7 +1,7 @@
 """Prism benchmark: train each network preset (fast, balanced, quality) on built-in data for a fixed number of
 steps (2x and 3x jointly, as train.py does), then measure, all in this one run:
   quality  PSNR / SSIM of each preset at 2x and 3x on held-out sequences (rooms of seed + 10000, never seen in
-           training) against nearest and bilinear upsampling; goal (DESIGN.md): bilinear + 2 dB
+           training) against nearest and bilinear upsampling; goal (README Goals): bilinear + 2 dB
   speed    ms per frame at the deployment size (540p -> 1080p, 2x, GRU state in and out) of the trained fast
            network in eager fp32 and bf16 and as XNNPACK .pte fp32 and int8 (median of >= 10 runs after warm-up),
            .pte vs eager error; eager fp32 of balanced and quality; FLOPs per frame and share of the matmul peak

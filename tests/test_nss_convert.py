@@ -1,4 +1,4 @@
-"""nss/convert.py on a tiny generated EXR capture: the safetensors layout of Arm's spec §1.3, the
+"""nss/convert.py on a tiny generated EXR capture: the safetensors layout of Arm's safetensors_writer.py, the
 cropper, -overwrite, and one-line errors."""
 import json
 import math
