@@ -1,6 +1,6 @@
 """Readers for Arm's NSS safetensors layout (one file per capture, tensors stacked over frames).
 
-Layout (see ../shared/ref/nss.md §1.3): `colour_linear` f16 (F,3,h,w) jittered low-res linear HDR,
+Layout (Arm's, written by Model Gym's `safetensors_writer.py`): `colour_linear` f16 (F,3,h,w) jittered low-res linear HDR,
 `ground_truth_linear` f16 (F,3,H,W), `depth` f32 (F,1,h,w) forward-Z, `motion_lr` f16 (F,2,h,w) and
 `motion` f16 (F,2,H,W) in pixels, (y, x) order, pointing previous -> current, `jitter` f32 (F,2,1,1)
 low-res pixels (y, x), `exposure` f32 (F,1) = ln(multiplier), `depth_params` f32 (F,4), `render_size`
@@ -157,6 +157,8 @@ def to_float(cap, t0, t1, exposure_override=None):
         "jitter": cap["jitter"][t0:t1].float(),
         "exposure": exposure,
         "depth_params": cap["depth_params"][t0:t1].float().view(-1, 4, 1, 1),
+        # the full frame's low-res size, also for crops: the motion detector normalises by it
+        "render_size": cap["render_size"][t0:t1].float().view(-1, 2, 1, 1),
     }
     return s
 
@@ -183,6 +185,7 @@ def augment(s, g):
         for k in ("motion_lr", "motion", "jitter"):
             s[k] = torch.stack([-s[k][:, 1], s[k][:, 0]], 1)
         s["depth_params"] = s["depth_params"][:, [0, 1, 3, 2]]
+        s["render_size"] = s["render_size"][:, [1, 0]]
     return s
 
 

@@ -11,8 +11,9 @@
 Conventions (Arm's dataset): motion and jitter in pixels, (y, x) order; motion points previous -> current
 (`prev = pos - mv`); low-res pixel (i, j) was sampled at (i + 0.5 + jitter_y, j + 0.5 + jitter_x); depth is
 forward-Z device depth; view depth z = p1 / (d - p0) with p = depth_params.
-Shader-specific details (atomic depth scatter, packed offsets, the hand-tuned flicker state machine) are
-simplified; every input and output of the reference pipeline is kept. See ../shared/ref/nss.md §2.1.
+The pre- and post-process follow Arm's Slang shaders step by step (arm/neural-graphics-model-gym at ef328bf,
+`src/ng_model_gym/usecases/nss/model/shaders/nss_v1/`); nss/pre_process.py and nss/post_process.py document
+each step with its file:line. The helpers below serve the project's TAA baseline.
 """
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.images import inverse_karis, karis
+from nss.post_process import post_process
+from nss.pre_process import padded_size, pre_process
 
 
 @dataclass
@@ -96,12 +99,6 @@ def shift(x, dy, dx):
     return p[..., max(dy, 0):max(dy, 0) + h, max(dx, 0):max(dx, 0) + w]
 
 
-def view_depth(depth, depth_params):
-    """Forward-Z device depth -> positive view-space depth (FSR2 deviceToViewDepth)."""
-    p0, p1 = depth_params[:, 0:1], depth_params[:, 1:2]
-    return p1 / (depth - p0).clamp_max(-1e-7)
-
-
 def dilate_motion(depth, motion, mv_zero):
     """Depth-dilated motion: each pixel takes the motion of the nearest (min depth) pixel of its 4x4
     neighbourhood (offsets -1..+2), zeroed when |mv| <= mv_zero. Also returns the chosen offset code
@@ -114,14 +111,6 @@ def dilate_motion(depth, motion, mv_zero):
     mv = mv * (mv.norm(dim=1, keepdim=True) > mv_zero)
     codes = torch.tensor([((dy + 2) << 3) | (dx + 2) for dy, dx in offsets], device=depth.device, dtype=torch.float32)
     return mv, codes[best] / 255.0
-
-
-def ycocg(rgb):
-    r, g, b = rgb.unbind(1)
-    co = r - b
-    t = b + co / 2
-    cg = g - t
-    return torch.stack([t + cg / 2, co, cg], 1)
 
 
 def jittered_taps(colour, jitter, scale, radius=1):
@@ -144,7 +133,8 @@ def jittered_taps(colour, jitter, scale, radius=1):
 # ----------------------------------------------------------------------------------------------------------
 
 class NSS(nn.Module):
-    """The recurrent super sampler: pre_process -> net -> post_process, state carried between frames."""
+    """The recurrent super sampler: Arm's pre-process -> net -> Arm's post-process, state carried between
+    frames (nss/pre_process.py and nss/post_process.py say what each step computes)."""
 
     def __init__(self, cfg=NSSConfig()):
         super().__init__()
@@ -152,139 +142,50 @@ class NSS(nn.Module):
         self.net = AutoEncoder(12, cfg.kpn_size**2)
 
     def init_state(self, frame):
-        """Zero history buffers for a batch shaped like `frame` (a dict of (N, C, h, w))."""
+        """Reset history buffers (Arm's `_create_zero_history_buffers`) for a batch shaped like `frame`.
+        `valid` = 0 marks a reset frame (the post-process ignores history); `fresh` = 1 zeroes its motion."""
         n, _, h, w = frame["colour"].shape
-        s, dev = self.cfg.scale, frame["colour"].device
-        return {"history": torch.zeros(n, 3, h * s, w * s, device=dev),
-                "feedback": torch.zeros(n, 4, h, w, device=dev),
+        hp, wp = padded_size(h, w)
+        H, W = round(h * self.cfg.scale), round(w * self.cfg.scale)
+        dev = frame["colour"].device
+        return {"history": torch.zeros(n, 3, H, W, device=dev),
+                "feedback": torch.zeros(n, 4, hp, wp, device=dev),
                 "derivative": torch.zeros(n, 4, h, w, device=dev),
-                "view_depth": torch.zeros(n, 1, h, w, device=dev),
-                "valid": torch.zeros(n, 1, 1, 1, device=dev)}
+                "valid": torch.zeros(n, 1, 1, 1, device=dev),
+                "fresh": torch.ones(n, 1, 1, 1, device=dev)}
 
-    def seed_state(self, state, prev_frame, keep):
-        """GT-history augmentation: for batch elements where `keep` (N,) is true, make the previous frame's
-        ground truth the history, so the model learns to trust good history."""
+    def seed_state(self, state, target, keep):
+        """Arm's GT-history augmentation (model_v1.py:443-501): on the first frame of a window, for batch
+        elements where `keep` (N,) is true, the history becomes `target` (Arm passes its tonemapped loss target)
+        and the frame stops counting as a reset. Its motion stays zeroed, feedback and derivative stay zero."""
         m = keep.view(-1, 1, 1, 1).float()
-        e = prev_frame["exposure"]
-        rgb = F.grid_sample(prev_frame["colour"], self._unjitter_grid(prev_frame), align_corners=False)
-        derivative = torch.cat([ycocg(torch.sqrt((rgb * e).clamp_min(0))), torch.zeros_like(rgb[:, :1])], 1)
-        new = {"history": prev_frame["ground_truth"],
-               "feedback": state["feedback"],
-               "derivative": derivative,
-               "view_depth": view_depth(prev_frame["depth"], prev_frame["depth_params"]),
-               "valid": torch.ones_like(state["valid"])}
-        return {k: torch.lerp(state[k], new[k], m) for k in state}
-
-    def _unjitter_grid(self, f):
-        n, _, h, w = f["colour"].shape
-        pos = pixel_grid(n, h, w, f["colour"].device) - f["jitter"]
-        return torch.stack([pos[:, 1] / w * 2 - 1, pos[:, 0] / h * 2 - 1], -1)
-
-    def pre_process(self, f, state):
-        """-> network input (N, 12, h, w) and the per-frame quantities the post-process needs."""
-        cfg = self.cfg
-        n, _, h, w = f["colour"].shape
-        e = f["exposure"]
-        valid = state["valid"]
-        mv, nearest_offset = dilate_motion(f["depth"], f["motion_lr"], cfg.mv_zero)   # (N, 2, h, w) LR px
-        prev_pos = pixel_grid(n, h, w, f["colour"].device) - mv
-        warped_history, onscreen = sample(state["history"], prev_pos, (h, w))
-        warped_history = karis(warped_history * e)                                      # ch 0-2
-        unjittered = F.grid_sample(f["colour"], self._unjitter_grid(f), align_corners=False)
-        colour_tm = karis(unjittered * e)                                                # ch 3-5
-        size = torch.tensor([h, w], device=mv.device, dtype=torch.float32).norm()
-        lo, hi = 1.0 / size, 200.0 / size
-        motion_detect = torch.sqrt((mv.norm(dim=1, keepdim=True) / size).clamp(lo, hi).sub(lo) / (hi - lo))  # ch 6
-        # Disocclusion: the surface seen now was hidden last frame if the reprojected previous depth is
-        # clearly nearer (a depth clip like FSR2's, with backward warping instead of a depth scatter).
-        z = view_depth(f["depth"], f["depth_params"])
-        z_prev, _ = sample(state["view_depth"], prev_pos, (h, w), mode="nearest")
-        rel = (z - z_prev) / z.clamp_min(1e-6)
-        disocclusion = 1 - (1 - ((rel - 0.02) / 0.08).clamp(0, 1)) * onscreen * valid
-        keep = (disocclusion <= 0.01).float()
-        warped_feedback = sample(state["feedback"], prev_pos, (h, w))[0] * keep          # ch 7-10
-        # Flicker detector ("luma derivative"): temporal change of YCoCg(sqrt(colour)) that spatial
-        # contrast doesn't explain, filtered over time; reset where history is not trusted.
-        cur = ycocg(torch.sqrt((unjittered * e).clamp_min(0)))
-        prev_deriv = sample(state["derivative"], prev_pos, (h, w))[0]
-        wts = torch.tensor([1.0, 1.25, 1.25], device=cur.device).view(1, 3, 1, 1)
-        d_time = ((cur - prev_deriv[:, :3]) * wts).norm(dim=1, keepdim=True)
-        d_space = torch.stack([((cur - shift(cur, dy, dx)) * wts).norm(dim=1)
-                               for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))], 1)
-        d_space = d_space.sort(1).values[:, :3].mean(1, keepdim=True)                   # mean of 3 weakest
-        raw = ((d_time - d_space - 0.02) / 0.2).clamp(0, 1)
-        old = prev_deriv[:, 3:4]
-        inst = torch.where(raw > old, old + 0.2 * (raw - old), old + 0.05 * (raw - old)) * keep
-        derivative = torch.cat([cur, inst], 1)                                           # ch 11 = inst
-        x = torch.cat([warped_history, colour_tm, motion_detect, warped_feedback, inst], 1)
-        aux = {"mv": mv, "nearest_depth_offset": nearest_offset, "disocclusion_mask": disocclusion,
-               "derivative": derivative, "view_depth": z, "input_color": colour_tm}
-        return x, aux
+        return {**state, "history": torch.lerp(state["history"], target, m), "valid": torch.maximum(state["valid"], m)}
 
     def run_net(self, x, net=None):
-        """Pad (replicate) to multiples of 8, run the autoencoder, crop the heads back."""
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 8, (-w) % 8
-        xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-        kpn_params, temporal_params = (net or self.net)(xp)
-        kpn_lr = F.interpolate(kpn_params, scale_factor=4.0, mode="nearest")[..., :h, :w]  # KPN-res texel per LR px
-        return kpn_lr.float(), temporal_params[..., :h, :w].float()
-
-    def post_process(self, f, state, aux, kpn_lr, temporal_params):
-        cfg = self.cfg
-        s, k = cfg.scale, cfg.kpn_size
-        e = f["exposure"]
-        colour = f["colour"] * e
-        n, _, h, w = colour.shape
-        # Jitter-aware KPN filter: every LR sample near the HR pixel is weighted by the kernel channel of the
-        # HR offset it landed at (k x k window, offsets -(k/2-1)..k/2, column-major), predicted per LR tap.
-        wsum = m1 = m2 = centre = has_centre = 0
-        kpn_hr = {}
-        for tap, dy, dx, (a, b) in jittered_taps(colour, f["jitter"], s):
-            if (a, b) not in kpn_hr:
-                kpn_hr[a, b] = F.interpolate(shift(kpn_lr, a, b), scale_factor=s, mode="nearest")
-            valid = ((dy >= 1 - k // 2) & (dy <= k // 2) & (dx >= 1 - k // 2) & (dx <= k // 2)).float()
-            index = ((dy + k // 2 - 1) + (dx + k // 2 - 1) * k).clamp(0, k * k - 1).long().expand(n, 1, h * s, w * s)
-            wt = kpn_hr[a, b].gather(1, index).clamp_min(1e-7) * valid
-            wsum = wsum + wt
-            m1 = m1 + wt * tap
-            m2 = m2 + wt * tap * tap
-            hit = ((dy == 0) & (dx == 0)).float()
-            centre = centre + hit * tap
-            has_centre = has_centre + hit
-        m1, m2 = m1 / wsum, m2 / wsum
-        p = F.interpolate(temporal_params, scale_factor=s, mode="bilinear", align_corners=False)
-        p0 = p[:, 0:1]
-        theta = p0**2 / (p0**2 + (1 - p0) ** 2) if cfg.sharp_theta else p0
-        alpha = 0.05 + 0.35 * p[:, 1:2]
-        gamma = 2 * p[:, 2:3]
-        mv_hr = F.interpolate(aux["mv"], scale_factor=s, mode="nearest") * s
-        prev_pos = pixel_grid(n, h * s, w * s, colour.device) - mv_hr
-        warped, onscreen = sample(state["history"], prev_pos, (h * s, w * s), mode="bicubic")
-        warped = warped.clamp_min(0) * e
-        valid = state["valid"]
-        sigma = torch.sqrt((m2 - m1 * m1).abs() + 1e-12) * gamma
-        clipped = torch.minimum(torch.maximum(warped, m1 - sigma), m1 + sigma)
-        rectified = torch.lerp(clipped, warped, theta * onscreen * valid)
-        rectified = torch.lerp(m1, rectified, valid)                   # reset: the spatial filter alone
-        out_tm = torch.lerp(karis(rectified), karis(centre), alpha * has_centre.clamp(max=1) * valid)
-        output_linear = inverse_karis(out_tm.clamp(0, 1 - 1e-7)) / e
-        return output_linear, m1 / e
+        """The autoencoder on the padded input -> (kpn_params (N, K, Hp/4, Wp/4), temporal_params (N, 4, Hp, Wp))."""
+        kpn_params, temporal_params = (net or self.net)(x)
+        return kpn_params.float(), temporal_params.float()
 
     def forward(self, f, state, net=None, autocast=None):
         """One frame. f: dict of (N, C, h, w) tensors (colour, depth, motion_lr, jitter, exposure,
-        depth_params); state from init_state/previous call. Returns (outputs dict, new state)."""
-        x, aux = self.pre_process(f, state)
+        depth_params, render_size); state from init_state/previous call. Returns (outputs dict, new state)."""
+        f = {**f, "motion_lr": f["motion_lr"] * (1 - state["fresh"])}        # Arm zeroes motion on reset frames
+        x, aux = pre_process(f, state)
         if autocast is not None:
             with autocast:
-                kpn_lr, temporal_params = self.run_net(x, net)
+                kpn_params, temporal_params = self.run_net(x, net)
         else:
-            kpn_lr, temporal_params = self.run_net(x, net)
-        output_linear, filtered_linear = self.post_process(f, state, aux, kpn_lr, temporal_params)
+            kpn_params, temporal_params = self.run_net(x, net)
+        output_linear, filtered_linear = post_process(
+            f["colour"], f["exposure"], f["jitter"], kpn_params, temporal_params, aux["nearest_depth_offset"],
+            f["motion_lr"], state["history"], state["valid"], scale=float(self.cfg.scale),
+            sharp_theta=self.cfg.sharp_theta)
+        h, w = f["colour"].shape[-2:]
         new_state = {"history": output_linear, "feedback": temporal_params, "derivative": aux["derivative"],
-                     "view_depth": aux["view_depth"], "valid": torch.ones_like(state["valid"])}
+                     "valid": torch.ones_like(state["valid"]), "fresh": torch.zeros_like(state["fresh"])}
         out = {"output_linear": output_linear, "out_filtered_linear": filtered_linear,
-               "temporal_params": temporal_params, "kpn_params": kpn_lr, "net_input": x, **aux}
+               "temporal_params": temporal_params[..., :h, :w], "kpn_params": kpn_params, "net_input": x,
+               "reset": 1 - state["valid"], **aux}
         return out, new_state
 
 

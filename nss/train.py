@@ -32,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from common import ckpt, log, quant, runtime
 from nss.dataset import DataError, NSSWindows
 from nss.evaluate import evaluate, table, tonemap
-from nss.model import NSS, NSSConfig, sample, pixel_grid
+from nss.loss import LossConfig, load_lpips, loss_v1
+from nss.model import NSS, NSSConfig
 from nss.quantize import MODEL_TYPES, calibration_inputs, checkpoint_type, fp32_net, network, qat_net
 
 
@@ -47,8 +48,6 @@ class Config:
     warmup: float = 0.05           # fraction of steps of linear warm-up
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    filtered_weight: float = 0.1   # L1 of the spatial-only KPN result (keeps the filter anti-aliasing)
-    temporal_weight: float = 0.5   # L1 of temporal change vs the ground truth's (flicker)
     gt_history_chance: float = 0.3 # GT-history augmentation probability per window
     tonemapper: str = "reinhard"
     exposure: float = None         # log-exposure override (Arm's dataset.exposure); None = per-frame file value
@@ -66,6 +65,8 @@ PRESETS = {
     "tiny": Config(max_steps=30, batch_size=2, recurrent_samples=3, crop=16, lr=3e-3, eval_every=15, log_every=5,
                    qat_steps=20, qat_lr=3e-4, synth_train=(2, 8, 64), synth_test=(1, 6, 64)),
     "cpu": Config(),
+    # the shipped weights (nss/weights/): the cpu recipe for longer, on 4x the built-in training scenes
+    "long": Config(max_steps=4000, eval_every=250, save_every=1000, synth_train=(64, 24, 192)),
     "paper": Config(max_steps=60000, batch_size=8, recurrent_samples=16, crop=128, lr=1e-3, min_lr=1e-6,
                     qat_steps=8000, eval_every=2000, save_every=5000, synth_train=(300, 100, 256), synth_test=(20, 100, 512)),
 }
@@ -93,6 +94,8 @@ def build_parser():
     p.add_argument("--qat", action="store_true", help="quantization-aware training (int8 fake-quant, Arm's scheme) "
                    "from the fp32 weights of --finetune CKPT; preset's qat_steps and qat_lr; resumable")
     p.add_argument("--calibration-frames", type=int, default=16, help="ptq_int8: real frames to calibrate on")
+    p.add_argument("--lpips-weights", metavar="FILE", help="LPIPS (AlexNet) weights for the spatial terms of Arm's "
+                   "loss (nss/loss.py load_lpips says how to make the file); default: LPIPS off, nothing is downloaded")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (time-boxed jobs; continue with --resume)")
     return p
 
@@ -130,32 +133,31 @@ def resolve_data(args, cfg, rt, logger):
     return root / "train", Path(args.eval_data) if args.eval_data else root / "test"
 
 
-def window_loss(model, net, batch, cfg, g, rt):
-    """Run the recurrent model over (N, T, ...) windows with history carried frame to frame; BPTT over the
-    whole window. GT-history augmentation replaces the history after frame 0 for some windows."""
+def window_loss(model, net, batch, cfg, g, rt, lpips=None):
+    """Run the recurrent model over (N, T, ...) windows with history carried frame to frame (BPTT over the
+    whole window) and score it with Arm's loss_v1 (nss/loss.py). GT-history augmentation as Arm's: for some
+    windows the first frame's tonemapped target becomes its history."""
     n, T = batch["colour"].shape[:2]
     keep = torch.rand(n, generator=g) < cfg.gt_history_chance
     frame = lambda t: {k: v[:, t] for k, v in batch.items()}
     state = model.init_state(frame(0))
-    total = 0.0
-    prev = None
+    outs, ys = {k: [] for k in ("output", "out_filtered", "temporal_params", "disocclusion_mask", "reset")}, []
     for t in range(T):
         f = frame(t)
-        if t == 1 and keep.any():
-            state = model.seed_state(state, frame(0), keep.to(rt.device))
-        out, state = model(f, state, net=net, autocast=rt.autocast())
         e = f["exposure"]
-        pred = tonemap(out["output_linear"] * e, cfg.tonemapper)
         y = tonemap(f["ground_truth"] * e, cfg.tonemapper)
-        loss = F.l1_loss(pred, y) + cfg.filtered_weight * F.l1_loss(tonemap(out["out_filtered_linear"] * e, cfg.tonemapper), y)
-        if prev is not None and cfg.temporal_weight > 0:
-            # temporal change of the output vs of the ground truth, both after warping frame t-1 to t
-            grid = pixel_grid(n, *y.shape[-2:], y.device) - f["motion"]
-            warp = lambda img: sample(img, grid, y.shape[-2:])[0]
-            loss = loss + cfg.temporal_weight * F.l1_loss(pred - warp(prev[0]), y - warp(prev[1]))
-        prev = (pred, y)
-        total = total + loss
-    return total / T
+        if t == 0 and keep.any():
+            state = model.seed_state(state, y, keep.to(rt.device))
+        out, state = model(f, state, net=net, autocast=rt.autocast())
+        outs["output"].append(tonemap(out["output_linear"] * e, cfg.tonemapper))
+        outs["out_filtered"].append(tonemap(out["out_filtered_linear"] * e, cfg.tonemapper))
+        outs["temporal_params"].append(out["temporal_params"])
+        outs["disocclusion_mask"].append(out["disocclusion_mask"])
+        outs["reset"].append(out["reset"].view(n) > 0.5)
+        ys.append(y)
+    outs = {k: torch.stack(v, 1) for k, v in outs.items()}
+    total, _ = loss_v1(outs, torch.stack(ys, 1), batch["motion"], LossConfig(), lpips)
+    return total
 
 
 @runtime.user_errors(DataError, ckpt.CheckpointError)
@@ -216,6 +218,10 @@ def main():
     logger.info(f"NSS{' QAT' if qat else ''}: {sum(p.numel() for p in model.net.parameters()):,} params | "
                 f"{len(train_set)} windows of {cfg.recurrent_samples} frames from {len(train_set.files)} captures | "
                 f"device {rt.device} x{rt.world}")
+    try:
+        lpips = load_lpips(args.lpips_weights, rt.device) if args.lpips_weights else None
+    except (OSError, ValueError) as e:
+        runtime.fail(f"--lpips-weights: {str(e).splitlines()[0]}")
     opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     step, best = 0, -math.inf
@@ -252,7 +258,7 @@ def main():
             t_data = time.time() - t_data
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            loss = window_loss(model, net, batch, cfg, g, rt)
+            loss = window_loss(model, net, batch, cfg, g, rt, lpips)
             opt.zero_grad(set_to_none=True)
             if not guard.skip_step(loss, step, rt, save, ck / "latest", logger):   # non-finite: no update, the step counts
                 scaler.scale(loss).backward()

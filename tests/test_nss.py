@@ -16,7 +16,7 @@ from nss.model import NSS
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-# every key of Arm's NSS safetensors layout (ref/nss.md §1.3) with its dtype and per-frame shape
+# every key of Arm's NSS safetensors layout (Model Gym's safetensors_writer.py) with its dtype and per-frame shape
 ARM_KEYS = {
     "colour_linear": (torch.float16, (3, 8, 8)), "ground_truth_linear": (torch.float16, (3, 16, 16)),
     "depth": (torch.float32, (1, 8, 8)), "motion_lr": (torch.float16, (2, 8, 8)), "motion": (torch.float16, (2, 16, 16)),
@@ -111,12 +111,15 @@ def test_augmentation_keeps_motion_consistent(tmp_path):
     mv = torch.tensor([2.0, -3.0]).view(1, 2, 1, 1).expand(1, 2, H, W)
     s = {"colour": torch.stack([prev, cur], 1)[0], "ground_truth": torch.stack([prev, cur], 1)[0],
          "depth": torch.zeros(2, 1, H, W), "motion_lr": mv.expand(2, 2, H, W).clone(), "motion": mv.expand(2, 2, H, W).clone(),
-         "jitter": torch.zeros(2, 2, 1, 1), "exposure": torch.ones(2, 1, 1, 1), "depth_params": torch.zeros(2, 4, 1, 1)}
+         "jitter": torch.zeros(2, 2, 1, 1), "exposure": torch.ones(2, 1, 1, 1), "depth_params": torch.zeros(2, 4, 1, 1),
+         "render_size": torch.tensor([H / 2, W]).view(1, 2, 1, 1).expand(2, 2, 1, 1)}
     for seed in range(8):
         a = augment({k: v.clone() for k, v in s.items()}, torch.Generator().manual_seed(seed))
         warped, _ = sample(a["colour"][0:1], pixel_grid(1, H, W, "cpu") - a["motion"][1:2], (H, W), mode="nearest")
         inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))
         assert torch.allclose(warped[inner], a["colour"][1:2][inner]), seed
+        rotated = a["render_size"][0, :, 0, 0].tolist() == [W, H / 2]
+        assert rotated or a["render_size"][0, :, 0, 0].tolist() == [H / 2, W], seed   # rot90 swaps (h, w)
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +244,12 @@ def test_bench_quick(tmp_path):
             assert set(got[m, v]["baselines"]) - {"goal"} == {"bilinear", "bicubic", "taa"}
         assert "goal" in got["psnr", v]["baselines"]
         assert got["psnr", v]["value"] > got["psnr", v]["baselines"]["bicubic"]   # even 30 steps beat bicubic
+    # Timings depend on machine load (the other test worker runs meanwhile), so only their consistency is
+    # asserted: share_of_peak is FLOPs / time / the matmul peak of this same run, never a bound on speed.
+    flops, peak = got["flops_per_frame", "fp32"]["value"] * 1e9, got["matmul_peak", "fp32 cpu"]["value"] * 1e9
     for v in ("eager_fp32", "eager_bf16", "pte_xnnpack_fp32", "pte_xnnpack_int8"):
-        assert got["ms_per_frame", v]["value"] > 0 and 0 < got["share_of_peak", v]["value"] < 100
+        ms = got["ms_per_frame", v]["value"]
+        assert ms > 0 and math.isclose(got["share_of_peak", v]["value"], 100 * flops / (ms * 1e-3) / peak, rel_tol=1e-3)
     assert got["pte_max_abs_error", "pte_xnnpack_fp32"]["value"] < 1e-3
     assert {v for m, v in got if m == "psnr_drop_vs_fp32"} == {"ptq_int8", "qat_int8"}
     assert got["flops_per_frame", "fp32"]["value"] > 1          # GFLOP of a 544x960 network input
