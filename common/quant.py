@@ -140,7 +140,8 @@ def image_dims(example_inputs, multiple=8, max_side=4096):
 @torch.no_grad()
 def ptq(model, example_inputs, calibration, backend="vgf", dynamic_shapes=None):
     """Post-training quantization: observe activation ranges on `calibration` (an iterable of input tuples),
-    then convert. The fp32 model is left untouched."""
+    then convert. The fp32 model is left untouched. For "xnnpack" the biases are put on the int32 grid
+    XNNPACK's kernels use (bias_on_int32_grid), so the graph computes what the `.pte` computes."""
     model = copy.deepcopy(model).eval()
     prepared = prepare_pt2e(capture(model, example_inputs, dynamic_shapes), quantizer(backend, qat=False))
     n = 0
@@ -149,7 +150,56 @@ def ptq(model, example_inputs, calibration, backend="vgf", dynamic_shapes=None):
         n += 1
     if n == 0:
         raise ValueError("PTQ needs at least one calibration batch")
-    return trainable(convert_pt2e(prepared))
+    converted = convert_pt2e(prepared)
+    return trainable(bias_on_int32_grid(converted) if backend == "xnnpack" else converted)
+
+
+_DQ_TENSOR = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+_DQ_CHANNEL = torch.ops.quantized_decomposed.dequantize_per_channel.default
+_WITH_BIAS = {torch.ops.aten.linear.default, torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
+              torch.ops.aten.conv3d.default, torch.ops.aten.convolution.default}
+
+
+def _constant(graph_module, node):
+    """The tensor behind a get_attr node (None for anything else)."""
+    if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+        return None
+    value = graph_module
+    for part in node.target.split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def bias_on_int32_grid(graph_module):
+    """Round the fp32 bias of every conv/linear with int8 input and weights onto the int32 grid
+    (scale = input scale x weight scale, per output channel) that XNNPACK stores it on.
+
+    XNNPACK's lowering quantizes such a bias itself (executorch/backends/xnnpack/operators/quant_params.py,
+    QuantParams.from_bias: int32, scale = weight scale * input scale), while the converted PT2E graph adds it
+    in fp32: up to half an int32 step apart, which flips the int8 rounding of a few outputs. Where an input
+    scale is coarse next to the output's (e.g. a skip connection sharing a concat's qparams), that flips ~0.1%
+    of a layer's outputs, and the flips spread through the layers after it. Rounded the way XNNPACK rounds
+    (round(b * (1 / s)) in fp32), the bias lowers to the same int32 values, so the `.pte` is unchanged and
+    the graph now matches it. In place; returns graph_module."""
+    for node in graph_module.graph.nodes:
+        if node.target not in _WITH_BIAS or len(node.args) < 3:
+            continue
+        x, w, b = node.args[:3]
+        bias = _constant(graph_module, b)
+        if bias is None or len(b.users) != 1 or not bias.is_floating_point():
+            continue
+        if getattr(x, "target", None) != _DQ_TENSOR or getattr(w, "target", None) not in (_DQ_TENSOR, _DQ_CHANNEL):
+            continue
+        in_scale = x.args[1] if not isinstance(x.args[1], torch.fx.Node) else _constant(graph_module, x.args[1])
+        w_scale = w.args[1] if not isinstance(w.args[1], torch.fx.Node) else _constant(graph_module, w.args[1])
+        if in_scale is None or w_scale is None:
+            continue
+        scale = torch.as_tensor(w_scale, dtype=torch.float32).flatten() * float(in_scale)
+        if scale.numel() not in (1, bias.numel()):
+            continue
+        q = torch.clamp(torch.round(bias.detach().float() * (1.0 / scale)), -(2**31), 2**31 - 1)
+        bias.data.copy_((q * scale).to(bias.dtype))
+    return graph_module
 
 
 def prepare_qat(model, example_inputs, backend="vgf", dynamic_shapes=None):

@@ -32,15 +32,20 @@ from nss.dataset import DataError, list_captures, stream
 from nss.model import NSS, NSSConfig
 from nss.quantize import MODEL_TYPES, calibration_inputs, example_input, fp32_net, network
 
+SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"
+
 
 def get_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True, help="checkpoint directory (e.g. runs/nss/ckpt/best)")
+    p.add_argument("--model-path", default=str(SHIPPED), help="checkpoint directory (e.g. runs/nss/ckpt/best); "
+                   "default: the shipped weights, nss/weights/nss_v1_high")
+    p.add_argument("--weights-out", metavar="DIR", help="only write the checkpoint's weights as fp16 safetensors into "
+                   "DIR (a checkpoint directory that --model-path and train.py --finetune/--evaluate accept) and exit")
     p.add_argument("--export-type", default="fp32", choices=MODEL_TYPES,
                    help="fp32 (TOSA-1.0+FP); ptq_int8 (an fp32 checkpoint calibrated on real frames) or qat_int8 "
                         "(a train.py --qat checkpoint): TOSA-1.0+INT, Arm's int8 scheme")
-    p.add_argument("--out", required=True, help="output folder for the exported files and export_report.json")
+    p.add_argument("--out", help="output folder for the exported files and export_report.json")
     p.add_argument("--data", help="captures to take a real network input from (default: the run's built-in held-out data)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="network input size, multiples of 8 (default: the data's low-res frame, padded)")
@@ -72,6 +77,13 @@ def main():
     run = Path(args.model_path).resolve().parents[1]
     try:
         weights, _, meta = ckpt.load(args.model_path, with_state=False)
+        if args.weights_out:   # what ships: fp16 weights and the run's meta, no optimizer state
+            out = Path(args.weights_out)
+            ckpt.save(out.parent, out.name, {k: v.half() for k, v in weights.items()}, {}, {**meta, "dtype": "float16"})
+            print(f"wrote {out / 'model.safetensors'} (fp16, {sum(v.numel() for v in weights.values()):,} values)")
+            return
+        if not args.out:
+            fail("--out DIR is required (or --weights-out DIR)")
         model = NSS(NSSConfig(**meta.get("model", {})))
         model.net = fp32 = fp32_net(weights)
         calibrate = lambda: calibration_inputs(model, Path(args.calibration_data or run / "data" / "train"), args.calibration_frames)

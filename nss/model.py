@@ -1,4 +1,4 @@
-"""Neural Super Sampling (Arm NSS v1 structure, "high" quality), in differentiable PyTorch.
+"""Neural Super Sampling (Arm NSS v1 structure, "high", "mid" or "low" quality), in differentiable PyTorch.
 
     frame t (low res, jittered)          history (high res, linear)      feedback / derivative / depth (state)
             \\__________________ pre_process (non-learned) ___________________/
@@ -14,6 +14,11 @@ forward-Z device depth; view depth z = p1 / (d - p0) with p = depth_params.
 The pre- and post-process follow Arm's Slang shaders step by step (arm/neural-graphics-model-gym at ef328bf,
 `src/ng_model_gym/usecases/nss/model/shaders/nss_v1/`); nss/pre_process.py and nss/post_process.py document
 each step with its file:line. The helpers below serve the project's TAA baseline.
+
+Quality (Arm's `nss/model/quality_modes.py:73-111`, NSSConfig.quality): "mid" and "low" run the pre-process and
+the network at half the LR size (input (N, 12, padded(h // 2), padded(w // 2))), a quarter-res depth scatter
+and LQ disocclusion, and a 16-channel (4x4) KPN; low also swaps the history Catmull-Rom for bilinear.
+`prune_kpn` turns a high checkpoint (36 KPN channels) into a mid/low one as Arm does.
 """
 from dataclasses import dataclass
 
@@ -22,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.images import inverse_karis, karis
-from nss.post_process import post_process
-from nss.pre_process import padded_size, pre_process
+from nss.post_process import QUALITY, post_process
+from nss.pre_process import pre_process, state_sizes
 
 
 @dataclass
@@ -32,6 +37,37 @@ class NSSConfig:
     kpn_size: int = 6         # KPN window in high-res pixels (6x6, offsets -2..+3) -> 36 kernel channels
     mv_zero: float = 0.1      # |mv| <= this many pixels counts as no motion (as in Arm's shaders)
     sharp_theta: bool = True  # theta = p0^2 / (p0^2 + (1-p0)^2)
+    quality: str = "high"     # Arm's quality mode: "high", "mid" or "low" (mid/low: 16 KPN channels, half-res)
+
+
+# Arm's get_kpn_prune_indices((6, 6), (4, 4)) (model_blocks_v1.py:206-244): the centred 4x4 of the 6x6 window,
+# column-major like the KPN channels (channel = row + col * 6, row = dy + 2, col = dx + 2; post_process.py's
+# convention), rows and cols 1..4, i.e. offsets -1..2; mid/low channel k = (col - 1) * 4 + (row - 1), which is
+# post_process's sparse channel (dx + 1) * 4 + (dy + 1) (post_process.slang:271-289)
+KPN_PRUNE_INDICES = tuple(row + col * 6 for col in range(1, 5) for row in range(1, 5))
+
+
+def prune_kpn(state_dict):
+    """A high-quality checkpoint -> mid/low: the 36-channel KPN head's weight and bias (keys ending in
+    `kpn_head.weight` / `kpn_head.bias`) and, as Arm, any 36-channel QAT observer tensor
+    (`activation_post_process_*`) keep the 16 channels KPN_PRUNE_INDICES, in that order (Arm's
+    prepare_checkpoint_state_dict_for_weights_load, model_v1.py:591-657). Already 16 channels: unchanged.
+    Returns a new dict; the input is not modified."""
+    src, dst = 36, len(KPN_PRUNE_INDICES)
+    heads = [k for k in state_dict if k.endswith(("kpn_head.weight", "kpn_head.bias"))]
+    if not heads:
+        raise ValueError("no 'kpn_head.weight' / 'kpn_head.bias' in the state dict")
+    channels = {int(state_dict[k].shape[0]) for k in heads}
+    if channels == {dst}:
+        return dict(state_dict)
+    if channels != {src}:
+        raise ValueError(f"KPN prune needs a {src}-channel (6x6) head, got {sorted(channels)} channels")
+    out = dict(state_dict)
+    for k, v in state_dict.items():
+        if (k in heads or "activation_post_process_" in k) and torch.is_tensor(v) and v.ndim >= 1 \
+                and v.shape[0] == src:
+            out[k] = v.index_select(0, torch.tensor(KPN_PRUNE_INDICES, device=v.device))
+    return out
 
 
 def conv(cin, cout, stride=1):
@@ -138,19 +174,23 @@ class NSS(nn.Module):
 
     def __init__(self, cfg=NSSConfig()):
         super().__init__()
+        if cfg.quality not in QUALITY:
+            raise ValueError(f"quality must be one of {tuple(QUALITY)}, got {cfg.quality!r}")
         self.cfg = cfg
-        self.net = AutoEncoder(12, cfg.kpn_size**2)
+        self.net = AutoEncoder(12, cfg.kpn_size**2 if cfg.quality == "high" else QUALITY[cfg.quality]["kpn_channels"])
 
     def init_state(self, frame):
-        """Reset history buffers (Arm's `_create_zero_history_buffers`) for a batch shaped like `frame`.
-        `valid` = 0 marks a reset frame (the post-process ignores history); `fresh` = 1 zeroes its motion."""
+        """Reset history buffers (Arm's `_create_zero_history_buffers`, model_v1.py:807-848) for a batch shaped
+        like `frame`: history at high res; feedback at the padded process size; derivative at LR (high) or at
+        the padded half-res size (mid/low). `valid` = 0 marks a reset frame (the post-process ignores history);
+        `fresh` = 1 zeroes its motion."""
         n, _, h, w = frame["colour"].shape
-        hp, wp = padded_size(h, w)
+        sizes = state_sizes(h, w, self.cfg.quality)
         H, W = round(h * self.cfg.scale), round(w * self.cfg.scale)
         dev = frame["colour"].device
         return {"history": torch.zeros(n, 3, H, W, device=dev),
-                "feedback": torch.zeros(n, 4, hp, wp, device=dev),
-                "derivative": torch.zeros(n, 4, h, w, device=dev),
+                "feedback": torch.zeros(n, 4, *sizes["padded"], device=dev),
+                "derivative": torch.zeros(n, 4, *sizes["derivative"], device=dev),
                 "valid": torch.zeros(n, 1, 1, 1, device=dev),
                 "fresh": torch.ones(n, 1, 1, 1, device=dev)}
 
@@ -170,7 +210,8 @@ class NSS(nn.Module):
         """One frame. f: dict of (N, C, h, w) tensors (colour, depth, motion_lr, jitter, exposure,
         depth_params, render_size); state from init_state/previous call. Returns (outputs dict, new state)."""
         f = {**f, "motion_lr": f["motion_lr"] * (1 - state["fresh"])}        # Arm zeroes motion on reset frames
-        x, aux = pre_process(f, state)
+        quality = self.cfg.quality
+        x, aux = pre_process(f, state, quality=quality)
         if autocast is not None:
             with autocast:
                 kpn_params, temporal_params = self.run_net(x, net)
@@ -178,9 +219,9 @@ class NSS(nn.Module):
             kpn_params, temporal_params = self.run_net(x, net)
         output_linear, filtered_linear = post_process(
             f["colour"], f["exposure"], f["jitter"], kpn_params, temporal_params, aux["nearest_depth_offset"],
-            f["motion_lr"], state["history"], state["valid"], scale=float(self.cfg.scale),
+            f["motion_lr"], state["history"], state["valid"], scale=float(self.cfg.scale), quality=quality,
             sharp_theta=self.cfg.sharp_theta)
-        h, w = f["colour"].shape[-2:]
+        h, w = state_sizes(*f["colour"].shape[-2:], quality)["process"]     # temporal params of the real pixels
         new_state = {"history": output_linear, "feedback": temporal_params, "derivative": aux["derivative"],
                      "valid": torch.ones_like(state["valid"]), "fresh": torch.zeros_like(state["fresh"])}
         out = {"output_linear": output_linear, "out_filtered_linear": filtered_linear,

@@ -65,7 +65,7 @@ def calibration_inputs(model, data, frames=16, every=2):
 def fp32_net(weights):
     """The AutoEncoder with a checkpoint's fp32 weights; for a QAT checkpoint, its trained weights (the
     observer/fake-quant state, `activation_post_process_*`, is left out)."""
-    net = AutoEncoder()
+    net = AutoEncoder(kpn_ch=weights["kpn_head.bias"].shape[0])
     net.load_state_dict({k: v for k, v in weights.items() if not k.startswith("activation_post_process_")})
     return net.eval()
 
@@ -80,7 +80,7 @@ def network(weights, kind, model_type=None, calibration=None, backend="vgf", sou
         raise ckpt.CheckpointError(f"{source}: a {kind} checkpoint cannot be used as {model_type} "
                                    f"({'qat_int8 needs a checkpoint from train.py --qat' if model_type == 'qat_int8' else 'use --model-type qat_int8'})")
     if kind == "qat_int8":
-        net = qat_net(AutoEncoder(), backend)
+        net = qat_net(AutoEncoder(kpn_ch=weights["kpn_head.bias"].shape[0]), backend)
         ckpt.load_into(net, weights)
         return quant.convert(net), model_type
     net = fp32_net(weights)

@@ -4,9 +4,13 @@ Built-in data (generated into OUT/data on first use), CPU preset, then evaluate 
     python nss/train.py --out runs/nss
 Your own data (Arm layout; DIR/train and DIR/test, or one folder of captures plus --eval-data):
     python nss/train.py --data DIR --out runs/nss --preset paper
-Resume / fine-tune / evaluate only:
+The shipped weights (nss/weights/nss_v1_high, how they were trained is in its README), on the built-in
+held-out set, on Arm-format scenes unlike it (python nss/scenes.py --out runs/scenes), or fine-tuned on your data:
+    python nss/train.py --evaluate --out runs/shipped
+    python nss/train.py --evaluate --eval-data runs/scenes/text.safetensors --out runs/shipped_text
+    python nss/train.py --out runs/ft --finetune nss/weights/nss_v1_high --data DIR
+Resume / evaluate a run of your own:
     python nss/train.py --out runs/nss --resume
-    python nss/train.py --out runs/ft --finetune runs/nss/ckpt/best --data DIR
     python nss/train.py --evaluate --model-path runs/nss/ckpt/best --out runs/nss
 int8 (Arm's scheme, common/quant.py): quantization-aware fine-tuning of an fp32 checkpoint, then evaluate
     python nss/train.py --qat --finetune runs/nss/ckpt/best --out runs/nss_qat [--data DIR]
@@ -32,9 +36,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from common import ckpt, log, quant, runtime
 from nss.dataset import DataError, NSSWindows
 from nss.evaluate import evaluate, table, tonemap
-from nss.loss import LossConfig, load_lpips, loss_v1
-from nss.model import NSS, NSSConfig
+from nss.loss import LossConfig, backward_warp, load_lpips, loss_v1
+from nss.model import NSS, NSSConfig, prune_kpn
 from nss.quantize import MODEL_TYPES, calibration_inputs, checkpoint_type, fp32_net, network, qat_net
+
+
+SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"   # trained with --preset long (its README)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Config:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     gt_history_chance: float = 0.3 # GT-history augmentation probability per window
+    loss: str = "l1"               # l1: per-frame L1 + temporal-change L1; v1: Arm's loss_v1 (nss/loss.py)
     tonemapper: str = "reinhard"
     exposure: float = None         # log-exposure override (Arm's dataset.exposure); None = per-frame file value
     eval_every: int = 200          # validation (and best checkpoint) every N steps
@@ -66,8 +74,8 @@ PRESETS = {
                    qat_steps=20, qat_lr=3e-4, synth_train=(2, 8, 64), synth_test=(1, 6, 64)),
     "cpu": Config(),
     # the shipped weights (nss/weights/): the cpu recipe for longer, on 4x the built-in training scenes
-    "long": Config(max_steps=4000, eval_every=250, save_every=1000, synth_train=(64, 24, 192)),
-    "paper": Config(max_steps=60000, batch_size=8, recurrent_samples=16, crop=128, lr=1e-3, min_lr=1e-6,
+    "long": Config(max_steps=3000, eval_every=250, save_every=1000, synth_train=(64, 24, 192)),
+    "paper": Config(max_steps=60000, batch_size=8, recurrent_samples=16, crop=128, lr=1e-3, min_lr=1e-6, loss="v1",
                     qat_steps=8000, eval_every=2000, save_every=5000, synth_train=(300, 100, 256), synth_test=(20, 100, 512)),
 }
 
@@ -88,12 +96,19 @@ def build_parser():
     p.add_argument("--finetune", metavar="CKPT", help="start from these weights (fresh optimizer and step count)")
     p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation against the baselines")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out data, no training")
-    p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
+    p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate (default: the shipped "
+                   "weights, nss/weights/nss_v1_high)")
     p.add_argument("--model-type", choices=MODEL_TYPES, help="--evaluate as: fp32, ptq_int8 (int8 calibrated on "
                    "training frames) or qat_int8 (a --qat checkpoint converted to int8); default: the checkpoint's")
     p.add_argument("--qat", action="store_true", help="quantization-aware training (int8 fake-quant, Arm's scheme) "
                    "from the fp32 weights of --finetune CKPT; preset's qat_steps and qat_lr; resumable")
     p.add_argument("--calibration-frames", type=int, default=16, help="ptq_int8: real frames to calibrate on")
+    p.add_argument("--quality", choices=["high", "mid", "low"], default="high", help="Arm's quality mode: high "
+                   "(network at low res, 36-channel KPN, 9 taps), mid/low (network at half low res, 16-channel KPN, "
+                   "4 taps; low reads history bilinearly); --finetune prunes a high checkpoint into mid/low")
+    p.add_argument("--loss", choices=["v1", "l1"], help="v1: Arm's loss_v1 (temporal/spatial blend, regularisers, "
+                   "flicker and change-prediction terms); l1: per-frame L1 + 0.1 L1 of the KPN result + 0.5 L1 of "
+                   "the temporal change (what this project used before porting Arm's)")
     p.add_argument("--lpips-weights", metavar="FILE", help="LPIPS (AlexNet) weights for the spatial terms of Arm's "
                    "loss (nss/loss.py load_lpips says how to make the file); default: LPIPS off, nothing is downloaded")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (time-boxed jobs; continue with --resume)")
@@ -156,7 +171,13 @@ def window_loss(model, net, batch, cfg, g, rt, lpips=None):
         outs["reset"].append(out["reset"].view(n) > 0.5)
         ys.append(y)
     outs = {k: torch.stack(v, 1) for k, v in outs.items()}
-    total, _ = loss_v1(outs, torch.stack(ys, 1), batch["motion"], LossConfig(), lpips)
+    y = torch.stack(ys, 1)
+    if cfg.loss == "l1":   # per-frame L1 of output and KPN result + L1 of the temporal change (PSNR-oriented)
+        warp = lambda img: backward_warp(img.flatten(0, 1), batch["motion"][:, 1:].flatten(0, 1))
+        change = lambda v: v[:, 1:].flatten(0, 1) - warp(v[:, :-1])
+        return (F.l1_loss(outs["output"], y) + 0.1 * F.l1_loss(outs["out_filtered"], y)
+                + 0.5 * F.l1_loss(change(outs["output"]), change(y)) * (T - 1) / T)
+    total, _ = loss_v1(outs, y, batch["motion"], LossConfig(), lpips)
     return total
 
 
@@ -175,13 +196,16 @@ def main():
     out = Path(args.out)
     logger = log.setup(out, args.log_level, rt.master)
     metrics = log.Metrics(out, enabled=rt.master)
-    model = NSS(NSSConfig())
+    model = NSS(NSSConfig(quality=args.quality))
     try:
         if args.evaluate:
-            if not args.model_path:
-                runtime.fail("--evaluate needs --model-path CKPT_DIR")
-            train_dir, test = resolve_data(args, cfg, rt, logger)
+            args.model_path = args.model_path or str(SHIPPED)   # default: the shipped weights
+            if args.eval_data and args.model_type != "ptq_int8":   # no training frames needed: generate nothing
+                train_dir, test = None, Path(args.eval_data)
+            else:
+                train_dir, test = resolve_data(args, cfg, rt, logger)
             weights, _, meta = ckpt.load(args.model_path, with_state=False)
+            model = NSS(NSSConfig(**meta.get("model", {})))   # the quality mode it was trained for
             calib = None
             if args.model_type == "ptq_int8":   # calibrate on what the fp32 network sees
                 model.net = fp32_net(weights)
@@ -200,8 +224,11 @@ def main():
         if args.finetune:
             if checkpoint_type(args.finetune) != "fp32":
                 runtime.fail(f"{args.finetune}: --finetune takes an fp32 checkpoint (this one is {checkpoint_type(args.finetune)})")
-            model.net.load_state_dict(ckpt.load(args.finetune, with_state=False)[0])
-            logger.info(f"fine-tuning from {args.finetune}")
+            weights = ckpt.load(args.finetune, with_state=False)[0]
+            if model.cfg.quality != "high" and weights["kpn_head.bias"].numel() == 36:
+                weights = prune_kpn(weights)   # a high checkpoint into mid/low, as Arm does
+            model.net.load_state_dict(weights)
+            logger.info(f"fine-tuning from {args.finetune} ({model.cfg.quality} quality)")
         elif qat and not args.resume:
             runtime.fail("--qat fine-tunes trained fp32 weights: give them with --finetune CKPT")
     except (DataError, ckpt.CheckpointError) as e:

@@ -138,6 +138,27 @@ def test_int8_exports_compute_what_pytorch_computes(int8_export):
         assert c["vgf_vs_tosa_steps"] == 0, c                      # the VGF computes exactly what TOSA specifies
 
 
+def test_xnnpack_graph_biases_sit_on_xnnpack_int32_grid():
+    """XNNPACK stores a conv bias as int32 with scale input scale x weight scale; the converted graph the .pte
+    is checked against must add that same bias, else its rounding flips outputs (NSS: up to 15 sigmoid steps)."""
+    g = torch.Generator().manual_seed(2)
+    net = SmallNet()
+    graph = quant.ptq(net, EX, [(torch.rand(1, 6, 16, 16, generator=g),) for _ in range(4)], backend="xnnpack",
+                      dynamic_shapes=DIMS)
+    const = dict(graph.named_parameters()) | dict(graph.named_buffers())
+    checked = 0
+    for node in graph.graph.nodes:
+        if node.target == torch.ops.aten.conv2d.default:
+            x, w, b = node.args[:3]
+            bias = const[b.target]
+            step = const[w.args[1].target] * float(x.args[1])
+            k = bias / step
+            assert torch.allclose(k, k.round(), atol=1e-3), (node.name, (k - k.round()).abs().max())
+            checked += 1
+    assert checked == 3
+    assert not torch.equal(bias, net.c3.bias)        # rounded, on a copy: the fp32 net keeps its own
+
+
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown quantization backend"):
         quant.quantizer("tpu")
