@@ -27,6 +27,8 @@ from common.export import load_pte, lower_xnnpack, max_abs_error
 from common.runtime import Runtime
 from nss.dataset import NSSWindows
 from nss.model import NSS, NSSConfig
+from nss.post_process import post_process
+from nss.pre_process import pre_process
 from nss.quantize import calibration_inputs, example_input, fp32_net
 from nss.train import PRESETS, window_loss
 
@@ -42,6 +44,19 @@ class Budget:
 
 
 BUDGETS = {"full": Budget("cpu", 1200, 300, 60), "quick": Budget("tiny", 30, 20, 15)}
+
+
+def frame_540p(size):
+    """A random but well-formed 540p frame and state (the pre/post-process cost does not depend on content)."""
+    g = torch.Generator().manual_seed(0)
+    h, w = 540, 960
+    f = {"colour": torch.rand(1, 3, h, w, generator=g), "depth": torch.rand(1, 1, h, w, generator=g),
+         "motion_lr": 3 * torch.randn(1, 2, h, w, generator=g), "jitter": torch.tensor([0.2, -0.3]).view(1, 2, 1, 1),
+         "exposure": torch.ones(1, 1, 1, 1), "depth_params": torch.tensor([1.001, -0.1, 1.0, 1.0]).view(1, 4, 1, 1),
+         "render_size": torch.tensor([540.0, 960.0]).view(1, 2, 1, 1)}
+    state = {"history": torch.rand(1, 3, 2 * h, 2 * w, generator=g), "feedback": torch.rand(1, 4, *size, generator=g),
+             "derivative": torch.zeros(1, 4, h, w), "valid": torch.ones(1, 1, 1, 1)}
+    return f, state
 
 
 def main():
@@ -105,6 +120,17 @@ def main():
         ms = bench.median_ms(fn, b.repeats, device=d)
         res.add("ms_per_frame", variant, ms, "ms", False)
         res.add("share_of_peak", variant, 100 * flops / (ms * 1e-3) / 1e9 / peak[torch.device(d).type], "%", True)
+
+    # the non-learned pre- and post-process an engine runs as shaders, here in PyTorch on the CPU (540p -> 1080p)
+    f, state = frame_540p(b.size)
+    pre_ms = bench.median_ms(lambda: pre_process(f, state), 3, warmup=1)
+    x, aux = pre_process(f, state)
+    kpn, tp = model.run_net(x)
+    post_ms = bench.median_ms(lambda: post_process(f["colour"], f["exposure"], f["jitter"], kpn, tp,
+                                                   aux["nearest_depth_offset"], f["motion_lr"], state["history"],
+                                                   state["valid"]), 3, warmup=1)
+    res.add("ms_per_frame", "pre_process (PyTorch, CPU)", pre_ms, "ms", False)
+    res.add("ms_per_frame", "post_process (PyTorch, CPU)", post_ms, "ms", False)
 
     # --- training cost -------------------------------------------------------------------------------------------------
     cfg = PRESETS[b.preset]

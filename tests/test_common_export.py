@@ -36,7 +36,7 @@ def test_export_writes_every_file_and_the_report(exported):
     for name in ("model.vgf", "model.tosa", "model_vgf.pte", "model.pte", "export_report.json"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "export_report.json").read_text()) == report
-    assert report["total_seconds"] < 60
+    assert report["total_seconds"] > 0          # reported, never bounded: it depends on the machine's load
 
 
 def test_whole_network_is_delegated(exported):
