@@ -272,3 +272,19 @@ def test_help_explains_every_flag():
     from nss.train import build_parser
     for action in build_parser()._actions:
         assert action.help and len(action.help) > 10, f"flag without explanation: {action.option_strings}"
+
+
+def test_shipped_weights_load_everywhere_and_beat_bilinear(synth_data, tmp_path):
+    """nss/weights/nss_v1_high is an fp16 checkpoint directory that --evaluate, --finetune and export.py take."""
+    from common.ckpt import load
+    from nss.evaluate import evaluate
+    from nss.quantize import fp32_net
+    from nss.train import SHIPPED
+    weights, _, meta = load(SHIPPED, with_state=False)
+    assert all(v.dtype == torch.float16 for v in weights.values()) and meta["model"]["quality"] == "high"
+    model = NSS()
+    model.net = fp32_net(weights)
+    res = evaluate(model, synth_data / "test", "cpu", methods=["bilinear", "nss"], progress=False)
+    assert res["nss"]["psnr"] > res["bilinear"]["psnr"] + 1.0, res     # trained, not random weights
+    r = _train(synth_data, tmp_path / "ft", 2, ["--finetune", str(SHIPPED)])
+    assert r.returncode == 0 and "fine-tuning from" in (tmp_path / "ft" / "output.log").read_text(), r.stderr[-2000:]
