@@ -290,7 +290,6 @@ def _decode_offsets(code, lr_hw, pre_hw, half_res):
     """The dilation offset (dy, dx) (N, h, w) of every LR pixel (ps:184-205): 1 channel = the 5-bit code
     (nc:64-72), 2 channels = Arm's packed quad of 2-bit nibbles (nc:55-60, ps:190-198). With half_res the
     texel is floor((i + 0.5) * pre / lr) of the half-res tensor, else i."""
-    n = code.shape[0]
     h, w = lr_hw
     dev = code.device
     iy, ix = torch.arange(h, device=dev), torch.arange(w, device=dev)

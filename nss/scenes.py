@@ -54,9 +54,8 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from nss.synth import (FRAMERATE, JITTER_PHASES, SCALE, Z_FAR, Z_NEAR, Camera, check_depth_params, depth_params,
-                       device_depth, frac, hash01, jitter_px, karis_mean, preview, sample_noise, stable_id,
-                       tileable_noise)
+from nss.synth import (SCALE, Camera, check_depth_params, depth_params, device_depth, frac, hash01, jitter_px,
+                       karis_mean, pack_capture, preview, sample_noise, tileable_noise)
 
 FOV_Y = math.radians(60.0)
 SPP = 16                     # ground truth: 4 x 4 samples per high-res pixel, as synth's default
@@ -562,32 +561,7 @@ def _render(shots, frames, size, seq_name, on_frame):
         if on_frame:
             on_frame()
 
-    t = {k: torch.stack(v).contiguous() for k, v in out.items()}
-    jit = t["jitter"].view(frames, 2)
-    # auto-exposure from the first frame, as synth.py: the median ground-truth luminance lands at 0.5
-    luma = (t["ground_truth_linear"][0].float() * torch.tensor([0.2126, 0.7152, 0.0722]).view(3, 1, 1)).sum(0)
-    exposure = math.log(min(max(0.5 / max(luma.median().item(), 1e-4), 0.05), 50.0))
-
-    def per_frame(value, dtype):
-        return torch.tensor(value, dtype=dtype).view(1, -1).repeat(frames, 1)
-
-    cut = torch.zeros(frames, 1, dtype=torch.bool)
-    cut[[st for st in starts if st < frames]] = True
-    t.update({
-        "X": (jit[:, 1:2] / w).float(), "Y": (-jit[:, 0:1] / h).float(),
-        "exposure": per_frame([exposure], torch.float32),
-        "render_size": per_frame([h, w], torch.int32), "outDims": per_frame([H, W], torch.int32),
-        "TargetResolution": per_frame([W, H], torch.int32),
-        "EmulatedFramerate": per_frame([FRAMERATE], torch.float32), "Samples": per_frame([JITTER_PHASES], torch.int32),
-        "zNear": per_frame([Z_NEAR], torch.float32), "zFar": per_frame([Z_FAR], torch.float32),
-        "infinite_zFar": per_frame([False], torch.bool), "ReverseZ": per_frame([False], torch.bool),
-        "FovX": per_frame([2 * math.atan(math.tan(FOV_Y / 2) * W / H)], torch.float32),
-        "FovY": per_frame([FOV_Y], torch.float32), "scale": per_frame([float(SCALE)], torch.float32),
-        "seq": per_frame([stable_id(seq_name)], torch.int64),
-        "img": torch.arange(frames, dtype=torch.int64).view(frames, 1),
-        "camera_cut": cut, "depth_params": per_frame(params, torch.float32),
-    })
-    return t
+    return pack_capture(out, starts, (h, w), (H, W), FOV_Y, params, seq_name)
 
 
 def build(name, size, frames, seed):

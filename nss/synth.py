@@ -1040,9 +1040,17 @@ def render_sequence(seed, frames, size, spp=16, cuts=True, on_frame=None):
         if on_frame:
             on_frame()
 
+    return pack_capture(out, starts, (h, w), size, fov_y, params, f"nanoNG-synth/{seed}")
+
+
+def pack_capture(out, starts, lr_size, size, fov_y, params, seq_name):
+    """Per-frame lists (colour_linear, ground_truth_linear, depth, motion_lr, motion, jitter, viewProj) plus the
+    cut frames `starts` -> every key of Arm's layout (F stacked on dim 0), with an auto-exposure that puts the
+    first frame's median ground-truth luminance at 0.5. Shared with nss/scenes.py."""
+    (h, w), (H, W) = lr_size, size
     t = {k: torch.stack(v).contiguous() for k, v in out.items()}
+    frames = t["jitter"].shape[0]
     jit = t["jitter"].view(frames, 2)
-    # auto-exposure from the first frame: the median ground-truth luminance lands at 0.5
     luma = (t["ground_truth_linear"][0].float() * torch.tensor([0.2126, 0.7152, 0.0722]).view(3, 1, 1)).sum(0)
     exposure = math.log(min(max(0.5 / max(luma.median().item(), 1e-4), 0.05), 50.0))
 
@@ -1050,7 +1058,7 @@ def render_sequence(seed, frames, size, spp=16, cuts=True, on_frame=None):
         return torch.tensor(value, dtype=dtype).view(1, -1).repeat(frames, 1)
 
     cut = torch.zeros(frames, 1, dtype=torch.bool)
-    cut[starts] = True
+    cut[[st for st in starts if st < frames]] = True
     t.update({
         "X": (jit[:, 1:2] / w).float(), "Y": (-jit[:, 0:1] / h).float(),
         "exposure": per_frame([exposure], torch.float32),
@@ -1059,9 +1067,9 @@ def render_sequence(seed, frames, size, spp=16, cuts=True, on_frame=None):
         "EmulatedFramerate": per_frame([FRAMERATE], torch.float32), "Samples": per_frame([JITTER_PHASES], torch.int32),
         "zNear": per_frame([Z_NEAR], torch.float32), "zFar": per_frame([Z_FAR], torch.float32),
         "infinite_zFar": per_frame([False], torch.bool), "ReverseZ": per_frame([False], torch.bool),
-        "FovX": per_frame([2 * math.atan(math.tan(fov_y / 2) * aspect)], torch.float32),
+        "FovX": per_frame([2 * math.atan(math.tan(fov_y / 2) * W / H)], torch.float32),
         "FovY": per_frame([fov_y], torch.float32), "scale": per_frame([float(SCALE)], torch.float32),
-        "seq": per_frame([stable_id(f"nanoNG-synth/{seed}")], torch.int64),
+        "seq": per_frame([stable_id(seq_name)], torch.int64),
         "img": torch.arange(frames, dtype=torch.int64).view(frames, 1),
         "camera_cut": cut, "depth_params": per_frame(params, torch.float32),
     })
