@@ -188,6 +188,23 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def read_state_dict(path):
+    """A state dict from one weights file of someone else's making: .safetensors, or a torch file read with
+    weights_only=True (objects are refused, never run). -> dict; raises CheckpointError naming the file."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():   # e.g. a note on the pickle protocol of a file it is about to refuse
+            warnings.simplefilter("ignore")
+            sd = (load_file(str(path)) if path.suffix == ".safetensors"
+                  else torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # unreadable, or objects that weights_only refuses to unpickle
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise CheckpointError(f"{path}: unreadable or refused ({first})") from None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: holds a {type(sd).__name__}, expected a state dict of tensors")
+    return sd
+
+
 def load_into(module, weights, strict=True, prefix=None):
     """module.load_state_dict(weights) for weights read from safetensors, which keeps no per-submodule
     `_metadata` (state-dict versions). Without it some modules migrate "old" state on load: torchao's

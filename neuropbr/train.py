@@ -17,7 +17,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -223,15 +222,7 @@ def main():
             logger.info(table(res))
             return
         if args.init:
-            from safetensors.torch import load_file
-            try:
-                with warnings.catch_warnings():   # e.g. a note on the pickle protocol of a file it is about to refuse
-                    warnings.simplefilter("ignore")
-                    state = load_file(args.init) if args.init.endswith(".safetensors") else torch.load(args.init, weights_only=True)
-            except Exception as e:   # unreadable, or objects that weights_only refuses to unpickle (it never runs them)
-                runtime.fail(f"{args.init}: not a state dict of tensors ({(str(e).strip().splitlines() or [type(e).__name__])[0]})")
-            if not isinstance(state, dict):
-                runtime.fail(f"{args.init}: holds a {type(state).__name__}, expected a state dict of tensors")
+            state = ckpt.read_state_dict(args.init)   # a CheckpointError is one line, exit 2 (below)
             missing = gen.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
             logger.info(f"encoder initialised from {args.init} ({len(missing.missing_keys)} keys left at random init)")
     except (DataError, ckpt.CheckpointError) as e:

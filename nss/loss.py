@@ -68,6 +68,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import ckpt
+
 
 @dataclass
 class LossConfig:
@@ -349,15 +351,11 @@ def load_lpips(path, device="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"LPIPS weights file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        sd = ckpt.read_state_dict(path)
+    except ckpt.CheckpointError as e:
         raise ValueError(f"cannot read LPIPS weights {path}: expected a .safetensors file or a weights-only torch "
-                         f"state dict ({type(e).__name__}: {e})") from e
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+                         f"state dict ({e})") from None
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"LPIPS weights {path}: expected a flat dict of tensors")
     net = LPIPS()
     sd = _canonical(sd)

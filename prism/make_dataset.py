@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from common import ckpt
 from common.runtime import fail
 from prism.dataset import DataError, write_index, write_sequence
 
@@ -92,20 +93,14 @@ def to_target(frames, size):
 
 def load_raft(kind, path, device):
     """RAFT small/large from torchvision, weights=None, then the local state dict (.safetensors / .pth / .pt)."""
-    from safetensors.torch import load_file
     from torchvision.models.optical_flow import raft_large, raft_small
     net = (raft_small if kind == "small" else raft_large)(weights=None)
     try:
-        if path.suffix == ".safetensors":
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        fail(f"{path}: cannot read RAFT weights ({first_line(e)})")
+        sd = ckpt.read_state_dict(path)
+    except ckpt.CheckpointError as e:
+        fail(f"{e}; expected RAFT weights")
     for key in ("state_dict", "model"):
-        sd = sd[key] if isinstance(sd, dict) and isinstance(sd.get(key), dict) else sd
-    if not isinstance(sd, dict):
-        fail(f"{path}: holds a {type(sd).__name__}, expected a RAFT state dict")
+        sd = sd[key] if isinstance(sd.get(key), dict) else sd
     own = net.state_dict()
     bad = [k for k in own if k not in sd or getattr(sd[k], "shape", None) != own[k].shape]
     bad += [k for k in sd if k not in own]
