@@ -70,6 +70,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nss.post_process import bilinear   # Arm's sample_tensor (tensor.slang:85-114)
+
 __all__ = ["luma_derivative", "luma_derivative_legacy", "sample_derivative_tm1", "rgb_to_ycocg",
            "derivative_colour", "pixel_centres"]
 
@@ -126,23 +128,7 @@ def _lerp(a, b, t):
 def sample_derivative_tm1(derivative_tm1, pos):
     """LoadDerivativeTm1 (ps:408-412): bilinear sample of (N, C, H, W) at positions pos (N, 2, h, w) in its pixels,
     (y, x), centres at i + 0.5; taps outside the image count as zero, weights are not renormalised."""
-    n, c, H, W = derivative_tm1.shape
-    h, w = pos.shape[-2:]
-    y = pos[:, 0] - 0.5
-    x = pos[:, 1] - 0.5
-    y0, x0 = torch.floor(y).detach(), torch.floor(x).detach()
-    fy, fx = y - y0, x - x0
-    y0, x0 = y0.long(), x0.long()
-    flat = derivative_tm1.reshape(n, c, H * W)
-    out = 0
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            yi, xi = y0 + dy, x0 + dx
-            inside = (yi >= 0) & (yi < H) & (xi >= 0) & (xi < W)
-            idx = (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).reshape(n, 1, h * w).expand(n, c, h * w)
-            tap = flat.gather(2, idx).reshape(n, c, h, w)
-            out = out + tap * (wy * wx * inside).unsqueeze(1)
-    return out
+    return bilinear(derivative_tm1, pos, clamp_to_edge=False)
 
 
 def _reflect(i, size):

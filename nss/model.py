@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.images import inverse_karis, karis
+from nss.luma_derivative import pixel_centres
 from nss.post_process import QUALITY, post_process
 from nss.pre_process import pre_process, state_sizes
 
@@ -107,13 +108,6 @@ class AutoEncoder(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers shared by the pre/post-process and the TAA baseline
-
-def pixel_grid(n, h, w, device):
-    """Pixel centres (N, 2, h, w) in pixel units, (y, x)."""
-    ys = torch.arange(h, device=device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=device, dtype=torch.float32) + 0.5
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(n, 2, h, w)
-
 
 def sample(img, pos_px, size, mode="bilinear"):
     """Sample img at positions pos_px (N, 2, h, w), (y, x) in pixels of an image of `size` = (H, W) covering
@@ -252,7 +246,7 @@ def taa_upsample(f, state, scale=2, sigma=0.6, mv_zero=0.1):
     current = acc / wsum
     mv, _ = dilate_motion(f["depth"], f["motion_lr"], mv_zero)
     mv_hr = F.interpolate(mv, scale_factor=scale, mode="nearest") * scale
-    warped, onscreen = sample(state["history"], pixel_grid(n, h * scale, w * scale, colour.device) - mv_hr,
+    warped, onscreen = sample(state["history"], pixel_centres(n, h * scale, w * scale, colour.device) - mv_hr,
                               (h * scale, w * scale), mode="bilinear")
     warped = torch.minimum(torch.maximum(warped * e, lo), hi)
     alpha = torch.lerp(torch.ones_like(wmax), 0.04 + 0.3 * wmax, onscreen * state["valid"])

@@ -72,34 +72,12 @@ jitter_x); forward-Z device depth; view depth z = p1 / (d - p0) with p = depth_p
 import torch
 import torch.nn.functional as F
 
-from nss.luma_derivative import luma_derivative
+from nss.luma_derivative import luma_derivative, pixel_centres
+from nss.post_process import bilinear, karis   # Arm's sample_tensor and Karis tonemap, shared by both passes
 
 INT_MAX = 2**31 - 1
 DEPTH_SCALE = 2147483648.0   # float(0x7FFFFFFF) in fp32: the scatter's fixed-point scale
 MV_ZERO = 0.1                # |mv| <= 0.1 px counts as no motion, everywhere in Arm's shaders
-HDR_MAX = 65504.0            # fp16 max: colour and outputs are clamped to it
-
-
-def karis(x):
-    """Arm's Karis tonemap: max(c, 0) / (1 + max(rgb)), clamped to [0, 1] (tonemap.slang:8-24)."""
-    x = x.clamp_min(0)
-    return (x / (1 + x.amax(dim=-3, keepdim=True))).clamp(0, 1)
-
-
-def pixel_centres(n, h, w, device):
-    """(N, 2, h, w) pixel centres in pixels, (y, x)."""
-    ys = torch.arange(h, device=device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=device, dtype=torch.float32) + 0.5
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(n, 2, h, w)
-
-
-def bilinear(img, pos, zero_outside):
-    """Arm's sample_tensor: img (N, C, H, W) bilinear at pos (N, 2, h, w), (y, x) in img's pixels. Outside
-    the image a tap reads the clamped edge texel, or, with zero_outside, weighs 0 (no renormalisation)."""
-    H, W = img.shape[-2:]
-    grid = torch.stack([pos[:, 1] / W * 2 - 1, pos[:, 0] / H * 2 - 1], -1)
-    return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros" if zero_outside else "border",
-                         align_corners=False)
 
 
 def gather_px(img, iy, ix):
@@ -419,8 +397,8 @@ def pre_process(f, state, quality="high"):
     disocclusion = depth_clip(depth_tm1, half - mv * scale_tm1, depth_dilated, f["depth_params"], f["render_size"])
     H, W = state["history"].shape[-2:]
     history = karis(bilinear(state["history"], prev_pos * torch.tensor([H / h, W / w], device=dev).view(1, 2, 1, 1),
-                             zero_outside=True) * e)                        # ch 0-2
-    unjittered = bilinear(colour, centres - f["jitter"], zero_outside=False)
+                             clamp_to_edge=False) * e)                        # ch 0-2
+    unjittered = bilinear(colour, centres - f["jitter"], clamp_to_edge=True)
     colour_tm = karis(unjittered * e)                                       # ch 3-5
     detector = motion_detector(mv, f["render_size"])                        # ch 6
     instability, derivative = luma_derivative(colour, e, state["derivative"], prev_pos, disocclusion)   # ch 11
@@ -428,7 +406,7 @@ def pre_process(f, state, quality="high"):
     # ch 7-10: the feedback lives at padded res and is read in padded coordinates, with the mirrored
     # pixel's motion and disocclusion
     mv_p, dis_p = mirror_pad(mv, hp, wp), mirror_pad(disocclusion, hp, wp)
-    feedback = bilinear(state["feedback"], pixel_centres(n, hp, wp, dev) - mv_p, zero_outside=True)
+    feedback = bilinear(state["feedback"], pixel_centres(n, hp, wp, dev) - mv_p, clamp_to_edge=False)
     feedback = feedback * (dis_p <= 0.01)
     x = torch.cat([low[:, :7], feedback, low[:, 7:]], 1)
     aux = {"mv": mv, "nearest_depth_offset": encode_offset(offset), "disocclusion_mask": disocclusion,
@@ -476,21 +454,21 @@ def pre_process_half_res(f, state, quality="mid"):
         rows, cols = ay["lanes"][ly], ax["lanes"][lx]
         centre = torch.stack(torch.meshgrid(rows.float() + 0.5, cols.float() + 0.5, indexing="ij")).expand(n, 2, p, q)
         pos = (centre - _gather2(mv_near, rows, cols)) * to_hr
-        history = history + karis(bilinear(state["history"], pos, zero_outside=True) * e)
+        history = history + karis(bilinear(state["history"], pos, clamp_to_edge=False) * e)
     history = history * 0.25
     # ch 3-5 and 6 at the reference LR pixel
     ref_centre = torch.stack(torch.meshgrid(ay["ref"].float() + 0.5, ax["ref"].float() + 0.5, indexing="ij"))
-    colour_tm = karis(bilinear(colour, ref_centre.expand(n, 2, p, q) - f["jitter"], zero_outside=False) * e)
+    colour_tm = karis(bilinear(colour, ref_centre.expand(n, 2, p, q) - f["jitter"], clamp_to_edge=True) * e)
     detector = motion_detector(mv, f["render_size"])
     # disocclusion: the LQ mask, edge-clamped bilinear at the process pixel's centre (pp:454-477, 950)
     qh, qw = dis_lq.shape[-2:]
     at_q = [(_arange(m, dev) + 0.5) * (1.0 / _f32(m, dev)) * float(k) for m, k in ((p, qh), (q, qw))]
     disocclusion = bilinear(dis_lq, torch.stack(torch.meshgrid(*at_q, indexing="ij")).expand(n, 2, p, q),
-                            zero_outside=False)
+                            clamp_to_edge=True)
     # ch 7-10 and 11: feedback and derivative state read at the padded pixel minus the process-px motion
     mv_p, dis_p = mirror_pad(mv, hp, wp), mirror_pad(disocclusion, hp, wp)
     prev_pad = pixel_centres(n, hp, wp, dev) - mv_p * scale                  # pp:443-451, 949
-    feedback = bilinear(state["feedback"], prev_pad, zero_outside=True) * (dis_p <= 0.01)
+    feedback = bilinear(state["feedback"], prev_pad, clamp_to_edge=False) * (dis_p <= 0.01)
     instability, derivative = luma_derivative(colour, e, state["derivative"], prev_pad, dis_p, quality,
                                               process_size=(p, q))
     low = mirror_pad(torch.cat([history, colour_tm, detector], 1), hp, wp)

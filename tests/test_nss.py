@@ -104,7 +104,7 @@ def test_cli_bad_data_is_one_line_exit_2(tmp_path):
 
 def test_augmentation_keeps_motion_consistent(tmp_path):
     """Warping frame t-1 by the motion must still find frame t after flips and rotations."""
-    from nss.model import pixel_grid, sample
+    from nss.model import pixel_centres, sample
     H = W = 16
     img = torch.rand(1, 3, H, W)
     prev, cur = img, torch.roll(img, shifts=(2, -3), dims=(2, 3))        # moved down 2, left 3
@@ -115,7 +115,7 @@ def test_augmentation_keeps_motion_consistent(tmp_path):
          "render_size": torch.tensor([H / 2, W]).view(1, 2, 1, 1).expand(2, 2, 1, 1)}
     for seed in range(8):
         a = augment({k: v.clone() for k, v in s.items()}, torch.Generator().manual_seed(seed))
-        warped, _ = sample(a["colour"][0:1], pixel_grid(1, H, W, "cpu") - a["motion"][1:2], (H, W), mode="nearest")
+        warped, _ = sample(a["colour"][0:1], pixel_centres(1, H, W, "cpu") - a["motion"][1:2], (H, W), mode="nearest")
         inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))
         assert torch.allclose(warped[inner], a["colour"][1:2][inner]), seed
         rotated = a["render_size"][0, :, 0, 0].tolist() == [W, H / 2]
