@@ -130,17 +130,15 @@ def shift(x, dy, dx):
 
 
 def dilate_motion(depth, motion, mv_zero):
-    """Depth-dilated motion: each pixel takes the motion of the nearest (min depth) pixel of its 4x4
-    neighbourhood (offsets -1..+2), zeroed when |mv| <= mv_zero. Also returns the chosen offset code
-    ((dy+2) << 3 | (dx+2)) / 255 (Arm's `nearest_depth_offset`)."""
+    """The TAA baseline's depth-dilated motion: each pixel takes the motion of the nearest (min depth) pixel of
+    its 4x4 neighbourhood (offsets -1..+2; ties go to the first in row order, not Arm's visiting order, which
+    nss/pre_process.nearest_depth follows), zeroed when |mv| <= mv_zero."""
     offsets = [(dy, dx) for dy in range(-1, 3) for dx in range(-1, 3)]
     depths = torch.cat([shift(depth, dy, dx) for dy, dx in offsets], 1)          # (N, 16, h, w)
     best = depths.argmin(1, keepdim=True)                                         # (N, 1, h, w)
     motions = torch.stack([shift(motion, dy, dx) for dy, dx in offsets], 1)      # (N, 16, 2, h, w)
     mv = motions.gather(1, best[:, :, None].expand(-1, 1, 2, -1, -1))[:, 0]       # (N, 2, h, w)
-    mv = mv * (mv.norm(dim=1, keepdim=True) > mv_zero)
-    codes = torch.tensor([((dy + 2) << 3) | (dx + 2) for dy, dx in offsets], device=depth.device, dtype=torch.float32)
-    return mv, codes[best] / 255.0
+    return mv * (mv.norm(dim=1, keepdim=True) > mv_zero)
 
 
 def jittered_taps(colour, jitter, scale, radius=1):
@@ -244,7 +242,7 @@ def taa_upsample(f, state, scale=2, sigma=0.6, mv_zero=0.1):
         lo = tap if lo is None else torch.minimum(lo, tap)
         hi = tap if hi is None else torch.maximum(hi, tap)
     current = acc / wsum
-    mv, _ = dilate_motion(f["depth"], f["motion_lr"], mv_zero)
+    mv = dilate_motion(f["depth"], f["motion_lr"], mv_zero)
     mv_hr = F.interpolate(mv, scale_factor=scale, mode="nearest") * scale
     warped, onscreen = sample(state["history"], pixel_centres(n, h * scale, w * scale, colour.device) - mv_hr,
                               (h * scale, w * scale), mode="bilinear")
