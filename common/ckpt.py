@@ -14,6 +14,7 @@ safetensors for weights (NaN refused), `torch.load(weights_only=True)` for the s
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import time
 import warnings
@@ -197,9 +198,12 @@ def read_state_dict(path):
             warnings.simplefilter("ignore")
             sd = (load_file(str(path)) if path.suffix == ".safetensors"
                   else torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as e:  # unreadable, or objects that weights_only refuses to unpickle
+    except pickle.UnpicklingError:   # weights_only met Python objects, or the bytes are no pickle at all
+        raise CheckpointError(f"{path}: refused: not a file of tensors and plain containers (read with "
+                              f"torch.load(weights_only=True); nothing in it was run)") from None
+    except Exception as e:  # unreadable
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise CheckpointError(f"{path}: unreadable or refused ({first})") from None
+        raise CheckpointError(f"{path}: unreadable ({first})") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: holds a {type(sd).__name__}, expected a state dict of tensors")
     return sd

@@ -6,6 +6,8 @@ then check that the exports compute what PyTorch computes on a real pre-processe
     python nss/export.py --model-path CKPT --data DIR/test --out OUT --size 544 960   # 540p network input
     python nss/export.py --model-path runs/nss/ckpt/best --export-type ptq_int8 --out runs/nss/export_ptq
     python nss/export.py --model-path runs/nss_qat/ckpt/latest --export-type qat_int8 --out runs/nss/export_qat
+    python nss/export.py --model-path nss_v1_high_fp32.pt --data DIR --out OUT      # Arm's Model Gym weights
+    python nss/export.py --model-path runs/nss/ckpt/best --arm-checkpoint runs/nss.pt   # for Model Gym --finetune
 
 Writes OUT/model.vgf, model.tosa, model_vgf.pte, model.pte and export_report.json (+ metadata.json for
 int8: the input/output scales and zero points an engine needs, SINT and SNORM forms). Needs Arm's
@@ -28,6 +30,7 @@ from common import ckpt
 from common import quant
 from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
+from nss.checkpoints import load as load_weights, write_arm
 from nss.dataset import DataError, list_captures, stream
 from nss.model import NSS, NSSConfig
 from nss.quantize import MODEL_TYPES, calibration_inputs, example_input, fp32_net, network
@@ -38,8 +41,10 @@ SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"
 def get_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", default=str(SHIPPED), help="checkpoint directory (e.g. runs/nss/ckpt/best); "
-                   "default: the shipped weights, nss/weights/nss_v1_high")
+    p.add_argument("--model-path", default=str(SHIPPED), help="checkpoint directory (e.g. runs/nss/ckpt/best) or an "
+                   "Arm Model Gym .pt (nss_v1_high_fp32.pt); default: the shipped weights, nss/weights/nss_v1_high")
+    p.add_argument("--arm-checkpoint", metavar="FILE.pt", help="only write the checkpoint's fp32 weights in Arm Model "
+                   "Gym's checkpoint layout (its --finetune, evaluate and export read it) and exit")
     p.add_argument("--weights-out", metavar="DIR", help="only write the checkpoint's weights as fp16 safetensors into "
                    "DIR (a checkpoint directory that --model-path and train.py --finetune/--evaluate accept) and exit")
     p.add_argument("--export-type", default="fp32", choices=MODEL_TYPES,
@@ -74,9 +79,15 @@ def real_network_input(model, data, frames=3):
 
 def main():
     args = get_args()
-    run = Path(args.model_path).resolve().parents[1]
+    src = Path(args.model_path).resolve()
+    run = src.parents[1] if src.is_dir() else src.parent   # a run's ckpt/<name> -> the run, for its data/
     try:
-        weights, _, meta = ckpt.load(args.model_path, with_state=False)
+        weights, meta = load_weights(args.model_path)   # a checkpoint directory or an Arm .pt
+        if args.arm_checkpoint:
+            if meta.get("model_type", "fp32") != "fp32":
+                fail(f"{args.model_path}: --arm-checkpoint writes fp32 weights; this is a {meta['model_type']} checkpoint")
+            print(f"wrote {write_arm(args.arm_checkpoint, weights, epoch=meta.get('step', 0))} (Arm Model Gym layout, fp32)")
+            return
         if args.weights_out:   # what ships: fp16 weights and the run's meta, no optimizer state
             out = Path(args.weights_out)
             ckpt.save(out.parent, out.name, {k: v.half() for k, v in weights.items()}, {}, {**meta, "dtype": "float16"})

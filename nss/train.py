@@ -9,6 +9,8 @@ held-out set, on Arm-format scenes unlike it (python nss/scenes.py --out runs/sc
     python nss/train.py --evaluate --out runs/shipped
     python nss/train.py --evaluate --eval-data runs/scenes/text.safetensors --out runs/shipped_text
     python nss/train.py --out runs/ft --finetune nss/weights/nss_v1_high --data DIR
+Arm's Model Gym checkpoints (.pt, e.g. nss_v1_high_fp32.pt) work wherever a checkpoint does (nss/checkpoints.py):
+    python nss/train.py --evaluate --model-path nss_v1_high_fp32.pt --out runs/arm
 Resume / evaluate a run of your own:
     python nss/train.py --out runs/nss --resume
     python nss/train.py --evaluate --model-path runs/nss/ckpt/best --out runs/nss
@@ -37,7 +39,8 @@ from common import ckpt, log, quant, runtime
 from nss.dataset import DataError, NSSWindows
 from nss.evaluate import evaluate, table, tonemap
 from nss.loss import LossConfig, backward_warp, load_lpips, loss_v1
-from nss.model import NSS, NSSConfig, prune_kpn
+from nss.checkpoints import for_quality, load as load_weights
+from nss.model import NSS, NSSConfig
 from nss.quantize import MODEL_TYPES, calibration_inputs, checkpoint_type, fp32_net, network, qat_net
 
 
@@ -93,19 +96,21 @@ def build_parser():
     p.add_argument("--eval-every", type=int, help="validate and update ckpt/best every N steps")
     p.add_argument("--eval-data", help="held-out captures for evaluation (default: DATA/test)")
     p.add_argument("--eval-frames", type=int, default=None, help="evaluate at most N frames per capture (default: all)")
-    p.add_argument("--finetune", metavar="CKPT", help="start from these weights (fresh optimizer and step count)")
+    p.add_argument("--finetune", metavar="CKPT", help="start from these weights (fresh optimizer and step count): a "
+                   "checkpoint directory or an Arm Model Gym .pt (e.g. nss_v1_high_fp32.pt)")
     p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation against the baselines")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out data, no training")
-    p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate (default: the shipped "
-                   "weights, nss/weights/nss_v1_high)")
+    p.add_argument("--model-path", metavar="CKPT", help="checkpoint for --evaluate: a directory or an Arm Model Gym "
+                   ".pt (default: the shipped weights, nss/weights/nss_v1_high)")
     p.add_argument("--model-type", choices=MODEL_TYPES, help="--evaluate as: fp32, ptq_int8 (int8 calibrated on "
                    "training frames) or qat_int8 (a --qat checkpoint converted to int8); default: the checkpoint's")
     p.add_argument("--qat", action="store_true", help="quantization-aware training (int8 fake-quant, Arm's scheme) "
                    "from the fp32 weights of --finetune CKPT; preset's qat_steps and qat_lr; resumable")
     p.add_argument("--calibration-frames", type=int, default=16, help="ptq_int8: real frames to calibrate on")
-    p.add_argument("--quality", choices=["high", "mid", "low"], default="high", help="Arm's quality mode: high "
-                   "(network at low res, 36-channel KPN, 9 taps), mid/low (network at half low res, 16-channel KPN, "
-                   "4 taps; low reads history bilinearly); --finetune prunes a high checkpoint into mid/low")
+    p.add_argument("--quality", choices=["high", "mid", "low"], help="Arm's quality mode: high (network at low "
+                   "res, 36-channel KPN, 9 taps), mid/low (network at half low res, 16-channel KPN, 4 taps; low reads "
+                   "history bilinearly). Default: high for training, the checkpoint's own for --evaluate and --resume; "
+                   "a high checkpoint prunes into mid/low (--finetune, --evaluate)")
     p.add_argument("--loss", choices=["v1", "l1"], help="v1: Arm's loss_v1 (temporal/spatial blend, regularisers, "
                    "flicker and change-prediction terms); l1: per-frame L1 + 0.1 L1 of the KPN result + 0.5 L1 of "
                    "the temporal change (what this project used before porting Arm's)")
@@ -113,6 +118,14 @@ def build_parser():
                    "loss (nss/loss.py load_lpips says how to make the file); default: LPIPS off, nothing is downloaded")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (time-boxed jobs; continue with --resume)")
     return p
+
+
+def resumed_quality(ck):
+    """The quality mode of the run being resumed (None when its meta is missing: resuming reports that)."""
+    try:
+        return json.loads((ck / "latest" / "meta.json").read_text()).get("model", {}).get("quality")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def lr_at(step, cfg):
@@ -196,7 +209,8 @@ def main():
     out = Path(args.out)
     logger = log.setup(out, args.log_level, rt.master)
     metrics = log.Metrics(out, enabled=rt.master)
-    model = NSS(NSSConfig(quality=args.quality))
+    quality = args.quality or (resumed_quality(ck) if args.resume else None) or "high"
+    model = NSS(NSSConfig(quality=quality))
     try:
         if args.evaluate:
             args.model_path = args.model_path or str(SHIPPED)   # default: the shipped weights
@@ -204,8 +218,9 @@ def main():
                 train_dir, test = None, Path(args.eval_data)
             else:
                 train_dir, test = resolve_data(args, cfg, rt, logger)
-            weights, _, meta = ckpt.load(args.model_path, with_state=False)
-            model = NSS(NSSConfig(**meta.get("model", {})))   # the quality mode it was trained for
+            weights, meta = load_weights(args.model_path)     # a checkpoint directory or an Arm .pt
+            weights, quality = for_quality(weights, meta, args.quality)   # default: the mode it was trained for
+            model = NSS(NSSConfig(**{**meta.get("model", {}), "quality": quality}))
             calib = None
             if args.model_type == "ptq_int8":   # calibrate on what the fp32 network sees
                 model.net = fp32_net(weights)
@@ -224,9 +239,8 @@ def main():
         if args.finetune:
             if checkpoint_type(args.finetune) != "fp32":
                 runtime.fail(f"{args.finetune}: --finetune takes an fp32 checkpoint (this one is {checkpoint_type(args.finetune)})")
-            weights = ckpt.load(args.finetune, with_state=False)[0]
-            if model.cfg.quality != "high" and weights["kpn_head.bias"].numel() == 36:
-                weights = prune_kpn(weights)   # a high checkpoint into mid/low, as Arm does
+            weights, meta = load_weights(args.finetune)       # a checkpoint directory or an Arm .pt
+            weights, _ = for_quality(weights, meta, model.cfg.quality)   # high -> mid/low prunes, as Arm does
             model.net.load_state_dict(weights)
             logger.info(f"fine-tuning from {args.finetune} ({model.cfg.quality} quality)")
         elif qat and not args.resume:
