@@ -119,9 +119,28 @@ def lower_vgf(exported_program, out_dir, tosa_spec="TOSA-1.0+FP"):
             raise RuntimeError(f"VGF lowering made {len(vgfs)} delegated graphs, expected 1: a standalone "
                                f"model.vgf needs the whole network in one graph (left on the CPU: "
                                f"{', '.join(report['non_delegated_ops']) or 'nothing'})")
-        shutil.copyfile(vgfs[0], out_dir / "model.vgf")
-        shutil.copyfile(tosas[0], out_dir / "model.tosa")
+        # the backend's own names (output_tag0.tosa.vgf, output_tag0_TOSA-1.0+FP.tosa), as Arm's exporter leaves
+        # them, and model.vgf / model.tosa linked to them
+        for src, alias in ((vgfs[0], "model.vgf"), (tosas[0], "model.tosa")):
+            shutil.copyfile(src, out_dir / Path(src).name)
+            (out_dir / alias).unlink(missing_ok=True)
+            (out_dir / alias).symlink_to(Path(src).name)
+        report["files"] = [Path(vgfs[0]).name, Path(tosas[0]).name]
+    report["io_shapes"] = vgf_io_shapes(out_dir / "model.vgf")
     return report
+
+
+def vgf_io_shapes(vgf_path):
+    """{"inputs": [shape...], "outputs": [shape...]} of a .vgf as vgf_dump reads it (-1 = a dynamic dimension),
+    in binding order; None when vgf_dump is not on PATH."""
+    if not shutil.which("vgf_dump"):
+        return None
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run(["vgf_dump", "-i", str(vgf_path), "-o", f"{work}/dump.json"], check=True, capture_output=True)
+        dump = json.loads(Path(f"{work}/dump.json").read_text())
+    shape = {r["index"]: r["shape"] for r in dump["resources"]}
+    seq = dump["model_sequence"]
+    return {k: [shape[b["mrt_index"]] for b in sorted(seq[k], key=lambda b: b["binding"])] for k in ("inputs", "outputs")}
 
 
 def lower_xnnpack(exported_program, path):
@@ -232,7 +251,58 @@ def run_vgf(vgf_path, inputs, work_dir):
     return [np.load(outputs[i]) for i in sorted(outputs)]
 
 
-def _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, repeats, vgf, xnnpack):
+def _channels_last(inputs):
+    """Inputs in channels-last memory (NCHW shape, NHWC strides): torch.export then gives the TOSA and VGF graphs
+    NHWC tensors, the layout Arm's engines bind."""
+    return tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in inputs)
+
+
+def _graph_layout(tensors, channels_last):
+    """Tensors as a channels-last TOSA/VGF graph takes and returns them: NHWC arrays."""
+    return [t.permute(0, 2, 3, 1) if channels_last and t.ndim == 4 else t for t in tensors]
+
+
+def _batch2(inputs):
+    """A batch of two of each input: torch.export specialises a dimension of size 1, so a dynamic batch needs >= 2."""
+    return tuple(torch.cat([x, x]).contiguous(memory_format=torch.channels_last) if x.ndim == 4 and
+                 x.is_contiguous(memory_format=torch.channels_last) else torch.cat([x, x]) for x in inputs)
+
+
+def _size_name(inputs):
+    return "x".join(map(str, inputs[0].shape[-2:]))
+
+
+def _merge_checks(per_size):
+    """One checks dict over several input sizes: errors and steps are the worst size's, the rest the first's."""
+    merged = {}
+    for checks in per_size.values():
+        for k, v in checks.items():
+            worst = k.endswith(("_error", "_steps")) and k in merged and isinstance(v, (int, float))
+            merged[k] = max(merged[k], v) if worst else merged.get(k, v)
+    return merged
+
+
+def _dynamic(export_static, lower_dynamic, example_inputs, check_inputs, out_dir):
+    """A dynamic-shape export: lower_dynamic() writes the dynamic model.vgf / model.tosa into out_dir; TOSA's
+    reference model and the scenario runner only run static graphs, so the same network is also lowered with
+    static shapes at each check size (out_dir/static/<H>x<W>/, every file and check of a static export), and
+    out_dir/model.pte is the XNNPACK program of the first size (XNNPACK plans memory for the largest shape a
+    dynamic program allows). -> report."""
+    report = {"dynamic": True}
+    if lower_dynamic is not None:
+        report["vgf"] = lower_dynamic()
+    sizes = {_size_name(x): export_static(x, out_dir / "static" / _size_name(x)) for x in (example_inputs, *check_inputs)}
+    report["sizes"] = {k: {"input_shapes": r["input_shapes"], "checks": r.get("checks", {})} for k, r in sizes.items()}
+    first = out_dir / "static" / _size_name(example_inputs)
+    if (first / "model.pte").exists():
+        shutil.copyfile(first / "model.pte", out_dir / "model.pte")
+        report["xnnpack"] = sizes[_size_name(example_inputs)]["xnnpack"]
+    if any("checks" in r for r in sizes.values()):
+        report["checks"] = _merge_checks({k: r["checks"] for k, r in sizes.items()})
+    return report
+
+
+def _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, repeats, vgf, xnnpack, channels_last=False):
     """Run each int8 artefact on example_inputs. Errors are in real units (max-abs) and in output
     quantization steps ("_steps": 1 = one int8 level); the reference is the converted PT2E graph in PyTorch."""
     from common.quant import dequantize_output, io_qparams, quantize_input
@@ -255,7 +325,8 @@ def _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, r
         checks.update(step_errors("pte", outputs, pte_ref, steps_of), pte_max_abs_error=max_abs_error(outputs, pte_ref),
                       pte_ms=_median_ms(lambda: forward(example_inputs), repeats))
     if vgf:
-        inputs = [quantize_input(x, q) for x, q in zip(example_inputs, io["inputs"].values())]
+        inputs = _graph_layout([quantize_input(x, q) for x, q in zip(example_inputs, io["inputs"].values())], channels_last)
+        ref = _graph_layout(ref, channels_last)
         ref_q = [quantize_input(r, q).numpy() for r, q in zip(ref, out_q)]
 
         def compare(name, outputs):
@@ -286,7 +357,7 @@ def _run_tosa_and_vgf(out_dir, inputs, checks, compare):
 
 
 def export_int8(vgf_graph, pte_graph, example_inputs, out_dir, *, export_type="int8", fp32_model=None, vgf=True,
-                xnnpack=True, check=True, repeats=3):
+                xnnpack=True, check=True, repeats=3, channels_last=False, dynamic_shapes=None, check_inputs=()):
     """Int8 exports of converted PT2E graphs (common/quant.py): vgf_graph (Arm's VGF quantizer) -> model.vgf +
     model.tosa + model_vgf.pte with TOSA-1.0+INT, int8 tensors at the graph boundary; pte_graph (XNNPACK's
     quantizer) -> model.pte. Writes metadata.json (input/output scales and zero points, SINT and SNORM forms,
@@ -298,35 +369,59 @@ def export_int8(vgf_graph, pte_graph, example_inputs, out_dir, *, export_type="i
     io = io_qparams(vgf_graph)
     (out_dir / "metadata.json").write_text(json.dumps({"export_type": export_type, **io}, indent=2))
     report = {"export_type": export_type, "input_shapes": [list(x.shape) for x in example_inputs], "io_qparams": io,
-              "versions": {p: version(p) for p in ("torch", "executorch", "torchao")}}
-    if vgf:
-        report["vgf"] = lower_vgf(torch.export.export(vgf_graph, example_inputs), out_dir, "TOSA-1.0+INT")
-    if xnnpack:
-        report["xnnpack"] = lower_xnnpack(torch.export.export(pte_graph, example_inputs), out_dir / "model.pte")
-    log.info("export: " + json.dumps({k: report[k] for k in ("vgf", "xnnpack") if k in report}))
-    if check:
-        report["checks"] = _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, repeats, vgf, xnnpack)
-        log.info("export: checks " + json.dumps(report["checks"]))
+              "channels_last": channels_last, "versions": {p: version(p) for p in ("torch", "executorch", "torchao")}}
+    ex = _channels_last(example_inputs) if channels_last else example_inputs
+    if dynamic_shapes is not None:
+        static = lambda x, d: export_int8(vgf_graph, pte_graph, x, d, export_type=export_type, fp32_model=fp32_model,
+                                          vgf=vgf, xnnpack=xnnpack, check=check, repeats=repeats, channels_last=channels_last)
+        lower = lambda: lower_vgf(torch.export.export(vgf_graph, _batch2(ex), dynamic_shapes=dynamic_shapes), out_dir,
+                                  "TOSA-1.0+INT")
+        report.update(_dynamic(static, lower if vgf else None, example_inputs, check_inputs, out_dir))
+    else:
+        if vgf:
+            report["vgf"] = lower_vgf(torch.export.export(vgf_graph, ex), out_dir, "TOSA-1.0+INT")
+        if xnnpack:
+            report["xnnpack"] = lower_xnnpack(torch.export.export(pte_graph, example_inputs), out_dir / "model.pte")
+        log.info("export: " + json.dumps({k: report[k] for k in ("vgf", "xnnpack") if k in report}))
+        if check:
+            report["checks"] = _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, repeats, vgf,
+                                           xnnpack, channels_last)
+            log.info("export: checks " + json.dumps(report["checks"]))
     report["total_seconds"] = round(time.perf_counter() - start, 3)
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check=True, repeats=3):
+def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check=True, repeats=3, channels_last=False,
+                dynamic_shapes=None, check_inputs=()):
     """torch.export -> VGF (+ TOSA) and XNNPACK files in out_dir; with check, run each on example_inputs and
-    record its max-abs-error against eager PyTorch. Writes and returns out_dir/export_report.json."""
+    record its max-abs-error against eager PyTorch. Writes and returns out_dir/export_report.json.
+    channels_last: the TOSA/VGF graphs take and return NHWC tensors. dynamic_shapes (torch.export's, e.g.
+    common.quant.image_dims): model.vgf with those dimensions dynamic, checked through static lowerings at the
+    example size and at each of check_inputs (see _dynamic)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, example_inputs, start = model.eval(), tuple(example_inputs), time.perf_counter()
     report = {"export_type": "fp32", "input_shapes": [list(x.shape) for x in example_inputs],
-              "versions": {p: version(p) for p in ("torch", "executorch")}}
+              "channels_last": channels_last, "versions": {p: version(p) for p in ("torch", "executorch")}}
+    ex = _channels_last(example_inputs) if channels_last else example_inputs
+    if dynamic_shapes is not None:
+        static = lambda x, d: export_fp32(model, x, d, vgf=vgf, xnnpack=xnnpack, check=check, repeats=repeats,
+                                          channels_last=channels_last)
+        lower = lambda: lower_vgf(torch.export.export(model, _batch2(ex), dynamic_shapes=dynamic_shapes), out_dir,
+                                  "TOSA-1.0+FP")
+        report.update(_dynamic(static, lower if vgf else None, example_inputs, check_inputs, out_dir))
+        report["total_seconds"] = round(time.perf_counter() - start, 3)
+        (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+        return report
     t = time.perf_counter()
-    program = torch.export.export(model, example_inputs)
+    program = torch.export.export(model, ex)
     report["export_seconds"] = round(time.perf_counter() - t, 3)
     if vgf:
         report["vgf"] = lower_vgf(program, out_dir, "TOSA-1.0+FP")
-    if xnnpack:
-        report["xnnpack"] = lower_xnnpack(program, out_dir / "model.pte")
+    if xnnpack:   # the CPU program takes plain NCHW tensors
+        report["xnnpack"] = lower_xnnpack(torch.export.export(model, example_inputs) if channels_last else program,
+                                          out_dir / "model.pte")
     log.info("export: " + json.dumps({k: report[k] for k in ("export_seconds", "vgf", "xnnpack") if k in report}))
     if check:
         with torch.no_grad():
@@ -338,8 +433,9 @@ def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check
             checks["pte_max_abs_error"] = max_abs_error(forward(example_inputs), reference)
             checks["pte_ms"] = _median_ms(lambda: forward(example_inputs), repeats)
         if vgf:
-            _run_tosa_and_vgf(out_dir, example_inputs, checks,
-                              lambda name, outputs: checks.update({f"{name}_max_abs_error": max_abs_error(outputs, reference)}))
+            graph_ref = _graph_layout(reference, channels_last)
+            _run_tosa_and_vgf(out_dir, _graph_layout(example_inputs, channels_last), checks,
+                              lambda name, outputs: checks.update({f"{name}_max_abs_error": max_abs_error(outputs, graph_ref)}))
         report["checks"] = checks
         log.info("export: checks " + json.dumps(checks))
     report["total_seconds"] = round(time.perf_counter() - start, 3)

@@ -9,15 +9,22 @@ then check that the exports compute what PyTorch computes on a real pre-processe
     python nss/export.py --model-path nss_v1_high_fp32.pt --data DIR --out OUT      # Arm's Model Gym weights
     python nss/export.py --model-path runs/nss/ckpt/best --arm-checkpoint runs/nss.pt   # for Model Gym --finetune
 
-Writes OUT/model.vgf, model.tosa, model_vgf.pte, model.pte and export_report.json (+ metadata.json for
-int8: the input/output scales and zero points an engine needs, SINT and SNORM forms). Needs Arm's
-`model-converter` on PATH (bash run.sh puts the venv's bin there).
+Writes, as Arm's exporter does: OUT/output_tag0.tosa.vgf (the VGF an engine binds; channels-last input
+[-1, -1, -1, 12] with dynamic batch, height and width, multiples of 8 as the network needs, outputs
+[-1, -1, -1, 36] KPN and [-1, -1, -1, 4] temporal parameters), output_tag0_TOSA-1.0+{FP,INT}.tosa and
+nss-v1-{FP32,PTQ_INT8,QAT_INT8}-metadata.json ({} for fp32; for int8 the input/output scales and zero points,
+SINT and SNORM forms); model.vgf and model.tosa link to them. Also model_vgf.pte (the VGF delegate in an
+ExecuTorch program), model.pte (XNNPACK, for CPUs, at the first check size) and export_report.json.
 
-Shapes are static: model-converter 0.11.0 rejects VGF graphs with a dynamic batch or resolution
-('spirv.Tosa.Transpose' op failed to verify that all of {input1, output} have same element count), so
-export once per resolution with --size H W.
+The dynamic graph is checked at two sizes (the data's frame and one 8 x 16 pixels larger): TOSA's reference
+model and Arm's scenario runner 0.11 only run static graphs (the dynamic .tosa fails the reference model's graph
+validation; the runner refuses a -1 input dimension), so the same network is also lowered with static shapes at
+each size into OUT/static/<H>x<W>/, and those TOSA, VGF (on the emulation layer) and .pte files are run against
+PyTorch. --size H W exports one static channels-last graph of that size instead. Needs Arm's `model-converter`
+on PATH (bash run.sh puts the venv's bin there).
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -53,7 +60,8 @@ def get_args():
     p.add_argument("--out", help="output folder for the exported files and export_report.json")
     p.add_argument("--data", help="captures to take a real network input from (default: the run's built-in held-out data)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="network input size, multiples of 8 (default: the data's low-res frame, padded)")
+                   help="a static export of this network input size, multiples of 8 (default: dynamic batch, H and W, "
+                        "checked at the data's low-res frame, padded, and at 8 x 16 pixels more)")
     p.add_argument("--no-vgf", action="store_true", help="skip the VGF (Arm) lowering; only the XNNPACK .pte")
     p.add_argument("--tolerance", type=float, default=None,
                    help=".pte vs eager: max-abs-error allowed for fp32 (default 1e-4); for int8, int8 steps allowed on 99%% of "
@@ -116,15 +124,21 @@ def main():
     x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False) if x.shape[-2:] != (h, w) else x
     x = x.contiguous()
     out = Path(args.out)
+    # dynamic: Arm's dims (any batch, H and W multiples of 8), checked at a second size too
+    dyn = {} if args.size else {"dynamic_shapes": quant.image_dims((x,)),
+                                "check_inputs": [(F.interpolate(x, size=(h + 8, w + 16), mode="bilinear"),)]}
     if args.export_type == "fp32":
-        report = export_fp32(model.net, (x,), out, vgf=not args.no_vgf)
+        report = export_fp32(model.net, (x,), out, vgf=not args.no_vgf, channels_last=True, **dyn)
     else:
         # the CPU .pte: XNNPACK's own quantizer (its int8 sigmoid needs other qparams than Arm's SNORM ones),
         # calibrated on the same frames; for qat_int8 on the QAT-trained weights
         ex = example_input()
         pte_graph = quant.ptq(fp32, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=quant.image_dims(ex))
         report = export_int8(model.net, pte_graph, (x,), out, export_type=args.export_type, fp32_model=fp32,
-                             vgf=not args.no_vgf)
+                             vgf=not args.no_vgf, channels_last=True, **dyn)
+    io = report.get("io_qparams", {})   # Arm's metadata file: {} for fp32
+    (out / f"nss-v1-{args.export_type.upper()}-metadata.json").write_text(
+        json.dumps({k: io[k] for k in ("inputs", "outputs") if k in io}, indent=4))
     ok = verdict(report, out, args.tolerance, usecase="nss", input_shape=list(x.shape))
     sys.exit(0 if ok else 1)
 

@@ -199,6 +199,17 @@ def test_export_pte_matches_eager(synth_data, tmp_path):
     assert rep["input_shape"] == [1, 12, 32, 32]                    # a real pre-processed frame of the test data
     assert (out / "model.vgf").stat().st_size > 0 and (out / "model.pte").stat().st_size > 0
     assert "PASS: .pte vs eager" in r.stdout and "max-abs-error" in r.stdout
+    # as Arm's exporter: channels-last, dynamic batch, H and W; its file names and an empty fp32 metadata file
+    assert rep["vgf"]["io_shapes"] == {"inputs": [[-1, -1, -1, 12]], "outputs": [[-1, -1, -1, 36], [-1, -1, -1, 4]]}
+    assert (out / "output_tag0.tosa.vgf").is_file() and (out / "output_tag0_TOSA-1.0+FP.tosa").is_file()
+    assert json.loads((out / "nss-v1-FP32-metadata.json").read_text()) == {}
+    assert list(rep["sizes"]) == ["32x32", "40x48"]                    # checked at two sizes, each in full
+    for size in rep["sizes"].values():
+        c = size["checks"]
+        assert c["pte_max_abs_error"] < 1e-4 and c["tosa_max_abs_error"] < 1e-4, c
+        assert c.get("vgf_max_abs_error", 0) < 1e-4 and ("vgf_max_abs_error" in c or "vgf_skipped" in c), c
+    static = json.loads((out / "static" / "40x48" / "export_report.json").read_text())
+    assert static["vgf"]["io_shapes"] == {"inputs": [[1, 40, 48, 12]], "outputs": [[1, 10, 12, 36], [1, 40, 48, 4]]}
 
 
 def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
@@ -226,6 +237,9 @@ def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
         c = rep["checks"]                                                     # TOSA reference vs the int8 graph
         assert c["tosa_p99_steps"] <= 1 and c["tosa_mean_steps"] < 0.05, c
         assert set(json.loads((out / "metadata.json").read_text())) == {"export_type", "inputs", "outputs"}
+        arm_meta = json.loads((out / f"nss-v1-{kind.upper()}-metadata.json").read_text())
+        assert set(arm_meta) == {"inputs", "outputs"} and set(arm_meta["inputs"]["x"]) == {"SINT", "SNORM"}
+        assert rep["vgf"]["io_shapes"]["inputs"] == [[-1, -1, -1, 12]] and len(rep["sizes"]) == 2
         for name in ("model.vgf", "model.tosa", "model.pte"):
             assert (out / name).stat().st_size > 0
 
