@@ -71,6 +71,38 @@ def median_ms(fn, repeats=10, warmup=3, device="cpu"):
     return statistics.median(times)
 
 
+def pte_profile(path, inputs, runs=5):
+    """Where the time of an ExecuTorch `.pte` goes, from its ETDump (ExecuTorch's devtools Inspector): the sums of
+    each op's median ms over `runs` runs (a warm-up included) for XNNPACK's convolutions ("conv"), its other
+    kernels ("other delegated": activations, concat), its layout and quantization conversions ("transpose/convert":
+    Transpose, Copy and Convert ops, the pixel shuffle among them) and the ops left out of the delegate ("not
+    delegated"), and the median Method::execute ("total"). Medians do not add up exactly. -> {part: ms}."""
+    import tempfile
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+    module = _load_for_executorch(str(path), enable_etdump=True)
+    for _ in range(runs + 1):
+        module.forward(list(inputs))
+    with tempfile.TemporaryDirectory() as work:
+        module.write_etdump_result_to_file(f"{work}/run.etdp")
+        df = Inspector(etdump_path=f"{work}/run.etdp").to_dataframe()
+    parts = {"conv": 0.0, "other delegated": 0.0, "transpose/convert": 0.0, "not delegated": 0.0, "total": 0.0}
+    for name, ms in zip(df["event_name"], df["p50 (ms)"]):
+        if name == "Method::execute":
+            parts["total"] += ms
+        elif name in ("DELEGATE_CALL", "OPERATOR_CALL"):
+            continue
+        elif name.startswith("native_call_"):
+            parts["not delegated"] += ms
+        elif name.startswith("Convolution"):
+            parts["conv"] += ms
+        elif name.startswith(("Transpose", "Copy", "Convert")):
+            parts["transpose/convert"] += ms
+        else:
+            parts["other delegated"] += ms
+    return parts
+
+
 def count_flops(fn):
     """FLOPs of one fn() call as torch.utils.flop_counter counts them (matmuls and convolutions)."""
     with torch.no_grad(), FlopCounterMode(display=False) as fc:

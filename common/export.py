@@ -393,12 +393,13 @@ def export_int8(vgf_graph, pte_graph, example_inputs, out_dir, *, export_type="i
 
 
 def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check=True, repeats=3, channels_last=False,
-                dynamic_shapes=None, check_inputs=()):
+                dynamic_shapes=None, check_inputs=(), pte_model=None):
     """torch.export -> VGF (+ TOSA) and XNNPACK files in out_dir; with check, run each on example_inputs and
     record its max-abs-error against eager PyTorch. Writes and returns out_dir/export_report.json.
     channels_last: the TOSA/VGF graphs take and return NHWC tensors. dynamic_shapes (torch.export's, e.g.
     common.quant.image_dims): model.vgf with those dimensions dynamic, checked through static lowerings at the
-    example size and at each of check_inputs (see _dynamic)."""
+    example size and at each of check_inputs (see _dynamic). pte_model: another form of the same function to lower
+    for XNNPACK (e.g. with ops XNNPACK lacks rewritten); model.pte is checked against `model`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, example_inputs, start = model.eval(), tuple(example_inputs), time.perf_counter()
@@ -407,7 +408,7 @@ def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check
     ex = _channels_last(example_inputs) if channels_last else example_inputs
     if dynamic_shapes is not None:
         static = lambda x, d: export_fp32(model, x, d, vgf=vgf, xnnpack=xnnpack, check=check, repeats=repeats,
-                                          channels_last=channels_last)
+                                          channels_last=channels_last, pte_model=pte_model)
         lower = lambda: lower_vgf(torch.export.export(model, _batch2(ex), dynamic_shapes=dynamic_shapes), out_dir,
                                   "TOSA-1.0+FP")
         report.update(_dynamic(static, lower if vgf else None, example_inputs, check_inputs, out_dir))
@@ -420,8 +421,9 @@ def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check
     if vgf:
         report["vgf"] = lower_vgf(program, out_dir, "TOSA-1.0+FP")
     if xnnpack:   # the CPU program takes plain NCHW tensors
-        report["xnnpack"] = lower_xnnpack(torch.export.export(model, example_inputs) if channels_last else program,
-                                          out_dir / "model.pte")
+        cpu = torch.export.export(pte_model.eval(), example_inputs) if pte_model is not None else \
+            torch.export.export(model, example_inputs) if channels_last else program
+        report["xnnpack"] = lower_xnnpack(cpu, out_dir / "model.pte")
     log.info("export: " + json.dumps({k: report[k] for k in ("export_seconds", "vgf", "xnnpack") if k in report}))
     if check:
         with torch.no_grad():

@@ -39,7 +39,7 @@ from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
 from nss.checkpoints import load as load_weights, write_arm
 from nss.dataset import DataError, list_captures, stream
-from nss.model import NSS, NSSConfig
+from nss.model import NSS, NSSConfig, SubpixelNet
 from nss.quantize import MODEL_TYPES, calibration_inputs, example_input, fp32_net, network
 
 SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"
@@ -128,12 +128,14 @@ def main():
     dyn = {} if args.size else {"dynamic_shapes": quant.image_dims((x,)),
                                 "check_inputs": [(F.interpolate(x, size=(h + 8, w + 16), mode="bilinear"),)]}
     if args.export_type == "fp32":
-        report = export_fp32(model.net, (x,), out, vgf=not args.no_vgf, channels_last=True, **dyn)
+        report = export_fp32(model.net, (x,), out, vgf=not args.no_vgf, channels_last=True, pte_model=SubpixelNet(model.net),
+                             **dyn)
     else:
         # the CPU .pte: XNNPACK's own quantizer (its int8 sigmoid needs other qparams than Arm's SNORM ones),
         # calibrated on the same frames; for qat_int8 on the QAT-trained weights
         ex = example_input()
-        pte_graph = quant.ptq(fp32, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=quant.image_dims(ex))
+        pte_graph = quant.ptq(SubpixelNet(fp32), ex, [(c,) for c in calib], backend="xnnpack",
+                              dynamic_shapes=quant.image_dims(ex))
         report = export_int8(model.net, pte_graph, (x,), out, export_type=args.export_type, fp32_model=fp32,
                              vgf=not args.no_vgf, channels_last=True, **dyn)
     io = report.get("io_qparams", {})   # Arm's metadata file: {} for fp32

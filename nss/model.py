@@ -106,6 +106,47 @@ class AutoEncoder(nn.Module):
         return kpn_params, temporal_params
 
 
+# the two sub-pixel phases of one axis: a 3x3 conv of a nearest-x2-upsampled image reads, for an output at even
+# position 2i, input pixels (i-1, i, i) with its taps (0, 1, 2), and at odd position 2i+1 pixels (i, i, i+1)
+_PHASE_TAPS = torch.tensor([[[1.0, 0, 0], [0, 1, 1], [0, 0, 0]],      # [phase, low-res tap -1/0/+1, original tap]
+                            [[0.0, 0, 0], [1, 1, 0], [0, 0, 1]]])
+
+
+def subpixel_conv(conv):
+    """conv(nearest_x2(x)) == pixel_shuffle(subpixel_conv(conv)(x), 2) for a 3x3, padding-1 conv: the four output
+    phases become 4x the output channels of a 3x3 conv at the low resolution (channel o * 4 + row phase * 2 +
+    column phase, pixel_shuffle's order). Same multiply-adds, and the upsampled image is never made."""
+    w = conv.weight.detach()
+    cout, cin = w.shape[:2]
+    new = nn.Conv2d(cin, 4 * cout, 3, padding=1)
+    with torch.no_grad():
+        new.weight.copy_(torch.einsum("pak,qbl,oikl->opqiab", _PHASE_TAPS, _PHASE_TAPS, w).reshape(4 * cout, cin, 3, 3))
+        new.bias.copy_(conv.bias.detach().repeat_interleave(4))
+    return new
+
+
+class SubpixelNet(nn.Module):
+    """The AutoEncoder's function with each nearest upsample folded into the conv after it (subpixel_conv), for
+    CPU programs: XNNPACK has no nearest resize, so the upsamples would split its graph into four partitions with
+    layout conversions between them; this form is delegated whole. Outputs equal the AutoEncoder's (fp32 rounding)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.up2, self.up1, self.temporal_head = (subpixel_conv(c) for c in (net.up2[0], net.up1[0], net.temporal_head))
+
+    def forward(self, x):
+        # activations before the pixel shuffle (they commute with it), so that XNNPACK fuses each into its conv
+        n, shuffle = self.net, lambda t: F.pixel_shuffle(t, 2)
+        skip1 = n.e0(x)
+        skip2 = n.e1(skip1)
+        b = n.bottleneck(n.e2(skip2))
+        d2 = n.d2(torch.cat([shuffle(torch.relu(self.up2(b))), skip2], 1))
+        kpn_params = torch.sigmoid(n.kpn_head(d2))
+        d1 = n.d1(torch.cat([shuffle(torch.relu(self.up1(d2))), skip1], 1))
+        return kpn_params, shuffle(torch.sigmoid(self.temporal_head(d1)))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # helpers shared by the pre/post-process and the TAA baseline
 

@@ -302,3 +302,23 @@ def test_shipped_weights_load_everywhere_and_beat_bilinear(synth_data, tmp_path)
     assert res["nss"]["psnr"] > res["bilinear"]["psnr"] + 1.0, res     # trained, not random weights
     r = _train(synth_data, tmp_path / "ft", 2, ["--finetune", str(SHIPPED)])
     assert r.returncode == 0 and "fine-tuning from" in (tmp_path / "ft" / "output.log").read_text(), r.stderr[-2000:]
+
+
+def test_subpixel_net_is_the_autoencoder_and_xnnpack_takes_all_of_it():
+    """The CPU form of the network (every nearest upsample folded into the conv after it) computes the same
+    outputs, and XNNPACK delegates the whole graph (the AutoEncoder itself leaves its three upsamples out)."""
+    import torch.export
+    from common.export import lower_xnnpack, max_abs_error
+    from nss.model import SubpixelNet
+    from common.ckpt import load
+    from nss.quantize import fp32_net
+    from nss.train import SHIPPED
+    net = fp32_net({k: v.float() for k, v in load(SHIPPED, with_state=False)[0].items()})   # trained weights
+    cpu = SubpixelNet(net).eval()
+    with torch.no_grad():
+        for shape in ((2, 12, 16, 24), (1, 12, 40, 8)):
+            x = torch.rand(*shape)
+            assert max_abs_error(list(cpu(x)), list(net(x))) < 1e-5, shape
+    x = torch.rand(1, 12, 16, 16)
+    assert lower_xnnpack(torch.export.export(cpu, (x,)), Path("/dev/null"))["non_delegated_ops"] == []
+    assert lower_xnnpack(torch.export.export(net, (x,)), Path("/dev/null"))["non_delegated_ops"] == ["aten_upsample_nearest2d_vec"]
