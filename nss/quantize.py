@@ -6,7 +6,7 @@ calibrates on. Only the autoencoder is quantized (as Arm does); pre/post-process
     ptq_int8    fp32         int8 graph, calibrated on real pre-processed frames (common/quant.ptq)
     qat_int8    qat_int8     the QAT graph converted to int8 (common/quant.convert)
 
-Used by train.py (--qat, --evaluate --model-type) and export.py (--export-type).
+Used by train.py (--qat, --evaluate --model-type), export.py (--export-type) and upscale.py (--model-type).
 """
 import json
 from pathlib import Path
@@ -15,7 +15,7 @@ import torch
 
 from common import ckpt, quant
 from nss.dataset import DataError, list_captures, stream
-from nss.model import AutoEncoder
+from nss.model import NSS, AutoEncoder, NSSConfig
 
 MODEL_TYPES = ("fp32", "ptq_int8", "qat_int8")
 
@@ -90,3 +90,19 @@ def network(weights, kind, model_type=None, calibration=None, backend="vgf", sou
         raise DataError("ptq_int8 needs calibration data (real captures)")
     ex = example_input()
     return quant.ptq(net, ex, [(x,) for x in calibration], backend, dynamic_shapes=quant.image_dims(ex)), model_type
+
+
+def inference_model(weights, meta, model_type=None, calibration_data=None, calibration_frames=16, source="checkpoint",
+                    quality=None):
+    """The NSS model to evaluate or run from a checkpoint's weights and meta (nss/checkpoints.load): its quality
+    mode, or `quality` (a high checkpoint prunes into mid/low), and its network as `model_type` (default: the
+    checkpoint's); ptq_int8 calibrates on `calibration_data` as the fp32 network sees it. -> (model, model_type)."""
+    from nss.checkpoints import for_quality
+    weights, quality = for_quality(weights, meta, quality)
+    model = NSS(NSSConfig(**{**meta.get("model", {}), "quality": quality}))
+    calib = None
+    if model_type == "ptq_int8":
+        model.net = fp32_net(weights)
+        calib = calibration_inputs(model, calibration_data, calibration_frames)
+    model.net, model_type = network(weights, meta.get("model_type", "fp32"), model_type, calib, source=source)
+    return model, model_type

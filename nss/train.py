@@ -41,7 +41,7 @@ from nss.evaluate import evaluate, table, tonemap
 from nss.loss import LossConfig, backward_warp, load_lpips, loss_v1
 from nss.checkpoints import for_quality, load as load_weights
 from nss.model import NSS, NSSConfig
-from nss.quantize import MODEL_TYPES, calibration_inputs, checkpoint_type, fp32_net, network, qat_net
+from nss.quantize import MODEL_TYPES, checkpoint_type, inference_model, qat_net
 
 
 SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"   # trained with --preset long (its README)
@@ -219,14 +219,8 @@ def main():
             else:
                 train_dir, test = resolve_data(args, cfg, rt, logger)
             weights, meta = load_weights(args.model_path)     # a checkpoint directory or an Arm .pt
-            weights, quality = for_quality(weights, meta, args.quality)   # default: the mode it was trained for
-            model = NSS(NSSConfig(**{**meta.get("model", {}), "quality": quality}))
-            calib = None
-            if args.model_type == "ptq_int8":   # calibrate on what the fp32 network sees
-                model.net = fp32_net(weights)
-                calib = calibration_inputs(model, train_dir, args.calibration_frames)
-            model.net, model_type = network(weights, meta.get("model_type", "fp32"), args.model_type, calib,
-                                            source=args.model_path)
+            model, model_type = inference_model(weights, meta, args.model_type, train_dir, args.calibration_frames,
+                                                source=args.model_path, quality=args.quality)
             model.to(rt.device)
             res = evaluate(model, test, rt.device, cfg.tonemapper, cfg.exposure, out / "eval", args.eval_frames)
             res["model_type"] = model_type

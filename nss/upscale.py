@@ -41,8 +41,7 @@ from common.runtime import fail, user_errors
 from nss.checkpoints import load
 from nss.dataset import SPEC, DataError, _check_header, list_captures, stream
 from nss.evaluate import tonemap
-from nss.model import NSS, NSSConfig
-from nss.quantize import MODEL_TYPES, calibration_inputs, fp32_net, network
+from nss.quantize import MODEL_TYPES, inference_model
 
 try:
     import OpenEXR
@@ -162,14 +161,8 @@ def main(argv=None):
     # model
     try:
         weights, meta = load(args.model_path)
-        model = NSS(NSSConfig(**meta.get("model", {})))   # the quality mode it was trained for
-        if args.backend == "eager":
-            calib = None
-            if args.model_type == "ptq_int8":   # calibrate on what the fp32 network sees
-                model.net = fp32_net(weights)
-                calib = calibration_inputs(model, data, args.calibration_frames)
-            model.net, model_type = network(weights, meta.get("model_type", "fp32"), args.model_type, calib,
-                                            source=args.model_path)
+        model, model_type = inference_model(weights, meta, args.model_type if args.backend == "eager" else None, data,
+                                            args.calibration_frames, source=args.model_path)   # its quality mode
     except (CheckpointError, DataError) as e:
         fail(str(e))
     except (RuntimeError, KeyError, TypeError) as e:   # weights of another network
