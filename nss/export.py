@@ -37,7 +37,7 @@ from common import ckpt
 from common import quant
 from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
-from nss.checkpoints import load as load_weights, write_arm
+from nss.checkpoints import for_quality, load as load_weights, write_arm
 from nss.dataset import DataError, list_captures, stream
 from nss.model import NSS, NSSConfig, SubpixelNet
 from nss.quantize import MODEL_TYPES, calibration_inputs, example_input, fp32_net, network
@@ -62,6 +62,8 @@ def get_args():
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="a static export of this network input size, multiples of 8 (default: dynamic batch, H and W, "
                         "checked at the data's low-res frame, padded, and at 8 x 16 pixels more)")
+    p.add_argument("--quality", choices=["high", "mid", "low"], help="export the network of this Arm quality mode "
+                   "(default: the checkpoint's; a high checkpoint prunes its KPN head into mid/low as Arm does)")
     p.add_argument("--no-vgf", action="store_true", help="skip the VGF (Arm) lowering; only the XNNPACK .pte")
     p.add_argument("--tolerance", type=float, default=None,
                    help=".pte vs eager: max-abs-error allowed for fp32 (default 1e-4); for int8, int8 steps allowed on 99%% of "
@@ -103,7 +105,8 @@ def main():
             return
         if not args.out:
             fail("--out DIR is required (or --weights-out DIR)")
-        model = NSS(NSSConfig(**meta.get("model", {})))
+        weights, quality = for_quality(weights, meta, args.quality)   # a high checkpoint prunes into mid/low
+        model = NSS(NSSConfig(**{**meta.get("model", {}), "quality": quality}))
         model.net = fp32 = fp32_net(weights)
         calibrate = lambda: calibration_inputs(model, Path(args.calibration_data or run / "data" / "train"), args.calibration_frames)
         calib = calibrate() if args.export_type == "ptq_int8" else None       # frames as the fp32 network sees them

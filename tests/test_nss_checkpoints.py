@@ -138,6 +138,13 @@ def test_commands_take_arm_checkpoints_and_refuse_objects(data, tmp_path):
     for got, ref in zip(run_pte(tmp_path / "x" / "model.pte", [x]), layer_table_forward(arm_state_dict(2), x)):
         assert got.shape == ref.shape and (got - ref).abs().max() <= 1e-5
 
+    # pruned into mid quality on export: the 16-channel sparse KPN at half the low resolution
+    r = run(["nss/export.py", "--model-path", arm, "--quality", "mid", "--data", data / "test", "--no-vgf", "--size",
+             "16", "16", "--out", tmp_path / "x_mid"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    kpn, temporal = run_pte(tmp_path / "x_mid" / "model.pte", [torch.rand(1, 12, 16, 16)])
+    assert kpn.shape == (1, 16, 4, 4) and temporal.shape == (1, 4, 16, 16)
+
     # and back out in Arm's layout, from the fine-tuned run
     out = tmp_path / "back.pt"
     r = run(["nss/export.py", "--model-path", tmp_path / "ft" / "ckpt" / "latest", "--arm-checkpoint", out])
