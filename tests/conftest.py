@@ -43,3 +43,13 @@ def gamengen_tiny(tmp_path_factory):
     run_main(train.main, "diffusion", "--data", root / "latents", "--out", root / "diffusion", "--preset", "tiny",
              "--log-level", "quiet")
     return root
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    """Tiny built-in NSS data (nss/synth.py): 2 training captures of 8 frames, 1 held-out of 6, 64x64 high res."""
+    from nss.synth import make_dataset
+    root = tmp_path_factory.mktemp("nss_data")
+    make_dataset(root / "train", 2, 8, (64, 64), seed=1, progress=False)
+    make_dataset(root / "test", 1, 6, (64, 64), seed=99, progress=False)
+    return root

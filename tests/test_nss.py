@@ -122,15 +122,6 @@ def test_augmentation_keeps_motion_consistent(tmp_path):
         assert rotated or a["render_size"][0, :, 0, 0].tolist() == [H / 2, W], seed   # rot90 swaps (h, w)
 
 
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    from nss.synth import make_dataset
-    root = tmp_path_factory.mktemp("nss_data")
-    make_dataset(root / "train", 2, 8, (64, 64), seed=1, progress=False)
-    make_dataset(root / "test", 1, 6, (64, 64), seed=99, progress=False)
-    return root
-
-
 def test_synth_writes_the_arm_layout(synth_data):
     f = sorted((synth_data / "train").glob("*.safetensors"))[0]
     cap = read_capture(f, keys=list(SPEC))

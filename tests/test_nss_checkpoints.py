@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from common.ckpt import CheckpointError
 from nss.checkpoints import from_arm, load, read_arm, to_arm, write_arm
-from nss.model import NSS, NSSConfig
+from nss.model import NSS
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
@@ -63,15 +63,6 @@ def run(args, **kw):
                           timeout=600, **kw)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from nss.synth import make_dataset
-    root = tmp_path_factory.mktemp("nss_ckpt_data")
-    make_dataset(root / "train", 1, 6, (64, 64), seed=3, progress=False)
-    make_dataset(root / "test", 1, 4, (64, 64), seed=98, progress=False)
-    return root
-
-
 def test_arm_keys_map_onto_the_network_and_compute_the_layer_table(tmp_path):
     sd = arm_state_dict()
     weights, meta = load(save_arm(tmp_path / "arm.pt", sd))
@@ -117,11 +108,12 @@ class Payload:
         return (Path.touch, (Path(self.marker),))
 
 
-def test_commands_take_arm_checkpoints_and_refuse_objects(data, tmp_path):
+def test_commands_take_arm_checkpoints_and_refuse_objects(synth_data, tmp_path):
+    data = synth_data
     arm = save_arm(tmp_path / "nss_v1_high_fp32.pt", arm_state_dict(2))
     r = run(["nss/train.py", "--evaluate", "--model-path", arm, "--eval-data", data / "test", "--out", tmp_path / "ev"])
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads((tmp_path / "ev" / "eval" / "results.json").read_text())["frames"] == 4
+    assert json.loads((tmp_path / "ev" / "eval" / "results.json").read_text())["frames"] == 6
     r = run(["nss/train.py", "--finetune", arm, "--data", data, "--out", tmp_path / "ft", "--preset", "tiny",
              "--max-steps", "2", "--no-evaluate"])
     assert r.returncode == 0 and "fine-tuning from" in (tmp_path / "ft" / "output.log").read_text(), r.stderr[-2000:]
