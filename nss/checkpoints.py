@@ -29,6 +29,9 @@ import torch
 from common import ckpt
 from nss.model import prune_kpn
 
+# the shipped weights (their README is the model card): the default of every command that takes a checkpoint
+SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"
+
 # (this project's module, Arm's module) in AutoEncoderV1's forward order
 ARM_NAMES = [
     ("e0.0", "conv2d_0"), ("e0.2", "conv2d_1"), ("e1.0", "conv2d_2"), ("e1.2", "conv2d_3"),

@@ -76,16 +76,24 @@ def _check_header(path):
     return header
 
 
+def capture_header(path, keys=None):
+    """The checked safetensors header of an NSS capture, without reading its tensors: DataError for a corrupt file
+    or one that lacks a required key of `keys` (default: all of SPEC). Frames: header["colour_linear"]["shape"][0]."""
+    path = Path(path)
+    header = _check_header(path)
+    names = [k for k in header if k != "__metadata__"]
+    missing = [k for k in keys or SPEC if SPEC[k][2] and k not in names]
+    if missing:
+        raise DataError(f"{path}: missing key '{missing[0]}' (NSS safetensors spec) — found {', '.join(sorted(names)) or 'none'}")
+    return header
+
+
 def read_capture(path, keys=None):
     """Read and validate one NSS safetensors file -> dict of tensors (F, ...) in their stored dtypes.
     Missing optional keys are filled in as Arm's loader does."""
     path = Path(path)
-    header = _check_header(path)
-    names = [k for k in header if k != "__metadata__"]
+    names = [k for k in capture_header(path, keys) if k != "__metadata__"]
     keys = keys or list(SPEC)
-    missing = [k for k in keys if SPEC[k][2] and k not in names]
-    if missing:
-        raise DataError(f"{path}: missing key '{missing[0]}' (NSS safetensors spec) — found {', '.join(sorted(names)) or 'none'}")
     out = {}
     try:
         with safe_open(str(path), "pt") as f:

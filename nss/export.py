@@ -37,12 +37,10 @@ from common import ckpt
 from common import quant
 from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
-from nss.checkpoints import for_quality, load as load_weights, write_arm
+from nss.checkpoints import SHIPPED, for_quality, load as load_weights, write_arm
 from nss.dataset import DataError, list_captures, stream
 from nss.model import NSS, NSSConfig, SubpixelNet
 from nss.quantize import MODEL_TYPES, calibration_inputs, example_input, fp32_net, network
-
-SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"
 
 
 def get_args():

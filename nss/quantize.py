@@ -30,12 +30,14 @@ def qat_net(net, backend="vgf"):
     return quant.prepare_qat(net.cpu(), ex, backend, dynamic_shapes=quant.image_dims(ex))
 
 
-def checkpoint_type(path):
+def checkpoint_meta(path):
+    """A checkpoint directory's meta.json without loading it; {} when missing or unreadable (ckpt.load says so
+    where the checkpoint is read) and for Arm's .pt files."""
     try:
         meta = json.loads((Path(path) / "meta.json").read_text())
-    except (OSError, ValueError):     # missing or unreadable: ckpt.load says so where the checkpoint is read
-        return "fp32"
-    return meta.get("model_type", "fp32") if isinstance(meta, dict) else "fp32"
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 @torch.no_grad()

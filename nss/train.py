@@ -36,15 +36,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import ckpt, log, quant, runtime
+from nss.checkpoints import SHIPPED, for_quality, load as load_weights
 from nss.dataset import DataError, NSSWindows
 from nss.evaluate import evaluate, table, tonemap
 from nss.loss import LossConfig, backward_warp, load_lpips, loss_v1
-from nss.checkpoints import for_quality, load as load_weights
 from nss.model import NSS, NSSConfig
-from nss.quantize import MODEL_TYPES, checkpoint_type, inference_model, qat_net
-
-
-SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"   # trained with --preset long (its README)
+from nss.quantize import MODEL_TYPES, checkpoint_meta, inference_model, qat_net
 
 
 @dataclass
@@ -120,14 +117,6 @@ def build_parser():
     return p
 
 
-def resumed_quality(ck):
-    """The quality mode of the run being resumed (None when its meta is missing: resuming reports that)."""
-    try:
-        return json.loads((ck / "latest" / "meta.json").read_text()).get("model", {}).get("quality")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def lr_at(step, cfg):
     warm = max(1, int(cfg.warmup * cfg.max_steps))
     if step < warm:
@@ -198,7 +187,8 @@ def window_loss(model, net, batch, cfg, g, rt, lpips=None):
 def main():
     args = build_parser().parse_args()
     ck = Path(args.out) / "ckpt"
-    qat = args.qat or (args.resume and checkpoint_type(ck / "latest") == "qat_int8")
+    resumed = checkpoint_meta(ck / "latest") if args.resume else {}   # the run being resumed
+    qat = args.qat or resumed.get("model_type") == "qat_int8"
     base = PRESETS[args.preset]
     if qat:   # Arm's QAT schedule: a short fine-tune at a low lr, cosine to lr/100, no warm-up
         base = replace(base, max_steps=base.qat_steps, lr=base.qat_lr, min_lr=base.qat_lr / 100, warmup=0.0)
@@ -209,7 +199,7 @@ def main():
     out = Path(args.out)
     logger = log.setup(out, args.log_level, rt.master)
     metrics = log.Metrics(out, enabled=rt.master)
-    quality = args.quality or (resumed_quality(ck) if args.resume else None) or "high"
+    quality = args.quality or resumed.get("model", {}).get("quality") or "high"   # resuming: the run's own mode
     model = NSS(NSSConfig(quality=quality))
     try:
         if args.evaluate:
@@ -231,9 +221,9 @@ def main():
         train_dir, test_dir = resolve_data(args, cfg, rt, logger)
         train_set = NSSWindows(train_dir, cfg.recurrent_samples, cfg.crop, augment=True, exposure=cfg.exposure)
         if args.finetune:
-            if checkpoint_type(args.finetune) != "fp32":
-                runtime.fail(f"{args.finetune}: --finetune takes an fp32 checkpoint (this one is {checkpoint_type(args.finetune)})")
             weights, meta = load_weights(args.finetune)       # a checkpoint directory or an Arm .pt
+            if meta.get("model_type", "fp32") != "fp32":
+                runtime.fail(f"{args.finetune}: --finetune takes an fp32 checkpoint (this one is {meta['model_type']})")
             weights, _ = for_quality(weights, meta, model.cfg.quality)   # high -> mid/low prunes, as Arm does
             model.net.load_state_dict(weights)
             logger.info(f"fine-tuning from {args.finetune} ({model.cfg.quality} quality)")

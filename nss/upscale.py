@@ -38,8 +38,8 @@ from common.ckpt import CheckpointError
 from common.images import save_png, srgb, to_uint8
 from common.metrics import psnr
 from common.runtime import fail, user_errors
-from nss.checkpoints import load
-from nss.dataset import SPEC, DataError, _check_header, list_captures, stream
+from nss.checkpoints import SHIPPED, load
+from nss.dataset import DataError, capture_header, list_captures, stream
 from nss.evaluate import tonemap
 from nss.quantize import MODEL_TYPES, inference_model
 
@@ -47,8 +47,6 @@ try:
     import OpenEXR
 except ImportError:
     OpenEXR = None
-
-SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"
 
 
 def get_args(argv=None):
@@ -76,15 +74,6 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     args.backend = args.backend or ("pte" if args.pte else "eager")
     return args
-
-
-def frame_count(path):
-    """Frames of a capture, from its header; DataError for a file that is not an NSS capture."""
-    header = _check_header(path)
-    missing = [k for k, (_, _, required) in SPEC.items() if required and k not in header]
-    if missing:
-        raise DataError(f"{path}: missing key '{missing[0]}' (not an NSS capture, see nss/dataset.py)")
-    return header["colour_linear"]["shape"][0]
 
 
 def pte_net(path):
@@ -156,7 +145,7 @@ def main(argv=None):
     if not data.exists():
         fail(f"{data}: no such file or folder (give an NSS .safetensors capture or a folder of them)")
     files = list_captures(data)
-    counts = [min(frame_count(p), args.max_frames or float("inf")) for p in files]
+    counts = [min(capture_header(p)["colour_linear"]["shape"][0], args.max_frames or float("inf")) for p in files]
 
     # model
     try:
