@@ -91,19 +91,25 @@ class AutoEncoder(nn.Module):
         self.d1 = nn.Sequential(conv(48, 16), nn.ReLU(), conv(16, 16), nn.ReLU())
         self.temporal_head = conv(16, 4)
 
-    def forward(self, x):
-        # (N, 12, H, W), H and W multiples of 8
+    def forward(self, x, up_conv=None):
+        # (N, 12, H, W), H and W multiples of 8. up_conv(conv, t, act) computes act(conv(nearest_x2(t))) (default:
+        # just so); SubpixelNet passes another way of computing the same
+        up = up_conv or upsample_conv
         skip1 = self.e0(x)                                                  # (N, 32, H/2, W/2)
         skip2 = self.e1(skip1)                                              # (N, 32, H/4, W/4)
         b = self.bottleneck(self.e2(skip2))                                 # (N, 32, H/8, W/8)
-        d2 = self.up2(F.interpolate(b, scale_factor=2.0, mode="nearest"))   # (N, 16, H/4, W/4)
+        d2 = up(self.up2[0], b, self.up2[1])                                # (N, 16, H/4, W/4)
         d2 = self.d2(torch.cat([d2, skip2], 1))                             # (N, 32, H/4, W/4)
         kpn_params = torch.sigmoid(self.kpn_head(d2))                       # (N, 36, H/4, W/4)
-        d1 = self.up1(F.interpolate(d2, scale_factor=2.0, mode="nearest"))  # (N, 16, H/2, W/2)
+        d1 = up(self.up1[0], d2, self.up1[1])                               # (N, 16, H/2, W/2)
         d1 = self.d1(torch.cat([d1, skip1], 1))                             # (N, 16, H/2, W/2)
-        d1 = F.interpolate(d1, scale_factor=2.0, mode="nearest")            # (N, 16, H, W)
-        temporal_params = torch.sigmoid(self.temporal_head(d1))             # (N, 4, H, W)
+        temporal_params = up(self.temporal_head, d1, torch.sigmoid)         # (N, 4, H, W)
         return kpn_params, temporal_params
+
+
+def upsample_conv(conv, t, act):
+    """act(conv(nearest_x2(t))): each of the AutoEncoder's three upsamples and the conv after it."""
+    return act(conv(F.interpolate(t, scale_factor=2.0, mode="nearest")))
 
 
 # the two sub-pixel phases of one axis: a 3x3 conv of a nearest-x2-upsampled image reads, for an output at even
@@ -133,18 +139,13 @@ class SubpixelNet(nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net = net
-        self.up2, self.up1, self.temporal_head = (subpixel_conv(c) for c in (net.up2[0], net.up1[0], net.temporal_head))
+        convs = (net.up2[0], net.up1[0], net.temporal_head)
+        self.folded = nn.ModuleList(subpixel_conv(c) for c in convs)
+        self._folded_of = {id(c): f for c, f in zip(convs, self.folded)}
 
     def forward(self, x):
-        # activations before the pixel shuffle (they commute with it), so that XNNPACK fuses each into its conv
-        n, shuffle = self.net, lambda t: F.pixel_shuffle(t, 2)
-        skip1 = n.e0(x)
-        skip2 = n.e1(skip1)
-        b = n.bottleneck(n.e2(skip2))
-        d2 = n.d2(torch.cat([shuffle(torch.relu(self.up2(b))), skip2], 1))
-        kpn_params = torch.sigmoid(n.kpn_head(d2))
-        d1 = n.d1(torch.cat([shuffle(torch.relu(self.up1(d2))), skip1], 1))
-        return kpn_params, shuffle(torch.sigmoid(self.temporal_head(d1)))
+        # the activation before the pixel shuffle (they commute), so that XNNPACK fuses it into its conv
+        return self.net(x, up_conv=lambda conv, t, act: F.pixel_shuffle(act(self._folded_of[id(conv)](t)), 2))
 
 
 # ----------------------------------------------------------------------------------------------------------
