@@ -104,13 +104,13 @@ def main():
     ex = example_input()
     # the CPU programs export.py writes (SubpixelNet: every upsample folded into the next conv, so XNNPACK takes the
     # whole graph) and, for comparison, the AutoEncoder as it is (XNNPACK lacks nearest upsampling: four partitions)
-    cpu = SubpixelNet(net).eval()
-    for form, module in (("", cpu), (" upsample form", net)):
-        tag = form.strip().replace(" ", "_") or "subpixel"
+    forms = {"subpixel": SubpixelNet(net).eval(), "upsample form": net}
+    pte = lambda kind, form: work / "pte" / f"{kind}_{form.replace(' ', '_')}.pte"
+    for form, module in forms.items():
         int8 = quant.ptq(module, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=quant.image_dims(ex))
-        lower_xnnpack(torch.export.export(module, (x,)), work / "pte" / f"fp32_{tag}.pte")
-        lower_xnnpack(torch.export.export(int8, (x,)), work / "pte" / f"int8_{tag}.pte")
-    pte32, pte8 = load_pte(work / "pte" / "fp32_subpixel.pte"), load_pte(work / "pte" / "int8_subpixel.pte")
+        lower_xnnpack(torch.export.export(module, (x,)), pte("fp32", form))
+        lower_xnnpack(torch.export.export(int8, (x,)), pte("int8", form))
+    pte32, pte8 = load_pte(pte("fp32", "subpixel")), load_pte(pte("int8", "subpixel"))
     with torch.no_grad():
         res.add("pte_max_abs_error", "pte_xnnpack_fp32", max_abs_error(pte32([x]), list(net(x))), "", False)
 
@@ -127,12 +127,12 @@ def main():
         res.add("share_of_peak", variant, 100 * flops / (ms * 1e-3) / 1e9 / peak[torch.device(d).type], "%", True)
     # where the .pte time goes (ETDump), before (upsample form) and after (SubpixelNet), from this run
     for kind in ("fp32", "int8"):
-        for tag, label in (("upsample_form", "upsample form"), ("subpixel", "subpixel")):
-            parts = bench.pte_profile(work / "pte" / f"{kind}_{tag}.pte", [x], runs=b.repeats)
-            res.add("pte_ms_etdump", f"{kind} {label}: total", parts["total"], "ms", False)
-            ops = ("conv", "other delegated", "transpose/convert", "not delegated")
-            for part in ops:   # medians of each op: shares of their sum
-                res.add("pte_time_share", f"{kind} {label}: {part}", 100 * parts[part] / sum(parts[o] for o in ops), "%", False)
+        for form in reversed(forms):
+            parts = bench.pte_profile(pte(kind, form), [x], runs=b.repeats)
+            total = parts.pop("total")
+            res.add("pte_ms_etdump", f"{kind} {form}: total", total, "ms", False)
+            for part, ms in parts.items():   # medians of each op: shares of their sum
+                res.add("pte_time_share", f"{kind} {form}: {part}", 100 * ms / sum(parts.values()), "%", False)
 
     # the non-learned pre- and post-process an engine runs as shaders, here in PyTorch on the CPU (540p -> 1080p)
     f, state = frame_540p(b.size)
