@@ -139,13 +139,16 @@ class SubpixelNet(nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net = net
-        convs = (net.up2[0], net.up1[0], net.temporal_head)
-        self.folded = nn.ModuleList(subpixel_conv(c) for c in convs)
-        self._folded_of = {id(c): f for c, f in zip(convs, self.folded)}
+        self.folded = nn.ModuleList(subpixel_conv(c) for c in self.upsampled_convs())
+
+    def upsampled_convs(self):
+        return self.net.up2[0], self.net.up1[0], self.net.temporal_head
 
     def forward(self, x):
         # the activation before the pixel shuffle (they commute), so that XNNPACK fuses it into its conv
-        return self.net(x, up_conv=lambda conv, t, act: F.pixel_shuffle(act(self._folded_of[id(conv)](t)), 2))
+        convs = self.upsampled_convs()   # looked up per call: a deep copy (PT2E quantization) holds new modules
+        fold = lambda conv, t, act: F.pixel_shuffle(act(self.folded[convs.index(conv)](t)), 2)
+        return self.net(x, up_conv=fold)
 
 
 # ----------------------------------------------------------------------------------------------------------
