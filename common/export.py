@@ -262,10 +262,10 @@ def _graph_layout(tensors, channels_last):
     return [t.permute(0, 2, 3, 1) if channels_last and t.ndim == 4 else t for t in tensors]
 
 
-def _batch2(inputs):
+def _batch2(inputs, channels_last):
     """A batch of two of each input: torch.export specialises a dimension of size 1, so a dynamic batch needs >= 2."""
-    return tuple(torch.cat([x, x]).contiguous(memory_format=torch.channels_last) if x.ndim == 4 and
-                 x.is_contiguous(memory_format=torch.channels_last) else torch.cat([x, x]) for x in inputs)
+    two = tuple(torch.cat([x, x]) for x in inputs)
+    return _channels_last(two) if channels_last else two
 
 
 def _size_name(inputs):
@@ -374,8 +374,8 @@ def export_int8(vgf_graph, pte_graph, example_inputs, out_dir, *, export_type="i
     if dynamic_shapes is not None:
         static = lambda x, d: export_int8(vgf_graph, pte_graph, x, d, export_type=export_type, fp32_model=fp32_model,
                                           vgf=vgf, xnnpack=xnnpack, check=check, repeats=repeats, channels_last=channels_last)
-        lower = lambda: lower_vgf(torch.export.export(vgf_graph, _batch2(ex), dynamic_shapes=dynamic_shapes), out_dir,
-                                  "TOSA-1.0+INT")
+        two = _batch2(example_inputs, channels_last)
+        lower = lambda: lower_vgf(torch.export.export(vgf_graph, two, dynamic_shapes=dynamic_shapes), out_dir, "TOSA-1.0+INT")
         report.update(_dynamic(static, lower if vgf else None, example_inputs, check_inputs, out_dir))
     else:
         if vgf:
@@ -409,8 +409,8 @@ def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check
     if dynamic_shapes is not None:
         static = lambda x, d: export_fp32(model, x, d, vgf=vgf, xnnpack=xnnpack, check=check, repeats=repeats,
                                           channels_last=channels_last, pte_model=pte_model)
-        lower = lambda: lower_vgf(torch.export.export(model, _batch2(ex), dynamic_shapes=dynamic_shapes), out_dir,
-                                  "TOSA-1.0+FP")
+        two = _batch2(example_inputs, channels_last)
+        lower = lambda: lower_vgf(torch.export.export(model, two, dynamic_shapes=dynamic_shapes), out_dir, "TOSA-1.0+FP")
         report.update(_dynamic(static, lower if vgf else None, example_inputs, check_inputs, out_dir))
         report["total_seconds"] = round(time.perf_counter() - start, 3)
         (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
@@ -421,8 +421,8 @@ def export_fp32(model, example_inputs, out_dir, *, vgf=True, xnnpack=True, check
     if vgf:
         report["vgf"] = lower_vgf(program, out_dir, "TOSA-1.0+FP")
     if xnnpack:   # the CPU program takes plain NCHW tensors
-        cpu = torch.export.export(pte_model.eval(), example_inputs) if pte_model is not None else \
-            torch.export.export(model, example_inputs) if channels_last else program
+        same = pte_model is None and not channels_last
+        cpu = program if same else torch.export.export((pte_model or model).eval(), example_inputs)
         report["xnnpack"] = lower_xnnpack(cpu, out_dir / "model.pte")
     log.info("export: " + json.dumps({k: report[k] for k in ("export_seconds", "vgf", "xnnpack") if k in report}))
     if check:
