@@ -2,7 +2,7 @@
 # nanoNG entry point.
 #   bash run.sh setup                 create .venv and install requirements.txt (done by every command)
 #   bash run.sh demo [nss|neuropbr|prism|gamengen|all]  generate built-in data, train, evaluate vs baselines, export
-#   bash run.sh play [play.py flags]  play the GameNGen model in a window (installs pygame; default: the demo's model)
+#   bash run.sh play [play.py flags]  play the GameNGen model in a window (installs pygame; default: the shipped weights)
 #   bash run.sh smoke                 the test suite (pytest), what CI runs
 #   bash run.sh stress                the long reliability tests: kill -9, signals, 5,000 fuzzed files per reader
 #   bash run.sh bench [nss|neuropbr|prism|gamengen|all] [--quick]  train each for a fixed budget, measure quality,
@@ -61,9 +61,6 @@ case "$cmd" in
         esac ;;
     play)
         setup gamengen/requirements.txt gamengen/requirements-play.txt
-        if [ $# -eq 0 ]; then
-            set -- --model-path runs/demo/gamengen/diffusion/ckpt/best --data runs/demo/gamengen/latents
-        fi
         "$PY" gamengen/play.py "$@" ;;
     smoke)
         setup nss/requirements.txt gamengen/requirements.txt

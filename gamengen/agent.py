@@ -53,6 +53,8 @@ class Args:
     record: str = None  # record every episode played while learning into this folder (collect.py format)
     heldout: float = 0.1  # fraction of recorded episodes held out (seeded, whole episodes)
     shard_steps: int = 2000  # a recorded shard is written once it holds this many steps
+    save_every: int = 20  # updates between checkpoints (OUT/ckpt/latest: weights, optimizer, progress)
+    resume: bool = False  # continue an interrupted run from OUT/ckpt/latest (the games restart; unfinished episodes are lost)
     checkpoint: str = None  # load this agent checkpoint (skips training unless --total-steps is given)
     eval: int = 0  # after training, play N episodes with the agent and with a random policy; print both means
     gif: str = None  # with --eval: write the agent's first evaluation episode (up to 300 steps) to this GIF
@@ -141,7 +143,7 @@ class Recorder:
         for t, (frame, action, reward) in enumerate(self.eps[i]):
             self.writer.add(frame, action, reward, e, t)
         split = self.C.split_of(self.args.seed, self.args.heldout, e)
-        self.finished[str(e)] = {"split": split, "length": len(self.eps[i]), "done": done}
+        self.finished[str(e)] = {"split": split, "length": len(self.eps[i]), "done": done, "policy": "ppo (learning)"}
         self.eps[i] = []
         if self.writer.steps() >= self.args.shard_steps:
             self.flush()
@@ -173,8 +175,24 @@ def train(args, agent=None):
     ep_ret, returns_log = np.zeros(N), []
     n_updates = max(1, args.total_steps // (N * T))
     batch, mb = N * T, N * T // args.n_minibatches
-    metrics, t0, step = open(out / "metrics.jsonl", "a"), time.time(), 0
-    for update in range(n_updates):
+    metrics, t0, step, start = open(out / "metrics.jsonl", "a"), time.time(), 0, 0
+    if args.resume and (out / "ckpt" / "latest").exists():
+        weights, state, meta = ckpt.load(out / "ckpt" / "latest")
+        agent.load_state_dict(weights)
+        opt.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start, step, returns_log = meta["update"], meta["steps"], list(meta["returns"])
+        print(f"resumed from update {start} ({step} steps)", flush=True)
+
+    def save(update, name):
+        if rec:     # finished episodes reach the disk with the checkpoint that played them
+            rec.flush()
+        meta = {"args": asdict(args), "update": update, "steps": step, "episodes": len(returns_log), "returns": [round(r, 4) for r in returns_log],
+                "actions": list(ACTIONS)}
+        return ckpt.save_step(out / "ckpt", update, agent.state_dict(), {"optimizer": opt.state_dict(), "rng": ckpt.rng_state()},
+                              meta) if name is None else ckpt.save(out / "ckpt", name, agent.state_dict(),
+                                                                   {"optimizer": opt.state_dict(), "rng": ckpt.rng_state()}, meta)
+    for update in range(start, n_updates):
         for g in opt.param_groups:
             g["lr"] = args.lr * (1 - update / n_updates)
         for t in range(T):                                  # rollout
@@ -223,12 +241,13 @@ def train(args, agent=None):
         metrics.write(json.dumps(line) + "\n")
         metrics.flush()
         print(json.dumps(line), flush=True)
+        if args.save_every and (update + 1) % args.save_every == 0 and update + 1 < n_updates:
+            save(update + 1, None)
     if rec:
         rec.close()
     for env in envs:
         env.close()
-    path = ckpt.save(out / "ckpt", "final", agent.state_dict(), {"optimizer": opt.state_dict()},
-                     {"args": asdict(args), "steps": step, "episodes": len(returns_log), "actions": list(ACTIONS)})
+    path = save(n_updates, "final")
     ckpt.link(out / "ckpt", "latest", "final")
     print(f"saved {path} ({step} steps, {len(returns_log)} episodes, {time.time() - t0:.0f}s)")
     return agent
@@ -260,7 +279,10 @@ def main():
     for f in fields(Args):       # one flag per Args field; its help is the field's comment
         comment = next(ln.split("# ", 1)[1] for ln in Path(__file__).read_text().splitlines() if ln.strip().startswith(f"{f.name}:"))
         kind = type(f.default) if f.default is not None else str
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f"{comment} (default: {f.default})")
+        if kind is bool:
+            p.add_argument("--" + f.name.replace("_", "-"), action="store_true", default=None, help=comment)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f"{comment} (default: {f.default})")
     ns = p.parse_args()
     args = Args(**{k: v for k, v in vars(ns).items() if v is not None})
     torch.set_num_threads(args.threads)

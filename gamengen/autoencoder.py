@@ -1,15 +1,18 @@
-"""GameNGen's autoencoder: a Doom frame (3, 128, 160) in [0, 1] <-> a latent (4, 16, 20), 8x smaller per side.
+"""GameNGen's autoencoder: a Doom frame (3, 128, 160) in [0, 1] <-> a latent (4, 32, 40), 4x smaller per side.
 
     python gamengen/autoencoder.py train  --data runs/ae/doom --out runs/ae/train [--steps N] [--preset tiny|cpu|gpu] [--resume]
     python gamengen/autoencoder.py encode --data runs/ae/doom --ckpt runs/ae/train/ckpt/latest --out runs/ae/latents
     python gamengen/autoencoder.py decoder-finetune --data runs/ae/doom --latents runs/ae/latents \
                                           --ckpt runs/ae/train/ckpt/latest --out runs/ae/dec [--steps N]
 
-A plain deterministic autoencoder, not a VAE: the diffusion model only needs a compact, smooth latent and a
+The factor is 2 ** len(channels): the cpu preset's (32, 64) gives 4x32x40 (the denoiser pixel-unshuffles it to
+16x16x20, gamengen/model.py), tiny's and gpu's three levels 4x16x20 (the paper's SD VAE factor, 8). At the same
+number of latent values the finer grid of fewer channels reconstructs better, and its decoder is the cheapest
+(the sweep: gamengen/weights/README.md). A plain deterministic autoencoder, not a VAE: the diffusion model only needs a compact, smooth latent and a
 decoder, and Stable Diffusion's KL weight (1e-6) is so small that its VAE behaves as an AE anyway. A small L2
 penalty on the latent keeps its scale bounded; `encode` then stores scale = 1 / std of the train latents in the
 index (SD's 0.18215), which gamengen/dataset.py applies. Loss: L1 + MSE on pixels, AdamW, cosine schedule.
-`encode` writes every shard's latents once (latents float16 (N, 4, 16, 20) + actions, rewards, episode, step,
+`encode` writes every shard's latents once (latents float16 (N, C, h, w) + actions, rewards, episode, step,
 same rows as the frames shard), so diffusion training never touches pixels. `decoder-finetune` trains only the
 decoder to map the stored (frozen, float16) latents back to the frames with MSE, as GameNGen does, and reports
 held-out PSNR before and after. Checkpoints: OUT/ckpt/{latest,best} (common/ckpt.py); --resume continues.
@@ -19,7 +22,8 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from functools import partial
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,11 +38,15 @@ from common import ckpt
 from common.metrics import psnr
 from common.runtime import NanGuard, fail
 from gamengen.dataset import DataError, read_shards
+from gamengen.doom import visible
+
+
+CL = torch.channels_last
 
 
 @dataclass
 class AEConfig:
-    channels: tuple = (64, 128, 256)       # at 1/2, 1/4, 1/8 resolution
+    channels: tuple = (64, 128, 256)       # at 1/2, 1/4, 1/8 resolution; the latent is 2**len(channels) times smaller per side
     latent_channels: int = 4
     batch_size: int = 16
     crop: tuple = (64, 80)                 # train on random crops at multiples of 8 (fully convolutional); () = whole
@@ -47,13 +55,14 @@ class AEConfig:
     latent_reg: float = 1e-4               # weight of mean(z^2)
     steps: int = 4000
     warmup: int = 100
+    grad_clip: float = 1.0                 # max gradient norm (0 = off)
     eval_every: int = 250
     eval_frames: int = 256
 
 
 PRESETS = {"tiny": AEConfig(channels=(8, 16, 16), batch_size=8, crop=(32, 40), lr=3e-3, warmup=1, steps=20, eval_every=20,
                             eval_frames=8),
-           "cpu": AEConfig(channels=(32, 64, 128)),
+           "cpu": AEConfig(channels=(32, 64)),
            "gpu": AEConfig(channels=(128, 256, 256), batch_size=64, steps=40000, eval_every=1000, eval_frames=1024)}
 
 
@@ -67,22 +76,23 @@ class Res(nn.Module):
 
 
 class AE(nn.Module):
-    """Pixel-unshuffle 2x (no full-resolution convs: 4x cheaper), then two stride-2 stages with residual blocks:
-    64x80 -> 32x40 -> 16x20; the decoder mirrors it with nearest upsampling and a final pixel shuffle."""
+    """Pixel-unshuffle 2x (no full-resolution convs: 4x cheaper), then len(channels) - 1 stride-2 stages with
+    residual blocks (64x80 -> 32x40 [-> 16x20]); the decoder mirrors it with nearest upsampling and a final pixel
+    shuffle."""
 
     def __init__(self, cfg):
         super().__init__()
         c = cfg.channels
         enc = [nn.PixelUnshuffle(2), nn.Conv2d(12, c[0], 3, padding=1)]
-        for i in range(2):
+        for i in range(len(c) - 1):
             enc += [Res(c[i]), nn.Conv2d(c[i], c[i + 1], 3, stride=2, padding=1)]
-        self.encoder = nn.Sequential(*enc, Res(c[2]), Res(c[2]), nn.SiLU(), nn.Conv2d(c[2], cfg.latent_channels, 3, padding=1))
-        dec = [nn.Conv2d(cfg.latent_channels, c[2], 3, padding=1), Res(c[2]), Res(c[2])]
-        for i in reversed(range(2)):
+        self.encoder = nn.Sequential(*enc, Res(c[-1]), Res(c[-1]), nn.SiLU(), nn.Conv2d(c[-1], cfg.latent_channels, 3, padding=1))
+        dec = [nn.Conv2d(cfg.latent_channels, c[-1], 3, padding=1), Res(c[-1]), Res(c[-1])]
+        for i in reversed(range(len(c) - 1)):
             dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c[i + 1], c[i], 3, padding=1), Res(c[i])]
         self.decoder = nn.Sequential(*dec, nn.SiLU(), nn.Conv2d(c[0], 12, 3, padding=1), nn.PixelShuffle(2))
 
-    def encode(self, x):            # [0, 1] (N, 3, 128, 160) -> (N, 4, 16, 20)
+    def encode(self, x):            # [0, 1] (N, 3, 128, 160) -> (N, latent_channels, 128 / f, 160 / f)
         return self.encoder(x * 2 - 1)
 
     def decode(self, z):            # -> [0, 1] (unclamped while training)
@@ -115,16 +125,17 @@ def frame_rows(index, shards, split):
 
 
 def frames(shards, rows):
-    return torch.from_numpy(np.stack([shards[i]["frames"][r] for i, r in rows])).float() / 255
+    """uint8 recorded frames -> float (B, 3, H, W) in [0, 1], channels-last (convolutions run 2-3x faster so on CPUs)."""
+    return (torch.from_numpy(np.stack([shards[i]["frames"][r] for i, r in rows])).float() / 255).contiguous(memory_format=CL)
 
 
 def evaluate(recon, shards, rows, batch=32):
-    """Mean PSNR (dB) of recon(frames) clamped to [0, 1] over rows."""
+    """Mean PSNR (dB) of recon(frames) clamped to [0, 1] over rows, on the rows the game drew (not the padding)."""
     vals = []
     with torch.no_grad():
         for k in range(0, len(rows), batch):
             x = frames(shards, rows[k:k + batch])
-            vals.append(psnr(recon(x, k).clamp(0, 1), x).item() * len(x))
+            vals.append(psnr(visible(recon(x, k).clamp(0, 1)), visible(x)).item() * len(x))
     return sum(vals) / len(rows)
 
 
@@ -133,10 +144,11 @@ def eval_rows(index, shards, n):
     return [rows[i] for i in np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int)]
 
 
-def fit(model, params, cfg, out, batch_fn, eval_fn, loss_fn, resume, batch_rng, log=print):
+def fit(model, params, cfg, out, batch_fn, eval_fn, loss_fn, resume, batch_rng, log=partial(print, flush=True)):
     """The shared loop: AdamW + warmup/cosine, checkpoints in OUT/ckpt (latest, best), resume (bit-exact: the
     state of batch_rng, the generator batch_fn draws from, is checkpointed too). A non-finite loss skips its step;
     20 in a row stop the run (ValueError), the last good state in OUT/ckpt/latest."""
+    params = list(params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1, s / cfg.steps))))
@@ -169,6 +181,8 @@ def fit(model, params, cfg, out, batch_fn, eval_fn, loss_fn, resume, batch_rng, 
         if guard.ok(loss.detach()):
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             losses.append(loss.item())
         else:                       # no update, the step counts
@@ -201,9 +215,9 @@ def train(args, cfg):
     rows, ev = frame_rows(index, shards, "train"), eval_rows(index, shards, cfg.eval_frames)
     if not rows:
         raise ValueError(f"{args.data}: no train episodes in the index")
-    model = AE(cfg)
-    g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
+    model = AE(cfg).to(memory_format=CL)
+    g = torch.Generator().manual_seed(args.seed)
     if cfg.crop and any(n < c for n, c in zip(shards[0]["frames"].shape[2:], cfg.crop)):
         raise DataError(f"{args.data}: frames {list(shards[0]['frames'].shape[2:])} are smaller than the training crop {list(cfg.crop)}")
 
@@ -214,10 +228,10 @@ def train(args, cfg):
     def batch():
         x = frames(shards, [rows[i] for i in torch.randint(len(rows), (cfg.batch_size,), generator=g)])
         if not cfg.crop:
-            return (x,)
+            return (x.contiguous(memory_format=CL),)
         h, w = cfg.crop
         y0, x0 = (8 * int(torch.randint((n - c) // 8 + 1, (), generator=g)) for n, c in zip(x.shape[2:], cfg.crop))
-        return (x[:, :, y0:y0 + h, x0:x0 + w],)
+        return (x[:, :, y0:y0 + h, x0:x0 + w].contiguous(memory_format=CL),)
     best = fit(model, model.parameters(), cfg, args.out, batch, lambda: evaluate(lambda x, k: model(x)[0], shards, ev),
                loss_fn, args.resume, g)
     print(f"best held-out PSNR {best:.2f} dB over {len(ev)} frames")
@@ -226,14 +240,15 @@ def train(args, cfg):
 @torch.no_grad()
 def encode(args):
     model, cfg = load_model(args.ckpt)
+    model = model.to(memory_format=CL)
     index, shards = load_shards(args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_eps = {int(e) for e, v in index["episodes"].items() if v["split"] == "train"}
     sq, n, lat_index = 0.0, 0, dict(index, format="gamengen-latents-v1", source=str(args.data), ckpt=str(args.ckpt), shards=[])
     for sh, s in zip(index["shards"], shards):
-        z = torch.cat([model.encode(torch.from_numpy(np.array(s["frames"][k:k + 64])).float() / 255)
-                       for k in range(0, len(s["frames"]), 64)]).half()
+        z = torch.cat([model.encode(frames([s], [(0, r) for r in range(k, min(k + 64, len(s["frames"])))]))
+                       for k in range(0, len(s["frames"]), 64)]).half().contiguous()
         tr = torch.from_numpy(np.isin(s["episode"], list(train_eps)))
         sq, n = sq + z[tr].float().pow(2).sum().item(), n + z[tr].numel()
         name = sh["file"].replace("shard_", "latents_")
@@ -241,7 +256,7 @@ def encode(args):
         save_file(t, str(out / (name + ".tmp")))
         (out / (name + ".tmp")).replace(out / name)
         lat_index["shards"].append(dict(sh, file=name))
-    lat_index.update(latent_shape=list(z.shape[1:]), scale=1 / math.sqrt(sq / max(n, 1)))
+    lat_index.update(latent_shape=list(z.shape[1:]), scale=getattr(args, "scale", None) or 1 / math.sqrt(sq / max(n, 1)))
     (out / "index.json.tmp").write_text(json.dumps(lat_index, indent=1))
     (out / "index.json.tmp").replace(out / "index.json")
     print(f"{sum(sh['steps'] for sh in index['shards'])} latents {tuple(z.shape[1:])} in {len(shards)} files in {out}, "
@@ -250,12 +265,13 @@ def encode(args):
 
 def decoder_finetune(args, cfg):
     model, mcfg = load_model(args.ckpt)
+    model = model.to(memory_format=CL)
     index, shards = load_shards(args.data)
     lindex, lat = load_shards(args.latents)
     if [sh["steps"] for sh in lindex["shards"]] != [sh["steps"] for sh in index["shards"]]:
         fail(f"{args.latents} was not encoded from {args.data} (shard sizes differ)")
     rows, ev = frame_rows(index, shards, "train"), eval_rows(index, shards, cfg.eval_frames)
-    zs = lambda rr: torch.from_numpy(np.stack([lat[i]["latents"][r] for i, r in rr])).float()   # noqa: E731
+    zs = lambda rr: torch.from_numpy(np.stack([lat[i]["latents"][r] for i, r in rr])).float().contiguous(memory_format=CL)  # noqa: E731
     recon = lambda x, k: model.decode(zs(ev[k:k + 32]))                                           # noqa: E731
     before = evaluate(recon, shards, ev)
     model.encoder.requires_grad_(False)
@@ -281,11 +297,16 @@ def main():
         if name != "train":
             s.add_argument("--ckpt", required=True, help="autoencoder checkpoint directory, e.g. OUT/ckpt/latest")
         if name != "encode":
-            s.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-            s.add_argument("--steps", type=int, default=None)
-            s.add_argument("--lr", type=float, default=None)
+            s.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="AEConfig preset; the flags below override its fields")
+            for f in fields(AEConfig):
+                tup = isinstance(f.default, tuple)
+                s.add_argument("--" + f.name.replace("_", "-"), type=int if tup else type(f.default), nargs="*" if tup else None,
+                               help=f"AEConfig.{f.name} (cpu preset: {getattr(PRESETS['cpu'], f.name)})")
             s.add_argument("--seed", type=int, default=0)
             s.add_argument("--resume", action="store_true", help="continue from OUT/ckpt/latest")
+        if name == "encode":
+            s.add_argument("--scale", type=float, help="latent scale to record (default: 1 / std of the train latents); give a "
+                           "trained denoiser's (its latents' index 'scale') to encode new frames for it")
         if name == "decoder-finetune":
             s.add_argument("--latents", required=True, help="folder written by encode")
     args = p.parse_args()
@@ -293,8 +314,11 @@ def main():
         if args.cmd == "encode":
             return encode(args)
         cfg = AEConfig(**asdict(PRESETS[args.preset]))
-        ft = args.cmd == "decoder-finetune"      # a shorter, gentler schedule by default
-        cfg.steps, cfg.lr = args.steps or cfg.steps // (4 if ft else 1), args.lr or cfg.lr * (0.1 if ft else 1)
+        if args.cmd == "decoder-finetune":      # a shorter, gentler schedule by default
+            cfg.steps, cfg.lr = cfg.steps // 4, cfg.lr * 0.1
+        for f in fields(AEConfig):
+            if getattr(args, f.name) is not None:
+                setattr(cfg, f.name, tuple(getattr(args, f.name)) if isinstance(f.default, tuple) else getattr(args, f.name))
         cfg.warmup = min(cfg.warmup, cfg.steps)
         (train if args.cmd == "train" else decoder_finetune)(args, cfg)
     except (ckpt.CheckpointError, OSError, ValueError) as e:

@@ -9,7 +9,8 @@ Layout (one shard = whole episodes, or consecutive parts of one long episode):
     OUT/index.json              {"format": "gamengen-episodes-v1", "actions": [...], "frame_shape": [3, 128, 160],
                                  "shards": [{"file": "shard_00000.safetensors", "steps": N,
                                              "segments": [[episode, first_step, length], ...]}],
-                                 "episodes": {"0": {"split": "train"|"heldout", "length": L, "done": true}}}
+                                 "episodes": {"0": {"split": "train"|"heldout", "length": L, "done": true,
+                                                           "policy": "random"}}}
     OUT/shard_00000.safetensors frames  uint8 (N, 3, H, W)   frame t of an episode
                                 actions int64 (N,)           what the player pressed after seeing frame t
                                 rewards float32 (N,)         shaped reward of that step (gamengen/doom.py)
@@ -130,6 +131,7 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
     env = DoomEnv(seed=seed * 100_003 + next_episode, resolution=resolution, sticky=sticky)
     index["frame_shape"] = list(env.shape)
     act = random_policy(rng) if policy == "random" else policy
+    name = policy if isinstance(policy, str) else getattr(policy, "name", "agent")     # recorded per episode in the index
     writer = ShardWriter(out, index, shard_steps)
     finished = {}
     bar = tqdm(total=steps, initial=done_steps, desc="collect", unit="step", disable=not progress)
@@ -143,11 +145,11 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
         frame = next_frame
         last = done_steps + writer.steps() >= steps
         if done or last:
-            finished[str(episode)] = {"split": split_of(seed, heldout, episode), "length": t, "done": bool(done)}
+            finished[str(episode)] = {"split": split_of(seed, heldout, episode), "length": t, "done": bool(done), "policy": name}
             episode, t, frame = episode + 1, 0, env.reset()
         if writer.steps() >= shard_steps or last:
             if t:       # the episode in progress continues in the next shard; if the run dies first, it stays truncated
-                finished[str(episode)] = {"split": split_of(seed, heldout, episode), "length": t, "done": False}
+                finished[str(episode)] = {"split": split_of(seed, heldout, episode), "length": t, "done": False, "policy": name}
             done_steps += writer.steps()
             writer.flush(finished)
             finished = {}
@@ -176,6 +178,7 @@ def main():
         try:
             torch.set_num_threads(1)
             policy = load_policy(args.policy, args.seed)
+            policy.name = f"agent {args.policy}"
         except CheckpointError as e:
             fail(f"--policy {args.policy}: {e}")
     try:

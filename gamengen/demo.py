@@ -1,7 +1,8 @@
 """The GameNGen demo that `bash run.sh demo gamengen` runs, CPU-sized: record ViZDoom play -> train the frame
 autoencoder -> encode every frame once -> train the action-conditioned denoiser -> evaluate on held-out
 episodes against copy-last-frame (teacher forced and autoregressive, rollout GIF, frames per second) -> export
-one denoising step and the decoder (.pte, .vgf) -> play the model headless from an action script (GIF).
+one denoising step and the decoder (.pte, .vgf) -> play the model headless from an action script (GIF) -> the
+shipped weights (gamengen/weights) evaluated on the same held-out episodes, beside the demo's own model.
 
     python gamengen/demo.py --out runs/demo/gamengen [--steps 20000] [--ae-steps 1000] [--max-steps 2000]
     python gamengen/play.py --model-path runs/demo/gamengen/diffusion/ckpt/best --data runs/demo/gamengen/latents  # then play it
@@ -58,8 +59,18 @@ def main():
     (out / "walk.txt").write_text(SCRIPT)
     t["play"] = run_step(["gamengen/play.py", "--model-path", best, "--data", str(out / "latents"), "--headless",
                           "--actions", str(out / "walk.txt"), "--out", str(out / "play.gif")])
+    shipped = Path(__file__).resolve().parent / "weights"
+    if (shipped / "denoiser").is_dir():      # the shipped model on the same held-out frames: its own autoencoder and scale
+        scale = json.loads((shipped / "start" / "index.json").read_text())["scale"]
+        t["encode for shipped"] = run_step(["gamengen/train.py", "encode", "--data", str(out / "doom"), "--ckpt", str(shipped / "autoencoder"),
+                                            "--scale", str(scale), "--out", str(out / "latents_shipped")])
+        t["evaluate shipped"] = run_step(["gamengen/evaluate.py", "--model-path", str(shipped / "denoiser"), "--data",
+                                          str(out / "latents_shipped"), "--out", str(out / "eval_shipped")])
     res = json.loads((out / "eval" / "results.json").read_text())
-    print("\n" + table(res))
+    print("\nthis demo's model, trained from scratch:\n" + table(res))
+    if (out / "eval_shipped" / "results.json").exists():
+        print(f"\nthe shipped weights ({shipped}, model card: README.md there) on the same held-out episodes:\n"
+              + table(json.loads((out / "eval_shipped" / "results.json").read_text())))
     print("\ntime: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in t.items()))
     print(f"GIFs: {out / 'eval' / 'rollout.gif'} (recorded | model, 32 steps), {out / 'play.gif'} (played from walk.txt)")
     print(f"play it: python gamengen/play.py --model-path {best} --data {out / 'latents'}   (pip install -r gamengen/requirements-play.txt)")

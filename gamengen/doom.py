@@ -41,6 +41,14 @@ def padded_height(h):
     return -(-h // 16) * 16
 
 
+def visible(x):
+    """The game screen's rows of padded frames (..., H, W): a 4:3 screen (160x120, 320x240) centred in H rows, the
+    black padding rows above and below left out, so that metrics measure only what the game drew."""
+    h = x.shape[-1] * 3 // 4
+    pad = (x.shape[-2] - h) // 2
+    return x[..., pad:pad + h, :] if pad > 0 else x
+
+
 class DoomEnv:
     """One headless ViZDoom game with action repeat, sticky actions and the paper's shaped reward (A.5),
     in points / 1000 so PPO's value targets stay near 1: player hit -0.1, death -5, enemy hit +0.3, kill +1,

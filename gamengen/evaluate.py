@@ -30,6 +30,7 @@ from common.metrics import psnr, ssim
 from common.runtime import fail
 from gamengen.autoencoder import load_model as load_ae
 from gamengen.dataset import LatentSequences, mmap_safetensors, recorded_path
+from gamengen.doom import visible
 from gamengen.model import sample
 from gamengen.play import decoder_path
 from gamengen.train import load_denoiser
@@ -46,10 +47,6 @@ class Frames:
         """Sorted dataset positions -> float frames (B, 3, H, W) in [0, 1]."""
         rows = [(self.ds.shard_of[self.ds.order[p]], self.ds.row_of[self.ds.order[p]]) for p in positions]
         return torch.from_numpy(np.stack([self.shards[s]["frames"][r] for s, r in rows])).float() / 255
-
-
-def visible(x, pad=4):
-    return x[..., pad:x.shape[-2] - pad, :]
 
 
 @torch.no_grad()

@@ -32,8 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import ckpt
@@ -104,6 +106,40 @@ def check_inputs(model, data, steps, seed=0):
     return (x, t, s, context, actions, bucket), (context[:, -1],), scale
 
 
+def write_weights(out, model_path, data, decoder=None, episodes=8):
+    """What ships (and what play.py starts from without data): OUT/denoiser (the EMA weights), OUT/autoencoder
+    (the decoder's checkpoint), both fp16 with their run's meta and no optimizer state, and OUT/start, a latents
+    folder holding the first N + 1 steps of `episodes` held-out episodes (the windows a game starts from)."""
+    from gamengen.play import Episodes, decoder_path
+    out = Path(out)
+    weights, _, meta = ckpt.load(model_path, with_state=False)
+    ae_path = decoder_path(argparse.Namespace(decoder=decoder, data=data))
+    ae_weights, _, ae_meta = ckpt.load(ae_path, with_state=False)
+    half = lambda w: {k: v.half() for k, v in w.items()}                                      # noqa: E731
+    ckpt.save(out, "denoiser", half({k: v for k, v in weights.items() if k.startswith("ema.")}), {},
+              {**meta, "dtype": "float16", "source": str(model_path)})
+    ckpt.save(out, "autoencoder", half(ae_weights), {}, {**ae_meta, "dtype": "float16", "source": str(ae_path)})
+    n = meta["model"]["context"]
+    ep = Episodes(data, n)
+    ds, rows = ep.ds, []
+    for e in ep.ids[:episodes]:                   # sorted positions of the episode's steps 0..N
+        first = int(ds.targets[ep.item[e]]) - n
+        rows += [int(ds.order[q]) for q in range(first, first + n + 1)]
+    take = lambda key: torch.from_numpy(np.stack([ds.shards[ds.shard_of[r]][key][ds.row_of[r]] for r in rows]))  # noqa: E731
+    tensors = {"latents": take("latents").half(), **{k: take(k) for k in ("actions", "rewards", "episode", "step")}}
+    start = out / "start"
+    start.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(start / "latents_00000.safetensors"))
+    ids = [int(e) for e in ep.ids[:episodes]]
+    index = {k: v for k, v in ds.index.items() if k not in ("shards", "episodes", "source")}
+    index.update(ckpt="../autoencoder", shards=[{"file": "latents_00000.safetensors", "steps": len(rows),
+                                                "segments": [[e, 0, n + 1] for e in ids]}],
+                 episodes={str(e): {"split": "heldout", "length": n + 1, "done": False} for e in ids})
+    (start / "index.json").write_text(json.dumps(index, indent=1))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out}/denoiser, autoencoder (fp16) and start ({len(ids)} held-out windows of {n} steps): {size / 2**20:.1f} MB")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,11 +152,22 @@ def main():
                    "no data, an untrained autoencoder of the matching size)")
     p.add_argument("--steps", type=int, help="DDIM steps per played frame, for the cost (default: the model's, 4)")
     p.add_argument("--guidance", type=float, help="context guidance weight baked into the step (default: the model's, 1.5)")
-    p.add_argument("--out", required=True, help="output folder (denoise_step/ and decoder/ inside)")
+    p.add_argument("--out", help="output folder (denoise_step/ and decoder/ inside)")
     p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte files")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of eager and .pte (median reported)")
     p.add_argument("--tolerance", type=float, default=None, help=".pte vs eager max-abs-error (default 1e-4)")
+    p.add_argument("--weights-out", metavar="DIR", help="only write what ships: DIR/denoiser and DIR/autoencoder (fp16) and "
+                   "DIR/start (the first steps of 8 held-out episodes of --data), what play.py runs without arguments")
     args = p.parse_args()
+    if args.weights_out:
+        if not (args.model_path and args.data):
+            fail("--weights-out needs --model-path (a trained denoiser) and --data (its latents folder)")
+        try:
+            return write_weights(args.weights_out, args.model_path, args.data, args.decoder)
+        except (ckpt.CheckpointError, OSError, ValueError, KeyError) as e:
+            fail(f"--weights-out: {e}")
+    if not args.out:
+        fail("--out DIR is required (or --weights-out DIR)")
     if not (args.model_path or args.preset):
         fail("give --model-path CKPT_DIR (a trained denoiser) or --preset tiny|cpu|paper (untrained, for cost only)")
     try:

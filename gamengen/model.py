@@ -6,7 +6,9 @@
     loss = training_loss(model, target, context, actions, valid)
 
 Input: [noisy target latent || N context latents] concatenated in channels (4 * (N + 1) channels at 16x20),
-as the paper does. U-Net: three levels (16x20, 8x10, 4x5), residual blocks conditioned by adaptive group norm
+as the paper does; a finer latent (the cpu autoencoder's 4x32x40) is first pixel-unshuffled by `patch` (2:
+16 * (N + 1) channels at 16x20) and the output shuffled back, so the U-Net's cost does not depend on the
+autoencoder's factor (train.py sets latent shape and patch from the latents it trains on). U-Net: three levels (16x20, 8x10, 4x5), residual blocks conditioned by adaptive group norm
 (per-channel scale and shift from one conditioning vector), self-attention at 8x10 and 4x5.
 
 Conditioning vector = time embedding + context-noise bucket embedding + action embedding. Actions are summed
@@ -40,6 +42,7 @@ class DiffusionConfig:
     context: int = 8                        # N past frames (and actions)
     latent_channels: int = 4
     latent_size: tuple = (16, 20)
+    patch: int = 1                          # the U-Net sees the latent pixel-unshuffled by this (2: a 4x32x40 latent as 16x16x20)
     channels: tuple = (32, 64, 128)         # per U-Net level (16x20, 8x10, 4x5)
     blocks: int = 1                         # residual blocks per level (encoder; the decoder has blocks + 1)
     attention: tuple = (False, True, True)  # self-attention per level
@@ -122,7 +125,7 @@ class Denoiser(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        C, ch, d = cfg.latent_channels, cfg.channels, cfg.cond_dim
+        C, ch, d = cfg.latent_channels * cfg.patch ** 2, cfg.channels, cfg.cond_dim
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.bucket = nn.Embedding(cfg.noise_buckets, d)
         self.action = nn.Embedding(cfg.context * cfg.n_actions, cfg.action_dim)     # one table row per (position, action)
@@ -158,7 +161,9 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t, t, context, actions, bucket):
         """x_t (B,C,H,W) noisy target, t (B,) in [0,1], context (B,N,C,H,W), actions (B,N) int, bucket (B,) int -> v."""
-        c = self.condition(t, actions, bucket)
+        c, p = self.condition(t, actions, bucket), self.cfg.patch
+        if p > 1:                    # space to depth: the U-Net's top level stays 16x20 whatever the autoencoder's factor
+            x_t, context = F.pixel_unshuffle(x_t, p), F.pixel_unshuffle(context.flatten(0, 1), p).unflatten(0, context.shape[:2])
         h = self.inp(torch.cat([x_t, context.flatten(1, 2)], 1))
         hs = [h]
         for i, level in enumerate(self.down):
@@ -175,7 +180,8 @@ class Denoiser(nn.Module):
                 h = attn(res(torch.cat([h, hs.pop()], 1), c))
             if j < len(self.upsample):
                 h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.out(F.silu(self.out_norm(h)))
+        v = self.out(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(v, p) if p > 1 else v
 
 
 def bucket_of(level, cfg):

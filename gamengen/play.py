@@ -45,6 +45,8 @@ from gamengen.doom import ACTIONS
 from gamengen.model import sample
 from gamengen.train import load_denoiser
 
+SHIPPED = Path(__file__).resolve().parent / "weights"       # trained by this project: see gamengen/weights/README.md
+
 # pygame key name -> action, in priority order (the first one held down wins)
 KEYS = (("SPACE", "attack"), ("w", "forward"), ("UP", "forward"), ("s", "backward"), ("DOWN", "backward"),
         ("LEFT", "turn_left"), ("q", "turn_left"), ("RIGHT", "turn_right"), ("e", "turn_right"),
@@ -193,8 +195,10 @@ def load_exported(args, model, decoder, scale):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True, help="diffusion checkpoint directory (gamengen/train.py diffusion: OUT/ckpt/best)")
-    p.add_argument("--data", required=True, help="latents folder (gamengen/train.py encode); its held-out episodes start the game")
+    p.add_argument("--model-path", default=str(SHIPPED / "denoiser"),
+                   help="diffusion checkpoint directory (gamengen/train.py diffusion: OUT/ckpt/best; default: the shipped weights)")
+    p.add_argument("--data", default=str(SHIPPED / "start"), help="latents folder (gamengen/train.py encode); its held-out "
+                   "episodes start the game (default: the shipped start windows, decoded by the shipped autoencoder)")
     p.add_argument("--decoder", help="autoencoder checkpoint to decode with (default: the one named in the latents' index; "
                    "a decoder-finetune run's ckpt/best works too)")
     p.add_argument("--steps", type=int, default=2, help="DDIM steps per frame (default 2: on held-out Doom the cpu model's "

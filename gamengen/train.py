@@ -133,6 +133,8 @@ def main():
         val_set = LatentSequences(args.data, "heldout", mcfg.context)
     except (OSError, ValueError, KeyError) as e:
         runtime.fail(f"--data {args.data}: {e}")
+    C, h, w = train_set.shards[0]["latents"].shape[1:]           # the autoencoder's latent shape (kept in meta["model"])
+    mcfg = replace(mcfg, latent_channels=int(C), latent_size=(int(h), int(w)), patch=max(1, int(h) // 16))
     model = Denoiser(mcfg).to(rt.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     net = DDP(model) if rt.ddp else model

@@ -63,6 +63,25 @@ def test_tiny_ppo_run_saves_checkpoint_and_records_all_episodes(tmp_path):
     assert not list(rec.glob("*.tmp"))
 
 
+def test_ppo_run_resumes_from_its_latest_checkpoint(tmp_path):
+    """--resume continues from OUT/ckpt/latest: the update count, steps and episode returns carry on (one new update,
+    not three), the weights are the saved ones, and the recording goes on after the episodes already on disk."""
+    rec, out = tmp_path / "rec", tmp_path / "run"
+    args = Args(out=str(out), total_steps=256, n_envs=2, n_steps=64, n_minibatches=2, update_epochs=1, record=str(rec),
+                shard_steps=100, save_every=1)
+    first = train(args)
+    recorded = sum(s["steps"] for s in load_index(rec)["shards"])
+    saved = {k: v.clone() for k, v in first.state_dict().items()}
+    args.total_steps, args.resume, args.lr = 384, True, 0.0         # lr 0: the resumed weights come out unchanged
+    second = train(args)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [128, 256, 384]
+    _, meta = load_agent(out / "ckpt" / "latest")
+    assert meta["update"] == 3 and meta["steps"] == 384 and len(meta["returns"]) == lines[-1]["episodes"]
+    assert all(torch.equal(saved[k], v) for k, v in second.state_dict().items())       # it went on from the saved weights
+    assert sum(s["steps"] for s in load_index(rec)["shards"]) == recorded + 128
+
+
 def test_ppo_update_raises_probability_of_advantaged_action():
     torch.manual_seed(0)
     agent, args = Agent(), Args(ent_coef=0.0, clip=0.2)

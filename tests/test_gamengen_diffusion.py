@@ -104,6 +104,20 @@ def test_v_prediction_loss_falls_on_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0], losses[::8]
 
 
+def test_a_finer_latent_is_pixel_unshuffled_so_the_unet_runs_at_16x20():
+    """An autoencoder with a 4x factor gives 4x32x40 latents; with patch 2 the U-Net sees them as 16x16x20 (space to
+    depth, DiT's patchify), so its cost per frame is that of a 16x16x20 latent, and the output comes back 4x32x40."""
+    cfg = replace(PRESETS["tiny"], latent_size=(32, 40), patch=2)
+    model = Denoiser(cfg).eval()
+    assert model.inp.in_channels == 4 * 4 * (cfg.context + 1) and model.out.out_channels == 16
+    x = inputs(cfg)
+    with torch.no_grad():
+        v = model(*x)
+        assert v.shape == (2, 4, 32, 40)
+        z = sample(model, x[2], x[3], steps=2, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (2, 4, 32, 40) and torch.isfinite(z).all()
+
+
 def test_sample_is_seeded_and_few_step():
     cfg = PRESETS["tiny"]
     model = Denoiser(cfg).eval()

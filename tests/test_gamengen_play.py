@@ -118,3 +118,28 @@ def test_export_of_the_denoise_step_and_decoder_matches_eager(gamengen_tiny, tmp
         f_eager, f_pte = eager.step(a), exported.step(a)
         assert (f_eager.int() - f_pte.int()).abs().max() <= 1
     assert torch.allclose(eager.context, exported.context, atol=1e-4) and torch.equal(eager.actions, exported.actions)
+
+
+def test_weights_out_writes_what_play_starts_from_without_data(gamengen_tiny, tmp_path, capsys):
+    """export.py --weights-out: the EMA denoiser and the autoencoder in fp16 and a few held-out start windows; play.py
+    then runs from that folder alone (no recordings, no latents) and makes the same frames as from the full data."""
+    ckpt, lat = paths(gamengen_tiny)
+    out = tmp_path / "weights"
+    run_main(export.main, "--model-path", ckpt, "--data", lat, "--weights-out", out)
+    den, ae = load_denoiser(out / "denoiser")[0], load_model(out / "autoencoder")[0]
+    assert all(v.dtype == torch.float16 for v in export.ckpt.load(out / "denoiser", with_state=False)[0].values())
+    full = load_denoiser(ckpt)[0]
+    assert all((a.half().float() == b).all() for a, b in zip(full.state_dict().values(), den.state_dict().values()))
+    assert ae is not None
+    shipped = play.Episodes(out / "start", den.cfg.context)
+    recorded = play.Episodes(lat, den.cfg.context)
+    assert shipped.ids == recorded.ids[:8] and shipped.ds.scale == recorded.ds.scale
+    c1, a1 = shipped.window(shipped.ids[0])
+    c0, a0 = recorded.window(shipped.ids[0])
+    assert torch.equal(a1, a0) and torch.equal(c1, c0)                    # the stored fp16 latents, copied
+    run_main(play.main, "--model-path", out / "denoiser", "--data", out / "start", "--headless", "--frames", 3,
+             "--out", tmp_path / "p.gif", "--threads", 1)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["frames"] == 3
+    with pytest.raises(SystemExit) as e:         # --weights-out needs the data its start windows come from
+        run_main(export.main, "--model-path", ckpt, "--weights-out", tmp_path / "w2")
+    assert e.value.code == 2
