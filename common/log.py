@@ -76,3 +76,28 @@ class Metrics:
     def image(self, tag, chw, step):
         if self.tb:
             self.tb.add_image(tag, chw, step)
+
+
+class _Lines:
+    """A file for tqdm when stderr is not a terminal (a log file, CI): each refresh becomes one whole line, instead
+    of carriage-return redraws that pile up into one unreadable line."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, s):
+        s = s.replace("\r", "").strip("\n")
+        if s.strip():
+            self.f.write(s + "\n")
+
+    def flush(self):
+        self.f.flush()
+
+
+def progress(iterable=None, **kw):
+    """tqdm: a live bar on a terminal; elsewhere a plain line every 10 s, starting after 10 s (so short tasks and
+    their one-line errors stay quiet), and one at the end when it showed any. Same arguments as tqdm."""
+    from tqdm import tqdm
+    if not getattr(sys.stderr, "isatty", lambda: False)():
+        kw = {"mininterval": 10.0, "maxinterval": 10.0, "delay": 10.0, "dynamic_ncols": False, "ncols": 100, **kw, "file": _Lines(sys.stderr)}
+    return tqdm(iterable, **kw)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from common.runtime import fail
 from gamengen.doom import ACTIONS, DoomEnv
@@ -134,7 +134,7 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
     name = policy if isinstance(policy, str) else getattr(policy, "name", "agent")     # recorded per episode in the index
     writer = ShardWriter(out, index, shard_steps)
     finished = {}
-    bar = tqdm(total=steps, initial=done_steps, desc="collect", unit="step", disable=not progress)
+    bar = progress_bar(total=steps, initial=done_steps, desc="collect", unit="step", disable=not progress)
     episode, t, frame = next_episode, 0, env.reset()
     while done_steps + writer.steps() < steps:
         action = act(frame)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from common.images import grid
 from common.metrics import normal_angle_deg, psnr, ssim
@@ -79,7 +79,7 @@ def evaluate(gen, val_set, train_set, device, out_dir=None, max_samples=None, pr
     mean = mean_material(train_set) if train_set is not None else None
     rows = {"model": []} | ({"mean_material": [], "view_average": []} if mean else {})
     out_dir = Path(out_dir) if out_dir else None
-    for i in tqdm(range(n), desc="eval", unit="sample", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc="eval", unit="sample", disable=not progress, leave=False):
         item = val_set[i]
         gt = {k: item[k][None].to(device) for k in MAPS}
         views = item["views"][None].to(device)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 from torchvision.io import write_png
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from common.images import grid, load_png, srgb
 
@@ -448,7 +448,7 @@ def make_dataset(out_dir, count, size=256, seed=0, clean_fraction=0.75, progress
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # 256^2 tensors gain little from threads, and one thread is immune to busy cores
     try:
-        for i in tqdm(range(count), unit="sample", desc=f"neuropbr synth {out.name}", disable=not progress):
+        for i in progress_bar(range(count), unit="sample", desc=f"neuropbr synth {out.name}", disable=not progress):
             sample, name = write_sample(out, i, seed * 100_000 + i, size, clean_fraction)
             meta[sample] = name
             if (i + 1) % 10 == 0:

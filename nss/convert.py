@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from common import log
 
@@ -174,7 +174,7 @@ def convert_capture(job):
     if len(meta["Frames"]) < n:
         raise ConvertError(f"{json_path}: 'Frames' lists {len(meta['Frames'])} frames, the EXR folders hold {n}")
     images, rows = {k: [] for k in IMAGES}, []
-    for i in tqdm(range(n), desc=seq, leave=False, disable=None if progress else True):
+    for i in progress_bar(range(n), desc=seq, leave=False, disable=None if progress else True):
         for name, (_, channels, dtype) in IMAGES.items():
             img = read_exr(files[name][i], channels, dtype)
             if images[name] and img.shape != images[name][0].shape:
@@ -248,7 +248,7 @@ def crop_capture(job):
     if not overwrite and all(o.exists() for o in outs):
         return "skipped"
     n = tensors["colour_linear"].shape[0]
-    for k, (iy, y, ix, x) in enumerate(tqdm(tiles, desc=path.stem, leave=False, disable=None if progress else True)):
+    for k, (iy, y, ix, x) in enumerate(progress_bar(tiles, desc=path.stem, leave=False, disable=None if progress else True)):
         out = {}
         for key, t in tensors.items():
             if t.dim() >= 2 and tuple(t.shape[-2:]) == (H, W):
@@ -306,9 +306,9 @@ def run_all(work, jobs, threads):
     """Run work(job) for every job, in a process pool when threads > 1; returns the statuses."""
     bar = dict(total=len(jobs), desc="captures", disable=None)
     if threads == 1:
-        return list(tqdm(map(work, jobs), **bar))
+        return list(progress_bar(map(work, jobs), **bar))
     with Pool(min(threads, len(jobs))) as pool:
-        return list(tqdm(pool.imap_unordered(work, jobs), **bar))
+        return list(progress_bar(pool.imap_unordered(work, jobs), **bar))
 
 
 def parse_args(argv):

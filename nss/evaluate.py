@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from common.images import grid, karis, reinhard, srgb
 from common.metrics import mean_finite, psnr, ssim, temporal_psnr
@@ -43,7 +43,7 @@ def evaluate(model, data, device, tonemapper="reinhard", exposure=None, out_dir=
     files = list_captures(data)
     scores = {m: {"psnr": [], "ssim": [], "tpsnr": []} for m in methods}
     shown = None
-    bar = tqdm(total=None, desc="eval", unit="frame", disable=not progress, leave=False)
+    bar = progress_bar(total=None, desc="eval", unit="frame", disable=not progress, leave=False)
     for path in files:
         prev = {}
         for t, (f, new_seq) in enumerate(stream(path, exposure)):

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import save_file
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from nss.synth import (SCALE, Camera, check_depth_params, depth_params, device_depth, frac, hash01, jitter_px,
                        karis_mean, pack_capture, preview, sample_noise, tileable_noise)
@@ -580,7 +580,7 @@ def make_scenes(out_dir, size=(256, 256), frames=24, seed=0, progress=True):
     out_dir.mkdir(parents=True, exist_ok=True)
     created = datetime.date.today().strftime("%d-%m-%Y")
     paths = []
-    with tqdm(total=len(SCENES) * frames, unit="frame", desc="scenes", disable=not progress) as bar:
+    with progress_bar(total=len(SCENES) * frames, unit="frame", desc="scenes", disable=not progress) as bar:
         for name in SCENES:
             tensors = render_scene(build(name, (H, W), frames, seed), frames, (H, W), f"nanoNG-scenes/{name}/{seed}",
                                    on_frame=bar.update)

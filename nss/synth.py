@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 Z_NEAR, Z_FAR = 0.1, 100.0
 JITTER_PHASES, JITTER_GRID = 16, 8   # Arm: Samples {"Sequence": "TiledHalton", "Count": 16, "Quantized": true}
@@ -1083,7 +1083,7 @@ def make_dataset(out_dir, sequences, frames, size=(256, 256), seed=0, spp=16, cu
     out_dir.mkdir(parents=True, exist_ok=True)
     created = datetime.date.today().strftime("%d-%m-%Y")
     paths = []
-    with tqdm(total=sequences * frames, unit="frame", desc=f"synth {out_dir.name}", disable=not progress) as bar:
+    with progress_bar(total=sequences * frames, unit="frame", desc=f"synth {out_dir.name}", disable=not progress) as bar:
         for i in range(sequences):
             tensors = render_sequence(seed * 100_000 + i, frames, size, spp, cuts, on_frame=bar.update)
             path = out_dir / f"seq_{i:04d}.safetensors"

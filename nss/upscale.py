@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from common.ckpt import CheckpointError
 from common.images import save_png, srgb, to_uint8
@@ -168,7 +168,7 @@ def main(argv=None):
         for d in ["png"] + ["exr"] * exr:
             (dest / d).mkdir(parents=True, exist_ok=True)
         scores, frames = {"nss": [], "bilinear": []}, []
-        bar = tqdm(total=n, desc=path.stem, unit="frame", disable=not sys.stderr.isatty(), leave=False)
+        bar = progress_bar(total=n, desc=path.stem, unit="frame", disable=not sys.stderr.isatty(), leave=False)
         for t, (f, new_seq) in zip(range(n), stream(path, args.exposure)):
             f = {k: v.to(device) for k, v in f.items()}
             if new_seq:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from common import ckpt
 from common.runtime import fail
@@ -292,7 +292,7 @@ def main(argv=None):
         f.unlink()
     written = []
     try:
-        with tqdm(total=None if videos else frame_count, unit="frame", desc="make_dataset") as bar:
+        with progress_bar(total=None if videos else frame_count, unit="frame", desc="make_dataset") as bar:
             for clip in clips:
                 make_clip(clip, args, raft, depth_net, device, written, bar)
         write_index(args.out)

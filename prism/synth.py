@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from common.log import progress as progress_bar
 
 from common.images import save_png, srgb
 from prism.dataset import write_index, write_sequence
@@ -467,7 +467,7 @@ def make_dataset(root, sequences=12, frames=16, size=128, scales=(2, 3), seed=0,
     names, threads = set(), torch.get_num_threads()
     torch.set_num_threads(1)     # frame-sized elementwise ops gain little from threads, and one is immune to busy cores
     try:
-        for i in tqdm(range(sequences), unit="seq", desc=f"prism synth {root.name}", disable=not progress):
+        for i in progress_bar(range(sequences), unit="seq", desc=f"prism synth {root.name}", disable=not progress):
             s, name = scales[i % len(scales)], f"seq_{i:04d}.safetensors"
             seq = render_sequence(seed * 100_003 + i, frames, h, w, s)
             write_sequence(root / name, **seq, is_real=int(as_real))

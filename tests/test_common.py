@@ -154,3 +154,17 @@ def test_nan_guard_and_override():
         lr, steps = 0.5, None
 
     assert runtime.override(C(), A()) == C(lr=0.5, steps=3)
+
+
+def test_progress_writes_whole_lines_in_a_log_and_nothing_for_a_short_task(capsys):
+    """Off a terminal (a log file, CI) a progress bar is one plain line per refresh, not carriage-return redraws,
+    and a task shorter than its 10 s delay prints nothing (so a one-line error stays one line)."""
+    from common.log import progress
+    for _ in progress(range(3), desc="quick"):
+        pass
+    assert capsys.readouterr().err == ""
+    for _ in progress(range(3), desc="slow", delay=0, mininterval=0, maxinterval=0):
+        pass
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.endswith("\n") and len(err.splitlines()) >= 3
+    assert all(line.startswith("slow:") for line in err.splitlines())
