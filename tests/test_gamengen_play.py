@@ -143,3 +143,29 @@ def test_weights_out_writes_what_play_starts_from_without_data(gamengen_tiny, tm
     with pytest.raises(SystemExit) as e:         # --weights-out needs the data its start windows come from
         run_main(export.main, "--model-path", ckpt, "--weights-out", tmp_path / "w2")
     assert e.value.code == 2
+
+
+def test_the_shipped_weights_play_right_after_setup(tmp_path, capsys):
+    """`bash run.sh play --headless --actions FILE --out x.gif` on a fresh clone: no recordings, no training; the
+    shipped denoiser, autoencoder and start windows (gamengen/weights) are play.py's defaults, fp16, <= 30 MB."""
+    files = [f for f in play.SHIPPED.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 30 * 2**20
+    assert {"denoiser", "autoencoder", "start"} <= {f.parent.name for f in files}
+    (tmp_path / "walk.txt").write_text(SCRIPT)
+    run_main(play.main, "--headless", "--actions", tmp_path / "walk.txt", "--out", tmp_path / "x.gif", "--threads", 1)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = load_denoiser(play.SHIPPED / "denoiser")[0]
+    assert line["frames"] == 7 and line["steps"] == 2 and line["fps"] > 0 and line["context_frames"] == model.cfg.context
+    gif = Image.open(tmp_path / "x.gif")
+    assert gif.size == (160, 128) and gif.n_frames > model.cfg.context     # the start frames, then what the model made
+
+
+def test_the_shipped_denoiser_predicts_the_next_frame_better_than_copying_the_last():
+    """On the shipped start windows (held-out episodes, never trained on), the next latent sampled at play.py's
+    2 DDIM steps is closer to the recorded one than the last context latent is (measured: MSE 0.35 vs 0.49)."""
+    model = load_denoiser(play.SHIPPED / "denoiser")[0]
+    ep = play.Episodes(play.SHIPPED / "start", model.cfg.context)
+    items = [ep.ds[ep.item[e]] for e in ep.ids]
+    ctx, act, target = (torch.stack([it[k] for it in items]) for k in ("context", "actions", "target"))
+    z = sample(model, ctx, act, steps=2, generator=torch.Generator().manual_seed(0))
+    assert len(items) == 8 and ((z - target) ** 2).mean() < 0.85 * ((ctx[:, -1] - target) ** 2).mean()
