@@ -106,16 +106,19 @@ def check_inputs(model, data, steps, seed=0):
     return (x, t, s, context, actions, bucket), (context[:, -1],), scale
 
 
-def write_weights(out, model_path, data, decoder=None, episodes=8):
+def write_weights(out, model_path, data, decoder=None, episodes=8, guidance=None):
     """What ships (and what play.py starts from without data): OUT/denoiser (the EMA weights), OUT/autoencoder
     (the decoder's checkpoint), both fp16 with their run's meta and no optimizer state, and OUT/start, a latents
-    folder holding the first N + 1 steps of `episodes` held-out episodes (the windows a game starts from)."""
+    folder holding the first N + 1 steps of `episodes` held-out episodes (the windows a game starts from).
+    `guidance` replaces the model's default guidance weight (what play.py and evaluate.py use without --guidance)."""
     from gamengen.play import Episodes, decoder_path
     out = Path(out)
     weights, _, meta = ckpt.load(model_path, with_state=False)
     ae_path = decoder_path(argparse.Namespace(decoder=decoder, data=data))
     ae_weights, _, ae_meta = ckpt.load(ae_path, with_state=False)
     half = lambda w: {k: v.half() for k, v in w.items()}                                      # noqa: E731
+    if guidance is not None:
+        meta["model"]["guidance"] = guidance
     ckpt.save(out, "denoiser", half({k: v for k, v in weights.items() if k.startswith("ema.")}), {},
               {**meta, "dtype": "float16", "source": str(model_path)})
     ckpt.save(out, "autoencoder", half(ae_weights), {}, {**ae_meta, "dtype": "float16", "source": str(ae_path)})
@@ -157,13 +160,14 @@ def main():
     p.add_argument("--repeats", type=int, default=5, help="timed runs of eager and .pte (median reported)")
     p.add_argument("--tolerance", type=float, default=None, help=".pte vs eager max-abs-error (default 1e-4)")
     p.add_argument("--weights-out", metavar="DIR", help="only write what ships: DIR/denoiser and DIR/autoencoder (fp16) and "
-                   "DIR/start (the first steps of 8 held-out episodes of --data), what play.py runs without arguments")
+                   "DIR/start (the first steps of 8 held-out episodes of --data), what play.py runs without arguments; "
+                   "with --guidance, that weight becomes the shipped model's default")
     args = p.parse_args()
     if args.weights_out:
         if not (args.model_path and args.data):
             fail("--weights-out needs --model-path (a trained denoiser) and --data (its latents folder)")
         try:
-            return write_weights(args.weights_out, args.model_path, args.data, args.decoder)
+            return write_weights(args.weights_out, args.model_path, args.data, args.decoder, guidance=args.guidance)
         except (ckpt.CheckpointError, OSError, ValueError, KeyError) as e:
             fail(f"--weights-out: {e}")
     if not args.out:
