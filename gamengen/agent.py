@@ -184,14 +184,16 @@ def train(args, agent=None):
         start, step, returns_log = meta["update"], meta["steps"], list(meta["returns"])
         print(f"resumed from update {start} ({step} steps)", flush=True)
 
-    def save(update, name):
+    def save(update, name=None):
+        """OUT/ckpt/step_<update> (and latest), or OUT/ckpt/<name>."""
         if rec:     # finished episodes reach the disk with the checkpoint that played them
             rec.flush()
-        meta = {"args": asdict(args), "update": update, "steps": step, "episodes": len(returns_log), "returns": [round(r, 4) for r in returns_log],
-                "actions": list(ACTIONS)}
-        return ckpt.save_step(out / "ckpt", update, agent.state_dict(), {"optimizer": opt.state_dict(), "rng": ckpt.rng_state()},
-                              meta) if name is None else ckpt.save(out / "ckpt", name, agent.state_dict(),
-                                                                   {"optimizer": opt.state_dict(), "rng": ckpt.rng_state()}, meta)
+        meta = {"args": asdict(args), "update": update, "steps": step, "episodes": len(returns_log),
+                "returns": [round(r, 4) for r in returns_log], "actions": list(ACTIONS)}
+        state = {"optimizer": opt.state_dict(), "rng": ckpt.rng_state()}
+        if name is None:
+            return ckpt.save_step(out / "ckpt", update, agent.state_dict(), state, meta)
+        return ckpt.save(out / "ckpt", name, agent.state_dict(), state, meta)
     for update in range(start, n_updates):
         for g in opt.param_groups:
             g["lr"] = args.lr * (1 - update / n_updates)
@@ -242,7 +244,7 @@ def train(args, agent=None):
         metrics.flush()
         print(json.dumps(line), flush=True)
         if args.save_every and (update + 1) % args.save_every == 0 and update + 1 < n_updates:
-            save(update + 1, None)
+            save(update + 1)
     if rec:
         rec.close()
     for env in envs:
