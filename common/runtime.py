@@ -35,10 +35,36 @@ def add_common_args(p, presets):
                    help="non-finite loss: skip the step (counted and logged) or stop with a checkpoint of the last good state")
 
 
+def _bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def add_config_flags(p, cfg, what="preset cpu"):
+    """One flag per field of the dataclass instance `cfg` that the parser does not have yet: --field-name, typed
+    like the field's value (bools take true/false, tuples several values); the help shows `cfg`'s value. Read
+    them back with override(); a flag left out keeps the preset's value."""
+    have = {s for a in p._actions for s in a.option_strings} | {a.dest for a in p._actions}
+    group = p.add_argument_group("every preset field (default: the chosen --preset's value)")
+    for f in fields(cfg):
+        flag, value = "--" + f.name.replace("_", "-"), getattr(cfg, f.name)
+        if flag in have or f.name in have:
+            continue
+        kind = type(value[0]) if isinstance(value, tuple) else _bool if isinstance(value, bool) else type(value)
+        group.add_argument(flag, type=kind, nargs="+" if isinstance(value, tuple) else None, default=None,
+                           metavar="BOOL" if kind is _bool else kind.__name__.upper(),
+                           help=f"{type(cfg).__name__}.{f.name} ({what}: {value})")
+
+
 def override(cfg, args):
     """Argparse values that are not None replace dataclass fields of the same name (dashes -> underscores)."""
     for f in fields(cfg):
         v = getattr(args, f.name, None)
+        if isinstance(v, list):
+            v = tuple(v)
         if v is not None:
             setattr(cfg, f.name, v)
     return cfg

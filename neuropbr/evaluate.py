@@ -1,6 +1,7 @@
 """NeuroPBR evaluation on held-out materials: per-map PSNR, SSIM, MAE, RMSE and the normal-angle error
 (mean / median / p95, degrees), for the model and two baselines:
-  mean_material  the training set's mean albedo colour, roughness, metallic and normal, everywhere
+  mean_material  the training set's mean albedo colour, roughness and metallic everywhere, and a flat normal
+                 (0, 0, 1): its normal angle is how far the surface is from flat
   view_average   the average of the three views as albedo (the rest from mean_material)
 plus image grids per sample: the input views, then per map pred | GT | error heat-map.
 
@@ -11,7 +12,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from common.log import progress as progress_bar
 
 from common.images import grid
@@ -21,7 +21,7 @@ MAPS = ("albedo", "roughness", "metallic", "normal")
 
 
 def mean_material(dataset, max_samples=64):
-    """Per-map mean over (a subset of) a dataset: albedo (3,), roughness, metallic, unit normal."""
+    """Per-map mean over (a subset of) a dataset: albedo (3,), roughness, metallic; and the flat normal."""
     n = min(len(dataset), max_samples)
     acc = {k: 0.0 for k in MAPS}
     for i in range(n):
@@ -29,7 +29,7 @@ def mean_material(dataset, max_samples=64):
         for k in MAPS:
             acc[k] = acc[k] + item[k].mean(dim=(-2, -1))
     acc = {k: v / n for k, v in acc.items()}
-    acc["normal"] = F.normalize(acc["normal"], dim=0)
+    acc["normal"] = torch.tensor([0.0, 0.0, 1.0])            # flat
     return acc
 
 

@@ -3,6 +3,7 @@
 
     python neuropbr/export.py --model-path runs/pbr/ckpt/best --out runs/pbr/export
     python neuropbr/export.py --model-path runs/pbr/ckpt/best --export-type ptq_int8 --out runs/pbr/export_int8
+    python neuropbr/export.py --model-path runs/pbr/ckpt/best --weights-out neuropbr/weights/neuropbr   # what ships
 
 Input (1, 3 views, 3, S, S) in [0, 1] with S the checkpoint's image size; outputs albedo (1,3,S,S),
 roughness, metallic (1,1,S,S), normal (1,3,S,S). Writes model.vgf, model.tosa, model_vgf.pte, model.pte,
@@ -18,30 +19,44 @@ from common import ckpt, quant
 from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
 from neuropbr.dataset import DataError, PBRDataset
-from neuropbr.model import ExportGenerator, Generator, ModelConfig
+from neuropbr.infer import SHIPPED, load_generator
+from neuropbr.model import ExportGenerator
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True, help="checkpoint directory (e.g. runs/pbr/ckpt/best)")
+    p.add_argument("--model-path", default=str(SHIPPED), help="checkpoint directory (default: the shipped weights)")
+    p.add_argument("--weights-out", metavar="DIR", help="only write the generator's weights as fp16 safetensors and the "
+                   "run's meta into DIR (no optimizer or discriminator state): the form the weights ship in")
     p.add_argument("--export-type", default="fp32", choices=["fp32", "ptq_int8"], help="fp32 (TOSA-1.0+FP) or "
                    "ptq_int8 (Arm's int8 scheme, calibrated on real samples; TOSA-1.0+INT)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder (required unless --weights-out)")
     p.add_argument("--data", help="dataset root (input/, output/) for the check sample and calibration "
-                                  "(default: the run's built-in data)")
+                                  "(default: the run's built-in data; for the shipped weights a few built-in "
+                                  "materials rendered into OUT/data)")
     p.add_argument("--calibration-samples", type=int, default=8, help="ptq_int8: samples to calibrate on")
     p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte")
     p.add_argument("--tolerance", type=float, default=None,
                    help=".pte vs eager: fp32 max-abs-error (default 1e-4); int8 steps on 99%% of values (default 1)")
     args = p.parse_args()
     try:
-        weights, _, meta = ckpt.load(args.model_path, with_state=False)
-        gen = Generator(ModelConfig(**meta["model"]))
-        ckpt.load_into(gen, weights, prefix="gen")
-        gen.eval()
+        if args.weights_out:
+            weights, _, meta = ckpt.load(args.model_path, with_state=False)
+            out = Path(args.weights_out)
+            gen_w = {k: v.half() for k, v in weights.items() if k.startswith("gen.")}
+            ckpt.save(out.parent, out.name, gen_w, {}, {**meta, "dtype": "float16"})
+            print(f"wrote {out / 'model.safetensors'} (fp16, {sum(v.numel() for v in gen_w.values()):,} values)")
+            return
+        if not args.out:
+            fail("--out DIR is required (or --weights-out DIR)")
+        gen, meta = load_generator(args.model_path)
         size = meta["config"]["image_size"]
         root = Path(args.data) if args.data else Path(args.model_path).resolve().parents[1] / "data"
+        if not args.data and not root.is_dir():     # e.g. the shipped weights: render a few built-in materials
+            from neuropbr.synth import make_dataset
+            root = Path(args.out) / "data"
+            make_dataset(root, max(1, args.calibration_samples), size=size, seed=7, progress=False)
         ds = PBRDataset(root / "input", root / "output", image_size=size)
         samples = [ds[i]["views"][None] for i in range(min(len(ds), max(1, args.calibration_samples)))]
     except (DataError, ckpt.CheckpointError) as e:

@@ -1,12 +1,26 @@
-"""Built-in NeuroPBR data: procedural PBR materials rendered from three random views, in NeuroPBR's layout.
+"""Built-in NeuroPBR data: procedural PBR materials with real relief, rendered from three views, in NeuroPBR's layout.
 
-Every sample is one procedural material (bricks, tiles, wood, scratched metal, brushed metal, fabric, each with
-random parameters) given as four maps, and three renders of it lying flat at the origin (z up), each seen by a
-perspective camera on a sphere around it (radius 0.95-1.1, azimuth U(0, 360), tilt from vertical U(0, 40) deg,
-vertical FOV 55 deg). Shading is Cook-Torrance (GGX D, Smith Schlick-GGX G, Schlick F with F0 = lerp(0.04, albedo,
-metallic)) plus Lambert diffuse * (1 - metallic), lit by 1-2 random point/directional lights and a hemisphere
-sky, ACES-tonemapped and sRGB-encoded. A sample is "dirty" with probability 1 - clean_fraction: then it also gets
-a soft shadow on the material (p 0.75), lens smudges (p 0.6), an exposure shift and sensor noise.
+Every sample is one procedural material of eight families, each with random parameters: bricks and tiles with
+mortar/grout joints and unevenly laid units, planks with gaps, cupping and wear, rounded stones in grit, hammered
+metal (round dents), embossed metal (tread plate), scratched metal (dents, grooves) and woven fabric (plain or
+basket weave); metals carry rust or paint patches. A family builds albedo, roughness, metallic and a height field
+(material widths, 0 at the top plane); the normal map is the height's exact slope. Over the held-out materials a
+flat normal is ~15-16 deg off on average (stones, hammered metal and fabric 20-27, scratched metal ~5).
+
+The three views look at the sample lying flat at the origin (z up) from cameras on a sphere around it (radius
+0.95-1.1, azimuth U(0, 360), tilt from vertical U(0, 40) deg) and are RECTIFIED to the sample's square, as a capture
+app does with the sample's corners: pixel (i, j) of every view shows texel (i, j) of the top plane, so the
+views are registered with the maps, and what differs between views is what a real capture shows: the relief
+moving and hiding itself (each ray is traced into the height field), highlights and the camera's flash moving
+with the view (each photo is taken with the flash on: a point light at the camera). Shading is
+Cook-Torrance (GGX D, Smith Schlick-GGX G, Schlick F with F0 = lerp(0.04, albedo, metallic)) plus Lambert diffuse
+* (1 - metallic), lit by the flash and 1-2 random point/directional lights whose light the relief blocks (soft shadows traced
+in the height field) and a hemisphere sky occluded in its hollows; exposure and white balance are calibrated on
+the sample's plane (every source scaled per channel so that a white diffuse surface would shine 0.7-0.9, as a
+grey card in the shot allows: without it albedo is only known up to the light's colour and strength), then
+ACES-tonemapped and sRGB-encoded. A sample is
+"dirty" with probability 1 - clean_fraction: then it also gets a soft cast shadow (p 0.75), lens smudges (p 0.6),
+an exposure shift and sensor noise.
 
     DIR/input/clean/sample_0000/{0,1,2}.png   three 8-bit sRGB renders (or input/dirty/sample_0000/...)
     DIR/input/render_metadata.json            flat JSON {"sample_0000": "<material_name>", ...}
@@ -19,7 +33,7 @@ a soft shadow on the material (p 0.75), lens smudges (p 0.6), an exposure shift 
     python neuropbr/synth.py --out data/neuropbr/train --count 64 --size 256 --seed 0 --preview strip.png
     python neuropbr/synth.py --out data/neuropbr/test --count 16 --size 256 --seed 1   # held-out materials
 
-Sample i of --seed S renders material S * 100000 + i (named e.g. bricks_0003 for seed 0), from its own random
+Sample i of --seed S renders material S * 100000 + i (named e.g. planks_0002 for seed 0), from its own random
 stream: the same seed gives byte-identical PNGs, another seed other materials, lights and cameras. The renders
 use the maps as written (8-bit), so targets and inputs agree exactly.
 """
@@ -46,11 +60,8 @@ from common.images import grid, load_png, srgb
 # torchvision 0.29 deprecates its PNG codec in favour of TorchCodec but it works; silence the per-call warning
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
-FAMILIES = ("bricks", "tiles", "wood", "scratched_metal", "brushed_metal", "fabric")
 METALS = ((0.95, 0.93, 0.88), (0.91, 0.92, 0.92), (1.0, 0.78, 0.34), (0.95, 0.64, 0.54), (0.56, 0.57, 0.58))
 MAPS = ("albedo", "roughness", "metallic", "normal")
-FOV_Y = math.radians(55.0)
-SIDE = 1.0              # the material square spans [-0.5, 0.5]^2 in world x, y
 
 
 # ----------------------------------------------------------------------------------------------- random helpers
@@ -88,6 +99,9 @@ def hsv(h, s, v):
 
 
 # -------------------------------------------------------------------------------------------------- materials
+# Every family returns (albedo (3, S, S) linear, roughness (S, S), metallic (S, S), height (S, S)): the height is
+# in material widths (the sample is 1 x 1), 0 at the sample's top plane and negative below it (mortar, gaps,
+# dents), so the renderer can trace it and the normal map is its exact slope.
 def uv_grid(size):
     """Texel-centre coordinates: u grows to the right, v grows DOWN the image, both in [0, 1)."""
     t = (torch.arange(size) + 0.5) / size
@@ -97,25 +111,53 @@ def uv_grid(size):
 
 def cells(u, v, nx, ny, stagger):
     """A running-bond grid of nx x ny cells (odd rows shifted by `stagger` of a cell). -> cell id (row, col) and
-    the distance of every texel to its cell's border, in material widths."""
+    the distance of every texel to its cell's border and its offset from the cell's centre, in material widths."""
     row = torch.floor(v * ny)
     x = u * nx + stagger * (row % 2)
     col = torch.floor(x)
     fu, fv = x - col, v * ny - row
     edge = torch.minimum(torch.minimum(fu, 1 - fu) / nx, torch.minimum(fv, 1 - fv) / ny)
-    return row.long(), col.long() % (nx + 1), edge
+    return row.long(), col.long() % (nx + 1), edge, (fu - 0.5) / nx, (fv - 0.5) / ny
+
+
+def jittered_points(g, u, v, k, jitter=0.8):
+    """Worley noise on a k x k grid of jittered points: per texel the nearest and second-nearest distances
+    (material widths), the nearest point's id and its offset (du, dv) from the texel, over the 3x3 cells around."""
+    pts = (torch.rand(k + 2, k + 2, 2, generator=g) - 0.5) * jitter + 0.5      # one point per cell (+1 ring)
+    cy, cx = torch.floor(v * k).long(), torch.floor(u * k).long()
+    d1 = torch.full_like(u, 1e9)
+    d2, ids, off = d1.clone(), torch.zeros_like(cx), torch.zeros(2, *u.shape)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            ny_, nx_ = cy + dy, cx + dx
+            p = pts[ny_ + 1, nx_ + 1]                                          # (S, S, 2)
+            ou, ov = (nx_ + p[..., 0]) / k - u, (ny_ + p[..., 1]) / k - v
+            d = torch.sqrt(ou * ou + ov * ov)
+            closer = d < d1
+            d2 = torch.where(closer, d1, torch.minimum(d2, d))
+            ids = torch.where(closer, (ny_ + 1) * (k + 2) + nx_ + 1, ids)
+            off = torch.where(closer, torch.stack([ou, ov]), off)
+            d1 = torch.where(closer, d, d1)
+    return d1, d2, ids, off
+
+
+def bevel(edge, gap, width):
+    """0 in a joint of half-width `gap`, rising over `width` (rounded), 1 on the body."""
+    t = ((edge - gap) / width).clamp(0, 1)
+    return torch.sqrt(t * (2 - t))                                             # a quarter circle: rounded edge
 
 
 def grid_material(g, size, bricks):
-    """Bricks (2:1, staggered, rough, mortar grooves) or tiles (square or staggered, glossy, rough grout)."""
+    """Bricks (2:1, staggered, rough, uneven faces, deep mortar joints) or tiles (square or staggered, glossy,
+    slightly uneven laying, grout grooves with rounded edges)."""
     u, v = uv_grid(size)
     ny = int(U(g, 5, 11)) if bricks else int(U(g, 3, 8))
     nx = max(1, round(ny * (U(g, 0.4, 0.6) if bricks else 1.0)))
     stagger = 0.5 if bricks or U(g, 0, 1) < 0.3 else 0.0
-    row, col, edge = cells(u, v, nx, ny, stagger)
-    gap = U(g, 0.004, 0.012)
-    body = smoothstep(gap, gap + U(g, 0.003, 0.01), edge)              # 0 in the joints, 1 on the brick/tile
-    jitter = torch.rand(ny + 1, nx + 2, 4, generator=g)[row, col]       # per-cell random numbers (H, W, 4)
+    row, col, edge, du, dv = cells(u, v, nx, ny, stagger)
+    gap = U(g, 0.004, 0.01) if bricks else U(g, 0.003, 0.007)
+    body = bevel(edge, gap, U(g, 0.004, 0.01) if bricks else U(g, 0.01, 0.025))
+    jitter = torch.rand(ny + 1, nx + 2, 6, generator=g)[row, col]       # per-cell random numbers (H, W, 6)
     grain = fbm(g, size, 8)
     base = hsv(U(g, 0.0, 0.08), U(g, 0.4, 0.8), U(g, 0.25, 0.6)) if bricks else \
         hsv(U(g, 0, 1), U(g, 0, 0.7), U(g, 0.2, 0.9))
@@ -126,28 +168,62 @@ def grid_material(g, size, bricks):
     albedo = torch.lerp(mortar, cell_rgb, body)
     rough_cell = (U(g, 0.65, 0.95) + 0.1 * (grain - 0.5)) if bricks else (U(g, 0.05, 0.3) + 0.05 * jitter[..., 3])
     rough = torch.lerp(torch.full_like(u, U(g, 0.85, 1.0)), rough_cell, body)
-    height = body * (1 + (0.3 if bricks else 0.05) * grain) + 0.05 * fbm(g, size, 32, 2)
-    return albedo, rough, torch.zeros_like(u), height, U(g, 0.01, 0.02)
+    depth = U(g, 0.008, 0.02) if bricks else U(g, 0.004, 0.01)
+    tilt = (jitter[..., 4] - 0.5) * du + (jitter[..., 5] - 0.5) * dv                     # each unit laid unevenly
+    face = tilt * (0.2 if bricks else 0.15) + (U(g, 0.008, 0.016) if bricks else U(g, 0.006, 0.014)) * (fbm(g, size, 24, 3) - 0.5)
+    height = (depth + face) * body - depth + 0.0015 * (fbm(g, size, 32, 2) - 0.5) * (1 - body)
+    return albedo, rough, torch.zeros_like(u), height
 
 
-def wood(g, size):
-    """Planks of wood: rings of a distant trunk axis distorted by fbm, fbm grain along the planks, plank gaps."""
+def stones(g, size):
+    """Cobbles or flagstones: Worley cells, each a rounded stone of its own colour and height, in a bed of dark,
+    rough grit."""
     u, v = uv_grid(size)
+    k = int(U(g, 4, 10))
+    d1, d2, ids, _ = jittered_points(g, u, v, k)
+    edge = (d2 - d1) / 2                                                      # ~ distance to the cell border
+    gap = U(g, 0.002, 0.008)
+    dome = bevel(edge, gap, U(g, 0.25, 0.6) / k)                              # rounded cobbles
+    per = torch.rand((k + 2) ** 2, 4, generator=g)[ids]                       # per-stone random numbers
+    hue = U(g, 0.02, 0.14)
+    rgb = torch.stack([hsv(hue + 0.05 * (a - 0.5), U(g, 0.05, 0.4), 0.2 + 0.5 * b)
+                       for a, b in torch.rand(16, 2, generator=g).tolist()])  # a palette of 16 stone colours
+    stone = rgb[(per[..., 0] * 16).long().clamp(max=15)].permute(2, 0, 1) * (0.8 + 0.4 * fbm(g, size, 16))
+    grit = hsv(U(g, 0.05, 0.12), U(g, 0.1, 0.4), U(g, 0.08, 0.25))[:, None, None] * (0.7 + 0.6 * fbm(g, size, 48, 2))
+    albedo = torch.lerp(grit, stone, dome)
+    rough = torch.lerp(torch.full_like(u, 0.95), U(g, 0.4, 0.8) + 0.2 * (per[..., 1] - 0.5), dome)
+    depth = U(g, 0.3, 0.8) / k * 0.4
+    height = depth * (dome * (0.85 + 0.15 * per[..., 2]) - 1) + 0.003 * (fbm(g, size, 24, 3) - 0.5) * dome
+    return albedo, rough, torch.zeros_like(u), height
+
+
+def planks(g, size):
+    """Wooden planks: rings of a distant trunk axis distorted by fbm, long grain, a plank colour each, ends
+    staggered, every plank slightly cupped, deep gaps between them."""
+    u, v = uv_grid(size)
+    n = int(U(g, 3, 8))
+    row = torch.floor(v * n)
+    length = U(g, 0.5, 1.2)
+    offs = torch.rand(n + 1, generator=g)[row.long()]
+    x = u / length + offs
+    col = torch.floor(x)
+    fu, fv = x - col, v * n - row
+    edge = torch.minimum(torch.minimum(fu, 1 - fu) * length, torch.minimum(fv, 1 - fv) / n)
+    body = bevel(edge, U(g, 0.002, 0.005), U(g, 0.005, 0.012))
+    per = torch.rand(n + 1, 64, 3, generator=g)[row.long(), col.long() % 64]
     warp = fbm(g, size, 3)
-    cy, cz = U(g, -2, 2), U(g, 0.5, 3)                              # trunk axis along u, at depth cz
-    r = torch.sqrt((v - cy) ** 2 + cz ** 2) + 0.08 * warp          # distance to the axis -> annual rings
-    rings = torch.frac(r * U(g, 15, 40))
-    late = smoothstep(0.55, 0.95, rings)                          # dark latewood band
-    streaks = noise(g, size, size // 2, 6)                          # long grain along u
+    r = torch.sqrt((v - U(g, -2, 2)) ** 2 + U(g, 0.5, 3) ** 2) + 0.08 * warp + per[..., 0]
+    late = smoothstep(0.55, 0.95, torch.frac(r * U(g, 15, 40)))             # dark latewood band
+    streaks = noise(g, size, size // 2, 6)                                   # long grain along u
     light = hsv(U(g, 0.05, 0.11), U(g, 0.45, 0.75), U(g, 0.35, 0.75))
-    albedo = light[:, None, None] * (1 - 0.45 * late - 0.25 * (streaks - 0.5))
-    planks = int(U(g, 1, 6))
-    fv = torch.frac(v * planks)
-    gap = smoothstep(0.0, 0.02 * planks, torch.minimum(fv, 1 - fv)) if planks > 1 else torch.ones_like(v)
-    albedo = albedo * (0.4 + 0.6 * gap)
-    rough = (U(g, 0.35, 0.75) + 0.2 * late).clamp(0.05, 1) * gap + (1 - gap)
-    height = 0.3 * late + 0.2 * streaks + gap
-    return albedo, rough, torch.zeros_like(u), height, U(g, 0.005, 0.015)
+    albedo = light[:, None, None] * (1 - 0.45 * late - 0.25 * (streaks - 0.5)) * (0.8 + 0.4 * per[..., 1])
+    albedo = albedo * (0.35 + 0.65 * body)
+    rough = (U(g, 0.35, 0.75) + 0.2 * late).clamp(0.05, 1) * body + (1 - body)
+    depth = U(g, 0.008, 0.02)
+    cup = U(g, 0.006, 0.012) * (1 - (2 * fv - 1) ** 2) + (per[..., 2] - 0.5) * 0.006
+    wear = U(g, 0.01, 0.02) * (fbm(g, size, 16, 3) - 0.5)
+    height = (depth + cup + wear - 0.002 * late + 0.0015 * streaks) * body - depth
+    return albedo, rough, torch.zeros_like(u), height
 
 
 def segments_distance(g, u, v, count, angle, spread, length):
@@ -178,72 +254,83 @@ def patches(g, size, amount):
     return smoothstep(t - 0.15, t + 0.15, z)
 
 
-def metal(g, size, brushed):
-    """Scratched metal (thin random scratches, lower roughness in them, grooves) or brushed metal (directional
-    streak noise); both metallic = 1 except rust or paint patches."""
+def metal(g, size, kind):
+    """Metal, metallic = 1 except rust or paint patches: `hammered` (overlapping round dents), `embossed` (tread
+    plate: raised lozenges in alternating directions) or `scratched` (dents, thin random grooves)."""
     u, v = uv_grid(size)
     tint = torch.tensor(METALS[int(U(g, 0, len(METALS)))]) * U(g, 0.8, 1.0)
-    angle = U(g, 0, math.pi)
-    if brushed:
-        # streaks: noise with many cells across and few along the brush direction, rotated by `angle`
-        s = noise(g, 2 * size, size, 4)[None, None]
-        c, sn, x, y = math.cos(angle), math.sin(angle), u * 2 - 1, v * 2 - 1
-        rot = torch.stack([c * x - sn * y, sn * x + c * y], -1)[None] / math.sqrt(2)
-        height = F.grid_sample(s, rot, mode="bilinear", align_corners=False)[0, 0]
-        rough = U(g, 0.2, 0.5) + 0.25 * (height - 0.5) + 0.1 * (fbm(g, size, 6) - 0.5)
-        strength = U(g, 0.001, 0.003)
+    if kind == "hammered":
+        k = int(U(g, 6, 16))
+        d1, _, ids, _ = jittered_points(g, u, v, k, jitter=1.0)
+        radius = U(g, 0.7, 1.0) / k
+        height = -U(g, 0.3, 0.5) * radius * (1 - (d1 / radius).clamp(max=1) ** 2)   # spherical-ish cups
+        rough = U(g, 0.15, 0.45) + 0.1 * (torch.rand((k + 2) ** 2, generator=g)[ids] - 0.5)
+    elif kind == "embossed":
+        k = int(U(g, 5, 12))
+        cy, cx = torch.floor(v * k), torch.floor(u * k)
+        fu, fv = (u * k - cx) * 2 - 1, (v * k - cy) * 2 - 1
+        flip = ((cx + cy) % 2) * 2 - 1                                            # alternate the diagonal
+        a, b = (fu + flip * fv) / math.sqrt(2), (fu - flip * fv) / math.sqrt(2)
+        r = torch.sqrt((a / 0.8) ** 2 + (b / U(g, 0.25, 0.4)) ** 2)           # a lozenge along one diagonal
+        height = U(g, 0.15, 0.3) / k * (bevel(1 - r, 0.0, U(g, 0.4, 0.7)) - 1) + 0.006 * (fbm(g, size, 12, 3) - 0.5)
+        rough = U(g, 0.2, 0.5) + 0.1 * (fbm(g, size, 8) - 0.5)
     else:
+        angle = U(g, 0, math.pi)
         scratch_d = segments_distance(g, u, v, int(U(g, 30, 100)), angle, U(g, 0.2, 1.5), U(g, 0.1, 0.5))
-        scratch = torch.exp(-(scratch_d / (U(g, 0.6, 1.2) / size)) ** 2)   # ~1-2 texel wide lines
+        scratch = torch.exp(-(scratch_d / (U(g, 1.0, 2.0) / size)) ** 2)     # ~2-4 texel wide grooves
         rough = U(g, 0.25, 0.6) + 0.2 * (fbm(g, size, 8) - 0.5) - 0.2 * scratch
-        height = 0.2 * fbm(g, size, 16, 2) - scratch
-        strength = U(g, 0.002, 0.004)
+        height = U(g, 0.015, 0.03) * (fbm(g, size, 12, 3) - 1) - U(g, 0.002, 0.004) * scratch
     albedo = tint[:, None, None] * (0.9 + 0.1 * fbm(g, size, 8))
     spots = patches(g, size, U(g, 0.05, 0.4) if U(g, 0, 1) < 0.5 else 0.0)
     paint = U(g, 0, 1) < 0.5
     coat = hsv(U(g, 0, 1), U(g, 0.4, 0.9), U(g, 0.2, 0.8)) if paint else hsv(U(g, 0.02, 0.08), 0.8, U(g, 0.1, 0.3))
     coat = coat[:, None, None] * (0.7 + 0.6 * fbm(g, size, 16))
     albedo = torch.lerp(albedo, coat, spots)
-    metallic = 1 - spots
     rough = torch.lerp(rough, torch.full_like(u, 0.5 if paint else 0.9), spots)
-    height = height + (0.5 if paint else 0.3) * spots
-    return albedo, rough.clamp(0.05, 1), metallic, height, strength
+    return albedo, rough.clamp(0.05, 1), 1 - spots, height + 0.001 * spots
 
 
 def fabric(g, size):
-    """Plain weave: threads along u and v crossing over/under in a checkerboard, fibre noise, two colours."""
+    """Plain or basket weave: round threads along u and v crossing over/under, fibre noise, one or two colours."""
     u, v = uv_grid(size)
-    f = round(U(g, 12, 40) * size / 256) if size >= 128 else int(U(g, 8, 16))
+    f = round(U(g, 12, 32) * size / 256) if size >= 128 else int(U(g, 8, 16))
+    pair = 2 if U(g, 0, 1) < 0.3 else 1                                          # basket weave: threads in pairs
     fu, fv = torch.frac(u * f), torch.frac(v * f)
-    over = ((torch.floor(u * f) + torch.floor(v * f)) % 2).bool()           # warp (along v) on top here
+    over = ((torch.floor(u * f / pair) + torch.floor(v * f / pair)) % 2).bool()  # warp (along v) on top here
     warp = torch.sin(math.pi * fu).clamp_min(0) ** 0.5 * (0.6 + 0.4 * torch.sin(math.pi * fv))
     weft = torch.sin(math.pi * fv).clamp_min(0) ** 0.5 * (0.6 + 0.4 * torch.sin(math.pi * fu))
-    height = torch.where(over, warp, weft) + 0.1 * fbm(g, size, 32, 2)
+    bump = torch.where(over, warp, weft) + 0.1 * fbm(g, size, 32, 2)
     c1 = hsv(U(g, 0, 1), U(g, 0.2, 0.9), U(g, 0.15, 0.8))
     c2 = c1 if U(g, 0, 1) < 0.5 else hsv(U(g, 0, 1), U(g, 0.2, 0.9), U(g, 0.15, 0.8))
-    albedo = torch.where(over, c1[:, None, None], c2[:, None, None]) * (0.7 + 0.3 * height)
-    rough = (U(g, 0.7, 0.95) + 0.1 * (1 - height)).clamp(0.05, 1)
-    return albedo, rough, torch.zeros_like(u), height, U(g, 0.004, 0.01)
+    albedo = torch.where(over, c1[:, None, None], c2[:, None, None]) * (0.7 + 0.3 * bump)
+    rough = (U(g, 0.7, 0.95) + 0.1 * (1 - bump)).clamp(0.05, 1)
+    height = U(g, 0.25, 0.45) / f * (bump - 1.1)
+    return albedo, rough, torch.zeros_like(u), height
 
 
-def height_to_normal(height, strength):
-    """Tangent-space normal of the surface z = strength * height(u, v) (u, v in material widths):
-    n = normalize(-dz/dx, -dz/dy, 1) with x = u (right) and y = -v (image up), central differences."""
+FAMILIES = {"bricks": lambda g, s: grid_material(g, s, True), "tiles": lambda g, s: grid_material(g, s, False),
+            "planks": planks, "stones": stones, "hammered_metal": lambda g, s: metal(g, s, "hammered"),
+            "embossed_metal": lambda g, s: metal(g, s, "embossed"),
+            "scratched_metal": lambda g, s: metal(g, s, "scratched"), "fabric": fabric}
+
+
+def height_to_normal(height):
+    """Tangent-space normal of the surface z = height(u, v) (all in material widths): n = normalize(-dz/dx,
+    -dz/dy, 1) with x = u (right) and y = -v (image up), central differences."""
     size = height.shape[-1]
     h = F.pad(height[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
-    dzdx = (h[1:-1, 2:] - h[1:-1, :-2]) * (size / 2) * strength
-    dzdy = -(h[2:, 1:-1] - h[:-2, 1:-1]) * (size / 2) * strength
+    dzdx = (h[1:-1, 2:] - h[1:-1, :-2]) * (size / 2)
+    dzdy = -(h[2:, 1:-1] - h[:-2, 1:-1]) * (size / 2)
     return normalize(torch.stack([-dzdx, -dzdy, torch.ones_like(dzdx)]), dim=0)
 
 
 def make_material(g, family, size):
-    """-> dict of float maps: albedo (3, S, S) linear, roughness (1, S, S), metallic (1, S, S), normal (3, S, S)."""
-    make = {"bricks": lambda: grid_material(g, size, True), "tiles": lambda: grid_material(g, size, False),
-            "wood": lambda: wood(g, size), "scratched_metal": lambda: metal(g, size, False),
-            "brushed_metal": lambda: metal(g, size, True), "fabric": lambda: fabric(g, size)}
-    albedo, rough, metal_, height, strength = make[family]()
+    """-> dict of float maps: albedo (3, S, S) linear, roughness (1, S, S), metallic (1, S, S), normal (3, S, S),
+    height (1, S, S) (material widths, <= 0)."""
+    albedo, rough, metal_, height = FAMILIES[family](g, size)
+    height = height - height.max()                                    # the top of the relief is the plane z = 0
     return {"albedo": albedo.clamp(0.01, 1), "roughness": rough.clamp(0.05, 1)[None],
-            "metallic": metal_.clamp(0, 1)[None], "normal": height_to_normal(height, strength)}
+            "metallic": metal_.clamp(0, 1)[None], "normal": height_to_normal(height), "height": height[None]}
 
 
 # ------------------------------------------------------------------------------------------------ 8-bit maps
@@ -270,18 +357,11 @@ def decode_maps(q):
 
 
 # -------------------------------------------------------------------------------------------------- renderer
-def random_camera(g):
-    """Eye on a sphere around the origin, far enough that the whole sample can be in view; tilted 0-40 deg from
-    vertical towards any azimuth, held level with the sample's edges (image right = the texture's u axis, as a
-    photographer squares the frame to the sample), so pixel and texture axes roughly agree, up to perspective."""
+def random_eye(g):
+    """A camera position on a sphere around the sample's centre: radius 0.95-1.1 material widths, tilted 0-40
+    deg from vertical towards any azimuth."""
     r, az, tilt = U(g, 0.95, 1.1), U(g, 0, 2 * math.pi), math.radians(U(g, 0, 40))
-    eye = torch.tensor([r * math.sin(tilt) * math.cos(az), r * math.sin(tilt) * math.sin(az), r * math.cos(tilt)])
-    fwd = -eye / eye.norm()
-    x = torch.tensor([1.0, 0.0, 0.0])
-    right = x - (x @ fwd) * fwd
-    right = right / right.norm()
-    up = torch.linalg.cross(right, fwd)
-    return eye, right, up, fwd
+    return torch.tensor([r * math.sin(tilt) * math.cos(az), r * math.sin(tilt) * math.sin(az), r * math.cos(tilt)])
 
 
 def random_lights(g):
@@ -298,25 +378,59 @@ def random_lights(g):
     return lights, sky, ground
 
 
-def ray_cast(cam, size):
-    """Pinhole rays through every pixel centre, hit with the plane z = 0 -> world points (H, W, 3) and the
-    material lookup grid (H, W, 2) in grid_sample's [-1, 1] convention (x = u, y = v down)."""
-    eye, right, up, fwd = cam
-    t = (torch.arange(size) + 0.5) / size * 2 - 1
-    sy, sx = torch.meshgrid(-t, t, indexing="ij")                          # screen y up, x right
-    tan = math.tan(FOV_Y / 2)
-    d = fwd + sx[..., None] * tan * right + sy[..., None] * tan * up
-    d = d / d.norm(dim=-1, keepdim=True)
-    hit = eye - (eye[2] / d[..., 2:]) * d                                     # d_z < 0 for tilt <= 40 + 27.5 deg
-    grid = torch.stack([hit[..., 0] / SIDE * 2, -hit[..., 1] / SIDE * 2], -1)
-    return hit, grid
+def plane_points(size):
+    """World points (3, S, S) of the texel centres on the plane z = 0: x = u - 0.5 (right), y = 0.5 - v (up)."""
+    u, v = uv_grid(size)
+    return torch.stack([u - 0.5, 0.5 - v, torch.zeros_like(u)])
 
 
-def ggx_shade(stack, hit, eye, lights, sky, ground, shadow=None):
-    """Cook-Torrance + Lambert at every pixel. stack (C, H, W): albedo, roughness, metallic, normal (, shadow).
+def lookup(maps, p):
+    """Bilinear lookup of maps (C, S, S) at the world points p (3, ...) (their x, y), clamped at the border."""
+    grid = torch.stack([p[0] * 2, -p[1] * 2], -1)[None]
+    return F.grid_sample(maps[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def trace_relief(height, eye, steps=32):
+    """Where the ray from `eye` through each texel of the top plane meets the height field (1, S, S) (<= 0): a
+    linear search over `steps` depth levels, then the crossing interpolated between the last two. This is what
+    makes the relief move between views (parallax) and hide itself (occlusion). -> surface points (3, S, S)."""
+    q = plane_points(height.shape[-1])
+    d = normalize(q - eye[:, None, None], dim=0)                       # into the sample: d_z < 0
+    depth = -float(height.min())
+    if depth <= 0:
+        return q
+    at = lambda z: q + d * (z / d[2:3])                                # noqa: E731  ray point at height z
+    z_prev, gap_prev = torch.zeros_like(q[2:3]), -lookup(height, q)  # gap = ray height - surface height
+    hit, found = torch.zeros_like(q[2:3]), gap_prev <= 0
+    for k in range(1, steps + 1):
+        z = torch.full_like(z_prev, -depth * k / steps)
+        gap = z - lookup(height, at(z))
+        cross = (gap <= 0) & ~found
+        t = gap_prev / (gap_prev - gap).clamp_min(1e-12)
+        hit = torch.where(cross, z_prev + t * (z - z_prev), hit)
+        found, z_prev, gap_prev = found | cross, z, gap
+    return at(hit)
+
+
+def shadowed(height, p, l, steps=16):
+    """Fraction of light blocked at the surface points p (3, S, S) towards the unit directions l (3, S, S): the
+    largest height of the relief above the shadow ray, over a soft 1/8 of the relief's depth."""
+    depth = -float(height.min())
+    if depth <= 0:
+        return torch.zeros_like(p[:1])
+    block = torch.zeros_like(p[:1])
+    for k in range(1, steps + 1):
+        z = p[2:3] + (0 - p[2:3]) * k / steps                            # rise to the top plane along l
+        s = p + l * ((z - p[2:3]) / l[2:3].clamp_min(0.05))
+        block = torch.maximum(block, ((lookup(height, s) - z) / (depth / 8)).clamp(0, 1))
+    return block
+
+
+def ggx_shade(look, p, eye, lights, sky, ground, height, shadow=None):
+    """Cook-Torrance + Lambert at the surface points p (3, H, W) with the maps looked up there: look (8, H, W) =
+    albedo, roughness, metallic, normal; light blocked by the relief (shadows) and a cast shadow map (or None).
     Returns linear radiance (3, H, W)."""
-    albedo, rough, metal_, n = stack[:3], stack[3:4], stack[4:5], stack[5:8]
-    p = hit.permute(2, 0, 1)
+    albedo, rough, metal_, n = look[:3], look[3:4], look[4:5], look[5:8]
     v = normalize(eye[:, None, None] - p, dim=0)
     f0 = torch.lerp(torch.full_like(albedo, 0.04), albedo, metal_)            # F0 = lerp(0.04, albedo, metallic)
     a2 = (rough * rough) ** 2                                                 # alpha = roughness^2
@@ -340,18 +454,22 @@ def ggx_shade(stack, hit, eye, lights, sky, ground, shadow=None):
         f = f0 + (1 - f0) * (1 - v_h) ** 5                                    # Schlick Fresnel
         spec = d * g * f / (4 * n_v * n_l + 1e-4)
         diffuse = (1 - f) * (1 - metal_) * albedo / math.pi
-        out = out + (diffuse + spec) * radiance * n_l
+        out = out + (diffuse + spec) * radiance * n_l * (1 - shadowed(height, p, l))
     if shadow is not None:
         out = out * (1 - shadow)
-    # ambient: hemisphere sky (irradiance lerp(ground, sky, n.z/2+1/2)); specular from the reflected direction,
-    # blurred towards the average with roughness; Fresnel with Schlick at n.v
+    # ambient: hemisphere sky (irradiance lerp(ground, sky, n.z/2+1/2)), occluded in the hollows of the relief;
+    # specular from the reflected direction, blurred towards the average with roughness; Schlick at n.v
     def hemi(z):
         return torch.lerp(ground[:, None, None], sky[:, None, None], z * 0.5 + 0.5)
 
     refl_z = 2 * n_v * n[2:3] - v[2:3]
     env_spec = torch.lerp(hemi(refl_z), hemi(torch.zeros_like(refl_z)), rough)
     f_amb = f0 + (torch.maximum(1 - rough, f0) - f0) * (1 - n_v) ** 5
-    return out + (1 - metal_) * albedo * hemi(n[2:3]) + f_amb * env_spec
+    size = height.shape[-1]
+    r = max(1, size // 32)
+    local = F.avg_pool2d(F.pad(height[None], (r, r, r, r), mode="replicate"), 2 * r + 1, 1)[0]
+    occl = 1 - ((local - lookup(height, p)) / max(-float(height.min()), 1e-6)).clamp(0, 1) * 0.6
+    return out + ((1 - metal_) * albedo * hemi(n[2:3]) + f_amb * env_spec) * occl
 
 
 def aces(x):
@@ -380,10 +498,18 @@ def camera_artifacts(g, rgb, smudge):
     return rgb + torch.randn(rgb.shape, generator=g) * U(g, 0.005, 0.03)     # sensor noise (before tonemap)
 
 
-def render_views(g, stack, size, dirty, views=3):
-    """Three random views of the material stack (8, S, S) -> uint8 (views, 3, size, size) sRGB renders."""
+def render_views(g, stack, height, dirty, views=3):
+    """Three views of the material stack (8, S, S) with its height (1, S, S), each from its own camera position
+    with its flash on (a point light at the camera), rectified to the sample's square -> uint8 (views, 3, S, S)
+    sRGB renders."""
     lights, sky, ground = random_lights(g)
-    exposure, background = U(g, 0.6, 1.0), U(g, 0.01, 0.04)
+    flash = torch.full((3,), U(g, 2.0, 4.0))                  # the camera's flash: most of the light
+    # exposure and white balance calibrated on the sample's plane (as with a grey card in the shot): every source
+    # is scaled per channel so that a flat white diffuse surface at the centre would shine `white`
+    white = U(g, 0.7, 0.9)
+    seen = sky + flash / math.pi + sum(rgb * max(float(d[2] / d.norm()), 0.0) / math.pi for d, _, rgb in lights)
+    k = white / seen
+    lights, sky, ground, flash = [(d, pt, rgb * k) for d, pt, rgb in lights], sky * k, ground * k, flash * k
     shadow = smudge = False
     if dirty:
         shadow, smudge = U(g, 0, 1) < 0.75, U(g, 0, 1) < 0.6
@@ -391,16 +517,15 @@ def render_views(g, stack, size, dirty, views=3):
             stack = torch.cat([stack, soft_shadow(g, stack.shape[-1])[None]])
     out = []
     for _ in range(views):
-        cam = random_camera(g)
-        hit, grid = ray_cast(cam, size)
-        look = F.grid_sample(stack[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+        eye = random_eye(g)
+        p = trace_relief(height, eye)
+        look = lookup(stack, p)
         look[5:8] = normalize(look[5:8], dim=0)
-        rgb = ggx_shade(look, hit, cam[0], lights, sky, ground, look[8:9] if shadow else None) * exposure
+        lit = lights + [(eye, True, flash * float(eye @ eye))]      # a point light at the camera
+        rgb = ggx_shade(look, p, eye, lit, sky, ground, height, look[8:9] if shadow else None)
         if dirty:
             rgb = camera_artifacts(g, rgb, smudge)
-        inside = (grid.abs() <= 1).all(-1)
-        img = torch.where(inside, srgb(aces(rgb)), torch.full_like(rgb, background))
-        out.append(quantize(img))
+        out.append(quantize(srgb(aces(rgb))))
     return torch.stack(out)
 
 
@@ -408,10 +533,11 @@ def render_views(g, stack, size, dirty, views=3):
 def render_sample(index, size, clean_fraction):
     """Material number `index`: -> (name, uint8 maps dict, uint8 views (3, 3, S, S), dirty?)."""
     g = torch.Generator().manual_seed(index)
-    family = FAMILIES[index % len(FAMILIES)]
+    family = list(FAMILIES)[index % len(FAMILIES)]
     dirty = U(g, 0, 1) >= clean_fraction
-    maps = encode_maps(make_material(g, family, size))
-    views = render_views(g, decode_maps(maps), size, dirty)
+    m = make_material(g, family, size)
+    maps = encode_maps(m)
+    views = render_views(g, decode_maps(maps), m["height"], dirty)
     return f"{family}_{index:04d}", maps, views, dirty
 
 

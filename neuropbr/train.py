@@ -8,9 +8,9 @@ output/<material>/{albedo,roughness,metallic,normal}.png), a preset of the refer
     python neuropbr/train.py --data DATA --preset lightweight --render-curriculum 1 --out runs/pbr
 Two processes (DDP; gloo on CPU, rank 0 logs and saves):
     torchrun --nproc_per_node=2 neuropbr/train.py --out runs/neuropbr
-Resume (bit-exact) / evaluate a checkpoint on the validation materials:
+Resume (bit-exact) / evaluate a checkpoint (default: the shipped weights) on held-out materials:
     python neuropbr/train.py --out runs/pbr --resume
-    python neuropbr/train.py --out runs/pbr --evaluate --model-path runs/pbr/ckpt/best
+    python neuropbr/train.py --out runs/pbr --evaluate [--model-path runs/pbr/ckpt/best] [--eval-data DIR]
 """
 import argparse
 import json
@@ -30,6 +30,7 @@ from common import ckpt, log, runtime
 from common.metrics import ssim
 from neuropbr.dataset import DataError, PBRDataset
 from neuropbr.evaluate import evaluate, table
+from neuropbr.infer import SHIPPED
 from neuropbr.model import Generator, ModelConfig, PatchGAN, stack_maps
 
 
@@ -38,6 +39,8 @@ class Config:
     # model (ModelConfig fields)
     encoder: str = "resnet18"
     encoder_stride: int = 2
+    photometric: bool = False      # stacked: also feed each view's log-luma minus the views' mean (albedo cancels)
+    views_in: str = "stacked"      # stacked: one encoder pass over the registered views as 9 channels | shared (reference)
     use_transformer: bool = True
     transformer_dim: int = 128
     transformer_depth: int = 2
@@ -45,6 +48,10 @@ class Config:
     mlp_ratio: float = 2.0
     dropout: float = 0.0
     decoder_min_ch: int = 32
+    attention: str = "local"       # local: each location's three view tokens (tiles exactly) | global (reference)
+    skip_fusion: str = "concat"    # concat: the views' skips merged by a 1x1 conv | mean (reference)
+    normal_head: str = "slope"     # slope: n = normalize(sx, sy, 1) | vector: 3 outputs normalised (reference)
+    input_skip: int = 32           # width of a full-resolution branch on the views (0: none, the reference)
     # data
     image_size: int = 128
     render_curriculum: int = 1     # 0 clean, 1 clean + dirty, 2 dirty (reference presets: 0)
@@ -67,11 +74,11 @@ class Config:
     w_albedo: float = 1.0
     w_roughness: float = 1.0
     w_metallic: float = 1.0
-    w_normal_map: float = 1.0
+    w_normal_map: float = 3.0      # normals are the slowest map to learn (reference: 1.0)
     w_ssim: float = 0.3
     w_normal: float = 0.5
     w_gan: float = 0.05
-    use_gan: bool = True
+    use_gan: bool = False          # the reference's presets (but lightweight) train with the PatchGAN; the CPU ones not
     gan_loss: str = "hinge"        # hinge | bce
     gan_start_epoch: int = 5
     d_steps: int = 1
@@ -81,17 +88,19 @@ class Config:
     save_every_epochs: int = 0     # keep ckpt/step_X at these epochs (0 = only latest/best)
     eval_every_epochs: int = 1
     log_every: int = 10
-    synth: tuple = (240, 128)      # built-in data: (materials, size)
+    synth: tuple = (480, 128)      # built-in data: (materials, size)
+    heldout: tuple = (64, 128)     # built-in held-out set (materials, size), rendered from seed + 1: never trained on
 
 
-_REF = dict(render_curriculum=0, encoder="resnet50", encoder_stride=1, transformer_dim=2048, transformer_heads=32, transformer_depth=4,
+_REF = dict(views_in="shared", w_normal_map=1.0, attention="global", skip_fusion="mean", normal_head="vector", input_skip=0, use_gan=True, render_curriculum=0, encoder="resnet50", encoder_stride=1, transformer_dim=2048, transformer_heads=32, transformer_depth=4,
             mlp_ratio=4.0, dropout=0.1, decoder_min_ch=64, image_size=512, batch_size=1, epochs=100, g_lr=2e-4,
             warmup_epochs=5, d_layers=6, ndf=64, save_every_epochs=10, synth=(2000, 512))
 PRESETS = {
-    "tiny": Config(transformer_dim=32, transformer_depth=1, transformer_heads=2, decoder_min_ch=16, image_size=64,
+    "tiny": Config(use_gan=True, transformer_dim=32, transformer_depth=1, transformer_heads=2, decoder_min_ch=16, image_size=64,
                    batch_size=2, epochs=2, warmup_epochs=0.5, gan_start_epoch=1, d_layers=2, ndf=8, log_every=2,
                    synth=(10, 64)),
     "cpu": Config(),
+    "long": Config(synth=(1200, 128), epochs=30, eval_every_epochs=2, log_every=50),   # the shipped weights
     "default": Config(**_REF),
     "quick_test": Config(**dict(_REF, encoder="resnet18", transformer_depth=2, transformer_heads=16, transformer_dim=512, epochs=20)),
     "lightweight": Config(**dict(_REF, use_gan=False, w_ssim=0.5, w_normal=0.7)),
@@ -118,35 +127,50 @@ def build_parser():
     p.add_argument("--image-size", type=int, help="resize views and maps on the fly to this square size (multiple of 32)")
     p.add_argument("--g-lr", type=float, help="generator AdamW learning rate")
     p.add_argument("--no-gan", dest="use_gan", action="store_false", default=None, help="train without the PatchGAN")
+    p.add_argument("--gan", dest="use_gan", action="store_true", default=None, help="train with the PatchGAN (the reference's presets do)")
     p.add_argument("--gan-start-epoch", type=int, help="epoch from which the adversarial loss is on")
     p.add_argument("--encoder", choices=["resnet18", "resnet34", "resnet50", "resnet101"], help="shared view encoder")
     p.add_argument("--init", metavar="FILE", help="local .safetensors/.pth state dict for the ResNet encoder (nothing is downloaded)")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the validation materials")
-    p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
+    p.add_argument("--model-path", metavar="CKPT", default=str(SHIPPED), help="checkpoint directory for --evaluate "
+                   "(default: the shipped weights, neuropbr/weights/neuropbr)")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (continue with --resume)")
     p.add_argument("--log-every", type=int, metavar="N", help="log a train row (loss, samples/s) every N steps (default: preset)")
+    p.add_argument("--eval-data", metavar="DIR", help="held-out dataset root for the final evaluation and --evaluate "
+                   "(default: with built-in data, OUT/heldout, rendered from --seed + 1; else the validation split)")
+    runtime.add_config_flags(p, PRESETS["cpu"])
     return p
 
 
-def resolve_data(args, cfg, rt, logger):
-    """-> (input dir, output dir); without --data/--input-dir, render the built-in set into OUT/data once."""
-    if args.input_dir or args.output_dir:
-        if not (args.input_dir and args.output_dir):
-            raise DataError("--input-dir and --output-dir go together")
-        return Path(args.input_dir), Path(args.output_dir)
-    if args.data:
-        return Path(args.data) / "input", Path(args.data) / "output"
-    root = Path(args.out) / "data"
+def render_once(root, count, size, seed, rt, logger):
+    """Render `count` built-in materials of `size`² from `seed` into root (once; rank 0 renders, all wait)."""
     if rt.master and not (root / "done").exists():
         from neuropbr.synth import make_dataset
-        logger.info(f"rendering built-in materials into {root} ({cfg.synth[0]} materials, {cfg.synth[1]}²) ...")
+        logger.info(f"rendering built-in materials into {root} ({count} materials, {size}², seed {seed}) ...")
         t0 = time.time()
-        make_dataset(root, cfg.synth[0], size=cfg.synth[1], seed=args.seed)
+        make_dataset(root, count, size=size, seed=seed)
         (root / "done").write_text("ok\n")
         logger.info(f"data ready in {time.time() - t0:.0f}s")
     if rt.ddp:
         torch.distributed.barrier()
-    return root / "input", root / "output"
+
+
+def resolve_data(args, cfg, rt, logger):
+    """-> (input dir, output dir, held-out root or None); without --data/--input-dir, render the built-in set into
+    OUT/data and its held-out materials (seed + 1) into OUT/heldout, once."""
+    heldout = Path(args.eval_data) if args.eval_data else None
+    if args.input_dir or args.output_dir:
+        if not (args.input_dir and args.output_dir):
+            raise DataError("--input-dir and --output-dir go together")
+        return Path(args.input_dir), Path(args.output_dir), heldout
+    if args.data:
+        return Path(args.data) / "input", Path(args.data) / "output", heldout
+    root = Path(args.out) / "data"
+    render_once(root, *cfg.synth, args.seed, rt, logger)
+    if heldout is None:
+        heldout = Path(args.out) / "heldout"
+        render_once(heldout, *cfg.heldout, args.seed + 1, rt, logger)
+    return root / "input", root / "output", heldout
 
 
 def lr_factor(step, cfg, steps_per_epoch, total):
@@ -202,7 +226,11 @@ def model_config(cfg):
 @runtime.user_errors(DataError, ckpt.CheckpointError)
 def main():
     args = build_parser().parse_args()
-    cfg = runtime.override(replace(PRESETS[args.preset]), args)
+    cfg = replace(PRESETS[args.preset])
+    if args.evaluate:        # the checkpoint's own config (its model, image size), then the flags given
+        weights, _, meta = ckpt.load(args.model_path, with_state=False)
+        cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    cfg = runtime.override(cfg, args)
     rt = runtime.setup(args)
     out = Path(args.out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "ckpt"
@@ -210,15 +238,16 @@ def main():
     metrics = log.Metrics(out, enabled=rt.master)
     gen = Generator(model_config(cfg))
     try:
-        inp, outp = resolve_data(args, cfg, rt, logger)
+        inp, outp, heldout = resolve_data(args, cfg, rt, logger)
         data = PBRDataset(inp, outp, render_curriculum=cfg.render_curriculum, image_size=cfg.image_size, seed=args.seed)
         train_set, val_set = data.split(cfg.val_fraction, cfg.val_seed)
         train_set.augment = True
+        test_set = PBRDataset.from_root(heldout, render_curriculum=cfg.render_curriculum, image_size=cfg.image_size) \
+            if heldout else val_set
         if args.evaluate:
-            if not args.model_path:
-                runtime.fail("--evaluate needs --model-path CKPT_DIR")
-            ckpt.load_into(gen, ckpt.load(args.model_path, with_state=False)[0])
-            res = evaluate(gen.to(rt.device), val_set, train_set, rt.device, out / "eval")
+            ckpt.load_into(gen, {k: v.float() for k, v in weights.items()}, prefix="gen")
+            res = evaluate(gen.to(rt.device), test_set, train_set, rt.device, out / "eval")
+            (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))
             logger.info(table(res))
             return
         if args.init:
@@ -339,7 +368,7 @@ def main():
             if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
                 return
     if rt.master:
-        res = evaluate(gen, val_set, train_set, rt.device, out / "eval")
+        res = evaluate(gen, test_set, train_set, rt.device, out / "eval")
         (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))
         logger.info(table(res) + f"\n\nimages: {out / 'eval'}")
     runtime.teardown(rt)

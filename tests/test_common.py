@@ -156,6 +156,31 @@ def test_nan_guard_and_override():
     assert runtime.override(C(), A()) == C(lr=0.5, steps=3)
 
 
+def test_every_config_field_becomes_a_flag():
+    """add_config_flags: one typed flag per dataclass field the parser lacks (bools take true/false, tuples several
+    values), its help naming the preset's value; override() reads them back, absent flags keep the preset."""
+    import argparse
+    from dataclasses import dataclass
+
+    @dataclass
+    class C:
+        lr: float = 1.0
+        use_gan: bool = True
+        synth: tuple = (240, 128)
+        name: str = "cpu"
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--lr", type=float, help="hand-written, kept")
+    runtime.add_config_flags(p, C())
+    assert [a.help for a in p._actions if "--lr" in a.option_strings] == ["hand-written, kept"]
+    assert "C.synth (preset cpu: (240, 128))" in p.format_help()
+    args = p.parse_args(["--use-gan", "false", "--synth", "8", "64", "--name", "x"])
+    assert runtime.override(C(), args) == C(lr=1.0, use_gan=False, synth=(8, 64), name="x")
+    assert runtime.override(C(), p.parse_args([])) == C()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--use-gan", "maybe"])
+
+
 def test_progress_writes_whole_lines_in_a_log_and_nothing_for_a_short_task(capsys):
     """Off a terminal (a log file, CI) a progress bar is one plain line per refresh, not carriage-return redraws,
     and a task shorter than its 10 s delay prints nothing (so a one-line error stays one line)."""
