@@ -100,7 +100,7 @@ PRESETS = {
                    batch_size=2, epochs=2, warmup_epochs=0.5, gan_start_epoch=1, d_layers=2, ndf=8, log_every=2,
                    synth=(10, 64)),
     "cpu": Config(),
-    "long": Config(synth=(1200, 128), epochs=30, eval_every_epochs=2, log_every=50),   # the shipped weights
+    "long": Config(synth=(1200, 128), epochs=20, eval_every_epochs=2, log_every=50),   # the shipped weights
     "default": Config(**_REF),
     "quick_test": Config(**dict(_REF, encoder="resnet18", transformer_depth=2, transformer_heads=16, transformer_dim=512, epochs=20)),
     "lightweight": Config(**dict(_REF, use_gan=False, w_ssim=0.5, w_normal=0.7)),
