@@ -53,8 +53,8 @@ def add_config_flags(p, cfg, what="preset cpu"):
         flag, value = "--" + f.name.replace("_", "-"), getattr(cfg, f.name)
         if flag in have or f.name in have:
             continue
-        kind = type(value[0]) if isinstance(value, tuple) else _bool if isinstance(value, bool) else type(value)
-        group.add_argument(flag, type=kind, nargs="+" if isinstance(value, tuple) else None, default=None,
+        kind = (type(value[0]) if value else int) if isinstance(value, tuple) else _bool if isinstance(value, bool) else type(value)
+        group.add_argument(flag, type=kind, nargs="*" if isinstance(value, tuple) else None, default=None,
                            metavar="BOOL" if kind is _bool else kind.__name__.upper(),
                            help=f"{type(cfg).__name__}.{f.name} ({what}: {value})")
 

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from common import ckpt
+from common import ckpt, runtime
 from common.metrics import psnr
 from common.runtime import NanGuard, fail
 from gamengen.dataset import DataError, read_shards
@@ -298,10 +298,7 @@ def main():
             s.add_argument("--ckpt", required=True, help="autoencoder checkpoint directory, e.g. OUT/ckpt/latest")
         if name != "encode":
             s.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="AEConfig preset; the flags below override its fields")
-            for f in fields(AEConfig):
-                tup = isinstance(f.default, tuple)
-                s.add_argument("--" + f.name.replace("_", "-"), type=int if tup else type(f.default), nargs="*" if tup else None,
-                               help=f"AEConfig.{f.name} (cpu preset: {getattr(PRESETS['cpu'], f.name)})")
+            runtime.add_config_flags(s, PRESETS["cpu"])
             s.add_argument("--seed", type=int, default=0)
             s.add_argument("--resume", action="store_true", help="continue from OUT/ckpt/latest")
         if name == "encode":
@@ -316,9 +313,7 @@ def main():
         cfg = AEConfig(**asdict(PRESETS[args.preset]))
         if args.cmd == "decoder-finetune":      # a shorter, gentler schedule by default
             cfg.steps, cfg.lr = cfg.steps // 4, cfg.lr * 0.1
-        for f in fields(AEConfig):
-            if getattr(args, f.name) is not None:
-                setattr(cfg, f.name, tuple(getattr(args, f.name)) if isinstance(f.default, tuple) else getattr(args, f.name))
+        runtime.override(cfg, args)
         cfg.warmup = min(cfg.warmup, cfg.steps)
         (train if args.cmd == "train" else decoder_finetune)(args, cfg)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
