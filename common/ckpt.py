@@ -82,6 +82,13 @@ def save(ckpt_root, name, model_state, state, meta):
     return final
 
 
+def save_fp16(path, model_state, meta):
+    """What ships: the weights alone, in fp16, as checkpoint directory `path` (meta gains "dtype": "float16"; no
+    optimizer state). Every loader reads it like a training checkpoint. -> its path."""
+    path = Path(path)
+    return save(path.parent, path.name, {k: v.half() for k, v in model_state.items()}, {}, {**meta, "dtype": "float16"})
+
+
 def link(ckpt_root, alias, target_name):
     """Point ckpt_root/alias (e.g. 'latest') at ckpt_root/target_name with an atomic symlink swap."""
     ckpt_root = Path(ckpt_root)

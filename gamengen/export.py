@@ -116,12 +116,11 @@ def write_weights(out, model_path, data, decoder=None, episodes=8, guidance=None
     weights, _, meta = ckpt.load(model_path, with_state=False)
     ae_path = decoder_path(argparse.Namespace(decoder=decoder, data=data))
     ae_weights, _, ae_meta = ckpt.load(ae_path, with_state=False)
-    half = lambda w: {k: v.half() for k, v in w.items()}                                      # noqa: E731
     if guidance is not None:
         meta["model"]["guidance"] = guidance
-    ckpt.save(out, "denoiser", half({k: v for k, v in weights.items() if k.startswith("ema.")}), {},
-              {**meta, "dtype": "float16", "source": str(model_path)})
-    ckpt.save(out, "autoencoder", half(ae_weights), {}, {**ae_meta, "dtype": "float16", "source": str(ae_path)})
+    ckpt.save_fp16(out / "denoiser", {k: v for k, v in weights.items() if k.startswith("ema.")},
+                   {**meta, "source": str(model_path)})
+    ckpt.save_fp16(out / "autoencoder", ae_weights, {**ae_meta, "source": str(ae_path)})
     n = meta["model"]["context"]
     ep = Episodes(data, n)
     ds, rows = ep.ds, []

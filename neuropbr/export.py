@@ -44,8 +44,8 @@ def main():
         if args.weights_out:
             weights, _, meta = ckpt.load(args.model_path, with_state=False)
             out = Path(args.weights_out)
-            gen_w = {k: v.half() for k, v in weights.items() if k.startswith("gen.")}
-            ckpt.save(out.parent, out.name, gen_w, {}, {**meta, "dtype": "float16"})
+            gen_w = {k: v for k, v in weights.items() if k.startswith("gen.")}
+            ckpt.save_fp16(out, gen_w, meta)
             print(f"wrote {out / 'model.safetensors'} (fp16, {sum(v.numel() for v in gen_w.values()):,} values)")
             return
         if not args.out:

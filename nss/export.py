@@ -98,7 +98,7 @@ def main():
             return
         if args.weights_out:   # what ships: fp16 weights and the run's meta, no optimizer state
             out = Path(args.weights_out)
-            ckpt.save(out.parent, out.name, {k: v.half() for k, v in weights.items()}, {}, {**meta, "dtype": "float16"})
+            ckpt.save_fp16(out, weights, meta)
             print(f"wrote {out / 'model.safetensors'} (fp16, {sum(v.numel() for v in weights.values()):,} values)")
             return
         if not args.out:
