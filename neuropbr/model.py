@@ -207,8 +207,9 @@ class Generator(nn.Module):
 def receptive_radius(gen):
     """How far (input pixels) an output pixel can see, from the layers themselves: every k x k convolution and
     pooling of the encoder's main path adds (k - 1) / 2 steps of its stride, each decoder level one coarse pixel
-    for the bilinear x2 and its three 3x3 convolutions (a gradient probe of the cpu preset reaches 345 of 370). Tiles that carry this much context on each side (and start on
-    multiples of stride(gen)) give exactly the whole image's result, for "local" attention (global sees all)."""
+    for the bilinear x2 and its three 3x3 convolutions (a gradient probe of the cpu preset reaches 345 of 370).
+    Tiles that carry this much context on each side (and start on multiples of stride(gen)) give exactly the whole
+    image's result, for "local" attention (global sees all)."""
     r, jump = 0, 1
     for m in gen.encoder.modules():
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):

@@ -13,7 +13,6 @@ Resume (bit-exact) / evaluate a checkpoint (default: the shipped weights) on hel
     python neuropbr/train.py --out runs/pbr --evaluate [--model-path runs/pbr/ckpt/best] [--eval-data DIR]
 """
 import argparse
-import json
 import math
 import sys
 import time
@@ -30,7 +29,7 @@ from common import ckpt, log, runtime
 from common.metrics import ssim
 from neuropbr.dataset import DataError, PBRDataset
 from neuropbr.evaluate import evaluate, table
-from neuropbr.infer import SHIPPED
+from neuropbr.infer import SHIPPED, load_generator
 from neuropbr.model import Generator, ModelConfig, PatchGAN, stack_maps
 
 
@@ -92,8 +91,9 @@ class Config:
     heldout: tuple = (64, 128)     # built-in held-out set (materials, size), rendered from seed + 1: never trained on
 
 
-_REF = dict(views_in="shared", w_normal_map=1.0, attention="global", skip_fusion="mean", normal_head="vector", input_skip=0, use_gan=True, render_curriculum=0, encoder="resnet50", encoder_stride=1, transformer_dim=2048, transformer_heads=32, transformer_depth=4,
-            mlp_ratio=4.0, dropout=0.1, decoder_min_ch=64, image_size=512, batch_size=1, epochs=100, g_lr=2e-4,
+_REF = dict(views_in="shared", attention="global", skip_fusion="mean", normal_head="vector", input_skip=0, use_gan=True,
+            w_normal_map=1.0, render_curriculum=0, encoder="resnet50", encoder_stride=1, transformer_dim=2048,
+            transformer_heads=32, transformer_depth=4, mlp_ratio=4.0, dropout=0.1, decoder_min_ch=64, image_size=512, batch_size=1, epochs=100, g_lr=2e-4,
             warmup_epochs=5, d_layers=6, ndf=64, save_every_epochs=10, synth=(2000, 512))
 PRESETS = {
     "tiny": Config(use_gan=True, transformer_dim=32, transformer_depth=1, transformer_heads=2, decoder_min_ch=16, image_size=64,
@@ -227,8 +227,8 @@ def model_config(cfg):
 def main():
     args = build_parser().parse_args()
     cfg = replace(PRESETS[args.preset])
-    if args.evaluate:        # the checkpoint's own config (its model, image size), then the flags given
-        weights, _, meta = ckpt.load(args.model_path, with_state=False)
+    if args.evaluate:        # the checkpoint's own model and config (image size...), then the flags given
+        gen, meta = load_generator(args.model_path)
         cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
     cfg = runtime.override(cfg, args)
     rt = runtime.setup(args)
@@ -236,7 +236,8 @@ def main():
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "ckpt"
     logger = log.setup(out, args.log_level, rt.master)
     metrics = log.Metrics(out, enabled=rt.master)
-    gen = Generator(model_config(cfg))
+    if not args.evaluate:
+        gen = Generator(model_config(cfg))
     try:
         inp, outp, heldout = resolve_data(args, cfg, rt, logger)
         data = PBRDataset(inp, outp, render_curriculum=cfg.render_curriculum, image_size=cfg.image_size, seed=args.seed)
@@ -245,9 +246,7 @@ def main():
         test_set = PBRDataset.from_root(heldout, render_curriculum=cfg.render_curriculum, image_size=cfg.image_size) \
             if heldout else val_set
         if args.evaluate:
-            ckpt.load_into(gen, {k: v.float() for k, v in weights.items()}, prefix="gen")
-            res = evaluate(gen.to(rt.device), test_set, train_set, rt.device, out / "eval")
-            (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))
+            res = evaluate(gen.to(rt.device), test_set, train_set, rt.device, out / "eval")   # writes results.json
             logger.info(table(res))
             return
         if args.init:
@@ -368,8 +367,7 @@ def main():
             if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
                 return
     if rt.master:
-        res = evaluate(gen, test_set, train_set, rt.device, out / "eval")
-        (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))
+        res = evaluate(gen, test_set, train_set, rt.device, out / "eval")            # writes results.json
         logger.info(table(res) + f"\n\nimages: {out / 'eval'}")
     runtime.teardown(rt)
 
