@@ -6,6 +6,7 @@ metal (round dents), embossed metal (tread plate), scratched metal (dents, groov
 basket weave); metals carry rust or paint patches. A family builds albedo, roughness, metallic and a height field
 (material widths, 0 at the top plane); the normal map is the height's exact slope. Over the held-out materials a
 flat normal is ~15-16 deg off on average (stones, hammered metal and fabric 20-27, scratched metal ~5).
+The families are neuropbr/materials.py; this file is the renderer, the 8-bit maps and the dataset writer.
 
 The three views look at the sample lying flat at the origin (z up) from cameras on a sphere around it (radius
 0.95-1.1, azimuth U(0, 360), tilt from vertical U(0, 40) deg) and are RECTIFIED to the sample's square, as a capture
@@ -14,10 +15,10 @@ views are registered with the maps, and what differs between views is what a rea
 moving and hiding itself (each ray is traced into the height field), highlights and the camera's flash moving
 with the view (each photo is taken with the flash on: a point light at the camera). Shading is
 Cook-Torrance (GGX D, Smith Schlick-GGX G, Schlick F with F0 = lerp(0.04, albedo, metallic)) plus Lambert diffuse
-* (1 - metallic), lit by the flash and 1-2 random point/directional lights whose light the relief blocks (soft shadows traced
-in the height field) and a hemisphere sky occluded in its hollows; exposure and white balance are calibrated on
-the sample's plane (every source scaled per channel so that a white diffuse surface would shine 0.7-0.9, as a
-grey card in the shot allows: without it albedo is only known up to the light's colour and strength), then
+* (1 - metallic), lit by the flash and 1-2 random point/directional lights whose light the relief blocks (soft
+shadows traced in the height field) and a hemisphere sky occluded in its hollows; exposure and white balance are
+calibrated on the sample's plane (every source scaled per channel so that a white diffuse surface would shine
+0.7-0.9, as a grey card in the shot allows: without it albedo is only known up to the light's colour and strength), then
 ACES-tonemapped and sRGB-encoded. A sample is
 "dirty" with probability 1 - clean_fraction: then it also gets a soft cast shadow (p 0.75), lens smudges (p 0.6),
 an exposure shift and sensor noise.
@@ -37,6 +38,7 @@ Sample i of --seed S renders material S * 100000 + i (named e.g. planks_0002 for
 stream: the same seed gives byte-identical PNGs, another seed other materials, lights and cameras. The renders
 use the maps as written (8-bit), so targets and inputs agree exactly.
 """
+
 import argparse
 import json
 import math
@@ -53,284 +55,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 from torchvision.io import write_png
-from common.log import progress as progress_bar
 
 from common.images import grid, load_png, srgb
+from common.log import progress as progress_bar
+from neuropbr.materials import FAMILIES, U, fbm, hsv, make_material, normalize, smoothstep, uv_grid
 
 # torchvision 0.29 deprecates its PNG codec in favour of TorchCodec but it works; silence the per-call warning
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
-METALS = ((0.95, 0.93, 0.88), (0.91, 0.92, 0.92), (1.0, 0.78, 0.34), (0.95, 0.64, 0.54), (0.56, 0.57, 0.58))
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 MAPS = ("albedo", "roughness", "metallic", "normal")
-
-
-# ----------------------------------------------------------------------------------------------- random helpers
-def U(g, lo, hi):
-    """One uniform float in [lo, hi) from generator g."""
-    return lo + (hi - lo) * torch.rand(1, generator=g).item()
-
-
-def noise(g, size, cells_y, cells_x=None):
-    """Smooth value noise in [0, 1]: a random (cells_y+1, cells_x+1) lattice, bicubically upsampled to size^2."""
-    lattice = torch.rand(1, 1, int(cells_y) + 1, int(cells_x or cells_y) + 1, generator=g)
-    return F.interpolate(lattice, size=(size, size), mode="bicubic", align_corners=True)[0, 0].clamp(0, 1)
-
-
-def fbm(g, size, cells=4, octaves=4):
-    """Fractal sum of value noise, octave k has 2^k times the cells and half the amplitude; ~[0, 1]."""
-    total = sum(0.5 ** (k + 1) * noise(g, size, min(cells * 2 ** k, size)) for k in range(octaves))
-    return total / (1 - 0.5 ** octaves)
-
-
-def normalize(x, dim=0):
-    """x / |x| along dim (cheaper than F.normalize's vector_norm on CPU)."""
-    return x * torch.rsqrt((x * x).sum(dim, keepdim=True).clamp_min(1e-12))
-
-
-def smoothstep(e0, e1, x):
-    t = ((x - e0) / (e1 - e0)).clamp(0, 1)
-    return t * t * (3 - 2 * t)
-
-
-def hsv(h, s, v):
-    """One HSV colour -> linear RGB tensor (3,)."""
-    k = (torch.tensor([5.0, 3.0, 1.0]) + h * 6) % 6
-    return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-
-
-# -------------------------------------------------------------------------------------------------- materials
-# Every family returns (albedo (3, S, S) linear, roughness (S, S), metallic (S, S), height (S, S)): the height is
-# in material widths (the sample is 1 x 1), 0 at the sample's top plane and negative below it (mortar, gaps,
-# dents), so the renderer can trace it and the normal map is its exact slope.
-def uv_grid(size):
-    """Texel-centre coordinates: u grows to the right, v grows DOWN the image, both in [0, 1)."""
-    t = (torch.arange(size) + 0.5) / size
-    v, u = torch.meshgrid(t, t, indexing="ij")
-    return u, v
-
-
-def cells(u, v, nx, ny, stagger):
-    """A running-bond grid of nx x ny cells (odd rows shifted by `stagger` of a cell). -> cell id (row, col) and
-    the distance of every texel to its cell's border and its offset from the cell's centre, in material widths."""
-    row = torch.floor(v * ny)
-    x = u * nx + stagger * (row % 2)
-    col = torch.floor(x)
-    fu, fv = x - col, v * ny - row
-    edge = torch.minimum(torch.minimum(fu, 1 - fu) / nx, torch.minimum(fv, 1 - fv) / ny)
-    return row.long(), col.long() % (nx + 1), edge, (fu - 0.5) / nx, (fv - 0.5) / ny
-
-
-def jittered_points(g, u, v, k, jitter=0.8):
-    """Worley noise on a k x k grid of jittered points: per texel the nearest and second-nearest distances
-    (material widths), the nearest point's id and its offset (du, dv) from the texel, over the 3x3 cells around."""
-    pts = (torch.rand(k + 2, k + 2, 2, generator=g) - 0.5) * jitter + 0.5      # one point per cell (+1 ring)
-    cy, cx = torch.floor(v * k).long(), torch.floor(u * k).long()
-    d1 = torch.full_like(u, 1e9)
-    d2, ids, off = d1.clone(), torch.zeros_like(cx), torch.zeros(2, *u.shape)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            ny_, nx_ = cy + dy, cx + dx
-            p = pts[ny_ + 1, nx_ + 1]                                          # (S, S, 2)
-            ou, ov = (nx_ + p[..., 0]) / k - u, (ny_ + p[..., 1]) / k - v
-            d = torch.sqrt(ou * ou + ov * ov)
-            closer = d < d1
-            d2 = torch.where(closer, d1, torch.minimum(d2, d))
-            ids = torch.where(closer, (ny_ + 1) * (k + 2) + nx_ + 1, ids)
-            off = torch.where(closer, torch.stack([ou, ov]), off)
-            d1 = torch.where(closer, d, d1)
-    return d1, d2, ids, off
-
-
-def bevel(edge, gap, width):
-    """0 in a joint of half-width `gap`, rising over `width` (rounded), 1 on the body."""
-    t = ((edge - gap) / width).clamp(0, 1)
-    return torch.sqrt(t * (2 - t))                                             # a quarter circle: rounded edge
-
-
-def grid_material(g, size, bricks):
-    """Bricks (2:1, staggered, rough, uneven faces, deep mortar joints) or tiles (square or staggered, glossy,
-    slightly uneven laying, grout grooves with rounded edges)."""
-    u, v = uv_grid(size)
-    ny = int(U(g, 5, 11)) if bricks else int(U(g, 3, 8))
-    nx = max(1, round(ny * (U(g, 0.4, 0.6) if bricks else 1.0)))
-    stagger = 0.5 if bricks or U(g, 0, 1) < 0.3 else 0.0
-    row, col, edge, du, dv = cells(u, v, nx, ny, stagger)
-    gap = U(g, 0.004, 0.01) if bricks else U(g, 0.003, 0.007)
-    body = bevel(edge, gap, U(g, 0.004, 0.01) if bricks else U(g, 0.01, 0.025))
-    jitter = torch.rand(ny + 1, nx + 2, 6, generator=g)[row, col]       # per-cell random numbers (H, W, 6)
-    grain = fbm(g, size, 8)
-    base = hsv(U(g, 0.0, 0.08), U(g, 0.4, 0.8), U(g, 0.25, 0.6)) if bricks else \
-        hsv(U(g, 0, 1), U(g, 0, 0.7), U(g, 0.2, 0.9))
-    spread = 0.35 if bricks else 0.1
-    cell_rgb = base[:, None, None] * (1 + spread * (jitter.permute(2, 0, 1)[:3] - 0.5))
-    cell_rgb = cell_rgb * (0.8 + 0.4 * grain if bricks else 1.0)
-    mortar = hsv(0.1, U(g, 0, 0.2), U(g, 0.3, 0.7))[:, None, None] * (0.85 + 0.3 * fbm(g, size, 16))
-    albedo = torch.lerp(mortar, cell_rgb, body)
-    rough_cell = (U(g, 0.65, 0.95) + 0.1 * (grain - 0.5)) if bricks else (U(g, 0.05, 0.3) + 0.05 * jitter[..., 3])
-    rough = torch.lerp(torch.full_like(u, U(g, 0.85, 1.0)), rough_cell, body)
-    depth = U(g, 0.008, 0.02) if bricks else U(g, 0.004, 0.01)
-    tilt = (jitter[..., 4] - 0.5) * du + (jitter[..., 5] - 0.5) * dv                     # each unit laid unevenly
-    face = tilt * (0.2 if bricks else 0.15) + (U(g, 0.008, 0.016) if bricks else U(g, 0.006, 0.014)) * (fbm(g, size, 24, 3) - 0.5)
-    height = (depth + face) * body - depth + 0.0015 * (fbm(g, size, 32, 2) - 0.5) * (1 - body)
-    return albedo, rough, torch.zeros_like(u), height
-
-
-def stones(g, size):
-    """Cobbles or flagstones: Worley cells, each a rounded stone of its own colour and height, in a bed of dark,
-    rough grit."""
-    u, v = uv_grid(size)
-    k = int(U(g, 4, 10))
-    d1, d2, ids, _ = jittered_points(g, u, v, k)
-    edge = (d2 - d1) / 2                                                      # ~ distance to the cell border
-    gap = U(g, 0.002, 0.008)
-    dome = bevel(edge, gap, U(g, 0.25, 0.6) / k)                              # rounded cobbles
-    per = torch.rand((k + 2) ** 2, 4, generator=g)[ids]                       # per-stone random numbers
-    hue = U(g, 0.02, 0.14)
-    rgb = torch.stack([hsv(hue + 0.05 * (a - 0.5), U(g, 0.05, 0.4), 0.2 + 0.5 * b)
-                       for a, b in torch.rand(16, 2, generator=g).tolist()])  # a palette of 16 stone colours
-    stone = rgb[(per[..., 0] * 16).long().clamp(max=15)].permute(2, 0, 1) * (0.8 + 0.4 * fbm(g, size, 16))
-    grit = hsv(U(g, 0.05, 0.12), U(g, 0.1, 0.4), U(g, 0.08, 0.25))[:, None, None] * (0.7 + 0.6 * fbm(g, size, 48, 2))
-    albedo = torch.lerp(grit, stone, dome)
-    rough = torch.lerp(torch.full_like(u, 0.95), U(g, 0.4, 0.8) + 0.2 * (per[..., 1] - 0.5), dome)
-    depth = U(g, 0.3, 0.8) / k * 0.4
-    height = depth * (dome * (0.85 + 0.15 * per[..., 2]) - 1) + 0.003 * (fbm(g, size, 24, 3) - 0.5) * dome
-    return albedo, rough, torch.zeros_like(u), height
-
-
-def planks(g, size):
-    """Wooden planks: rings of a distant trunk axis distorted by fbm, long grain, a plank colour each, ends
-    staggered, every plank slightly cupped, deep gaps between them."""
-    u, v = uv_grid(size)
-    n = int(U(g, 3, 8))
-    row = torch.floor(v * n)
-    length = U(g, 0.5, 1.2)
-    offs = torch.rand(n + 1, generator=g)[row.long()]
-    x = u / length + offs
-    col = torch.floor(x)
-    fu, fv = x - col, v * n - row
-    edge = torch.minimum(torch.minimum(fu, 1 - fu) * length, torch.minimum(fv, 1 - fv) / n)
-    body = bevel(edge, U(g, 0.002, 0.005), U(g, 0.005, 0.012))
-    per = torch.rand(n + 1, 64, 3, generator=g)[row.long(), col.long() % 64]
-    warp = fbm(g, size, 3)
-    r = torch.sqrt((v - U(g, -2, 2)) ** 2 + U(g, 0.5, 3) ** 2) + 0.08 * warp + per[..., 0]
-    late = smoothstep(0.55, 0.95, torch.frac(r * U(g, 15, 40)))             # dark latewood band
-    streaks = noise(g, size, size // 2, 6)                                   # long grain along u
-    light = hsv(U(g, 0.05, 0.11), U(g, 0.45, 0.75), U(g, 0.35, 0.75))
-    albedo = light[:, None, None] * (1 - 0.45 * late - 0.25 * (streaks - 0.5)) * (0.8 + 0.4 * per[..., 1])
-    albedo = albedo * (0.35 + 0.65 * body)
-    rough = (U(g, 0.35, 0.75) + 0.2 * late).clamp(0.05, 1) * body + (1 - body)
-    depth = U(g, 0.008, 0.02)
-    cup = U(g, 0.006, 0.012) * (1 - (2 * fv - 1) ** 2) + (per[..., 2] - 0.5) * 0.006
-    wear = U(g, 0.01, 0.02) * (fbm(g, size, 16, 3) - 0.5)
-    height = (depth + cup + wear - 0.002 * late + 0.0015 * streaks) * body - depth
-    return albedo, rough, torch.zeros_like(u), height
-
-
-def segments_distance(g, u, v, count, angle, spread, length):
-    """Distance (in material widths) from every texel to the nearest of `count` random segments whose
-    directions are angle +- spread: thin scratches. Processed in chunks to bound memory."""
-    p0 = torch.rand(count, 2, generator=g)
-    a = angle + spread * (torch.rand(count, generator=g) - 0.5)
-    d = torch.stack([a.cos(), a.sin()], 1)
-    ln = length * (0.3 + torch.rand(count, generator=g))
-    best = torch.full_like(u, 1e9)
-    for k in range(0, count, 32):
-        px = u[None] - p0[k:k + 32, 0, None, None]
-        py = v[None] - p0[k:k + 32, 1, None, None]
-        dx, dy = d[k:k + 32, 0, None, None], d[k:k + 32, 1, None, None]
-        t = (px * dx + py * dy).clamp(torch.zeros(1), ln[k:k + 32, None, None])   # projection onto the segment
-        ex, ey = px - t * dx, py - t * dy
-        best = torch.minimum(best, (ex * ex + ey * ey).amin(0))
-    return best.sqrt()
-
-
-def patches(g, size, amount):
-    """Rust / paint patches: fbm standardised to mean 0, std 1 and cut at the normal quantile of 1 - amount
-    (soft edge), so they cover about `amount` of the surface."""
-    n = fbm(g, size, 4)
-    if amount <= 0:
-        return torch.zeros_like(n)
-    z, t = (n - n.mean()) / n.std().clamp_min(1e-6), torch.special.ndtri(torch.tensor(1 - amount))
-    return smoothstep(t - 0.15, t + 0.15, z)
-
-
-def metal(g, size, kind):
-    """Metal, metallic = 1 except rust or paint patches: `hammered` (overlapping round dents), `embossed` (tread
-    plate: raised lozenges in alternating directions) or `scratched` (dents, thin random grooves)."""
-    u, v = uv_grid(size)
-    tint = torch.tensor(METALS[int(U(g, 0, len(METALS)))]) * U(g, 0.8, 1.0)
-    if kind == "hammered":
-        k = int(U(g, 6, 16))
-        d1, _, ids, _ = jittered_points(g, u, v, k, jitter=1.0)
-        radius = U(g, 0.7, 1.0) / k
-        height = -U(g, 0.3, 0.5) * radius * (1 - (d1 / radius).clamp(max=1) ** 2)   # spherical-ish cups
-        rough = U(g, 0.15, 0.45) + 0.1 * (torch.rand((k + 2) ** 2, generator=g)[ids] - 0.5)
-    elif kind == "embossed":
-        k = int(U(g, 5, 12))
-        cy, cx = torch.floor(v * k), torch.floor(u * k)
-        fu, fv = (u * k - cx) * 2 - 1, (v * k - cy) * 2 - 1
-        flip = ((cx + cy) % 2) * 2 - 1                                            # alternate the diagonal
-        a, b = (fu + flip * fv) / math.sqrt(2), (fu - flip * fv) / math.sqrt(2)
-        r = torch.sqrt((a / 0.8) ** 2 + (b / U(g, 0.25, 0.4)) ** 2)           # a lozenge along one diagonal
-        height = U(g, 0.15, 0.3) / k * (bevel(1 - r, 0.0, U(g, 0.4, 0.7)) - 1) + 0.006 * (fbm(g, size, 12, 3) - 0.5)
-        rough = U(g, 0.2, 0.5) + 0.1 * (fbm(g, size, 8) - 0.5)
-    else:
-        angle = U(g, 0, math.pi)
-        scratch_d = segments_distance(g, u, v, int(U(g, 30, 100)), angle, U(g, 0.2, 1.5), U(g, 0.1, 0.5))
-        scratch = torch.exp(-(scratch_d / (U(g, 1.0, 2.0) / size)) ** 2)     # ~2-4 texel wide grooves
-        rough = U(g, 0.25, 0.6) + 0.2 * (fbm(g, size, 8) - 0.5) - 0.2 * scratch
-        height = U(g, 0.015, 0.03) * (fbm(g, size, 12, 3) - 1) - U(g, 0.002, 0.004) * scratch
-    albedo = tint[:, None, None] * (0.9 + 0.1 * fbm(g, size, 8))
-    spots = patches(g, size, U(g, 0.05, 0.4) if U(g, 0, 1) < 0.5 else 0.0)
-    paint = U(g, 0, 1) < 0.5
-    coat = hsv(U(g, 0, 1), U(g, 0.4, 0.9), U(g, 0.2, 0.8)) if paint else hsv(U(g, 0.02, 0.08), 0.8, U(g, 0.1, 0.3))
-    coat = coat[:, None, None] * (0.7 + 0.6 * fbm(g, size, 16))
-    albedo = torch.lerp(albedo, coat, spots)
-    rough = torch.lerp(rough, torch.full_like(u, 0.5 if paint else 0.9), spots)
-    return albedo, rough.clamp(0.05, 1), 1 - spots, height + 0.001 * spots
-
-
-def fabric(g, size):
-    """Plain or basket weave: round threads along u and v crossing over/under, fibre noise, one or two colours."""
-    u, v = uv_grid(size)
-    f = round(U(g, 12, 32) * size / 256) if size >= 128 else int(U(g, 8, 16))
-    pair = 2 if U(g, 0, 1) < 0.3 else 1                                          # basket weave: threads in pairs
-    fu, fv = torch.frac(u * f), torch.frac(v * f)
-    over = ((torch.floor(u * f / pair) + torch.floor(v * f / pair)) % 2).bool()  # warp (along v) on top here
-    warp = torch.sin(math.pi * fu).clamp_min(0) ** 0.5 * (0.6 + 0.4 * torch.sin(math.pi * fv))
-    weft = torch.sin(math.pi * fv).clamp_min(0) ** 0.5 * (0.6 + 0.4 * torch.sin(math.pi * fu))
-    bump = torch.where(over, warp, weft) + 0.1 * fbm(g, size, 32, 2)
-    c1 = hsv(U(g, 0, 1), U(g, 0.2, 0.9), U(g, 0.15, 0.8))
-    c2 = c1 if U(g, 0, 1) < 0.5 else hsv(U(g, 0, 1), U(g, 0.2, 0.9), U(g, 0.15, 0.8))
-    albedo = torch.where(over, c1[:, None, None], c2[:, None, None]) * (0.7 + 0.3 * bump)
-    rough = (U(g, 0.7, 0.95) + 0.1 * (1 - bump)).clamp(0.05, 1)
-    height = U(g, 0.25, 0.45) / f * (bump - 1.1)
-    return albedo, rough, torch.zeros_like(u), height
-
-
-FAMILIES = {"bricks": lambda g, s: grid_material(g, s, True), "tiles": lambda g, s: grid_material(g, s, False),
-            "planks": planks, "stones": stones, "hammered_metal": lambda g, s: metal(g, s, "hammered"),
-            "embossed_metal": lambda g, s: metal(g, s, "embossed"),
-            "scratched_metal": lambda g, s: metal(g, s, "scratched"), "fabric": fabric}
-
-
-def height_to_normal(height):
-    """Tangent-space normal of the surface z = height(u, v) (all in material widths): n = normalize(-dz/dx,
-    -dz/dy, 1) with x = u (right) and y = -v (image up), central differences."""
-    size = height.shape[-1]
-    h = F.pad(height[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
-    dzdx = (h[1:-1, 2:] - h[1:-1, :-2]) * (size / 2)
-    dzdy = -(h[2:, 1:-1] - h[:-2, 1:-1]) * (size / 2)
-    return normalize(torch.stack([-dzdx, -dzdy, torch.ones_like(dzdx)]), dim=0)
-
-
-def make_material(g, family, size):
-    """-> dict of float maps: albedo (3, S, S) linear, roughness (1, S, S), metallic (1, S, S), normal (3, S, S),
-    height (1, S, S) (material widths, <= 0)."""
-    albedo, rough, metal_, height = FAMILIES[family](g, size)
-    height = height - height.max()                                    # the top of the relief is the plane z = 0
-    return {"albedo": albedo.clamp(0.01, 1), "roughness": rough.clamp(0.05, 1)[None],
-            "metallic": metal_.clamp(0, 1)[None], "normal": height_to_normal(height), "height": height[None]}
 
 
 # ------------------------------------------------------------------------------------------------ 8-bit maps
@@ -345,8 +79,12 @@ def quantize(x):
 
 def encode_maps(m):
     """Float maps -> the uint8 (C, S, S) images written to disk (albedo sRGB, normal n * 0.5 + 0.5)."""
-    return {"albedo": quantize(srgb(m["albedo"])), "roughness": quantize(m["roughness"]),
-            "metallic": quantize(m["metallic"]), "normal": quantize(m["normal"] * 0.5 + 0.5)}
+    return {
+        "albedo": quantize(srgb(m["albedo"])),
+        "roughness": quantize(m["roughness"]),
+        "metallic": quantize(m["metallic"]),
+        "normal": quantize(m["normal"] * 0.5 + 0.5),
+    }
 
 
 def decode_maps(q):
@@ -371,8 +109,8 @@ def random_lights(g):
         az, elev = U(g, 0, 2 * math.pi), math.radians(U(g, 20, 85))
         d = torch.tensor([math.cos(elev) * math.cos(az), math.cos(elev) * math.sin(az), math.sin(elev)])
         point, dist = U(g, 0, 1) < 0.5, U(g, 0.8, 2.0)
-        rgb = hsv(U(g, 0.05, 0.65), U(g, 0, 0.25), 1.0) * U(g, 0.8, 2.5)   # irradiance at the sample's centre
-        lights.append((d * dist, True, rgb * dist ** 2) if point else (d, False, rgb))
+        rgb = hsv(U(g, 0.05, 0.65), U(g, 0, 0.25), 1.0) * U(g, 0.8, 2.5)  # irradiance at the sample's centre
+        lights.append((d * dist, True, rgb * dist**2) if point else (d, False, rgb))
     sky = hsv(U(g, 0.5, 0.65), U(g, 0.05, 0.5), U(g, 0.2, 0.6))
     ground = hsv(U(g, 0.05, 0.15), U(g, 0.1, 0.4), U(g, 0.05, 0.2))
     return lights, sky, ground
@@ -395,11 +133,11 @@ def trace_relief(height, eye, steps=32):
     linear search over `steps` depth levels, then the crossing interpolated between the last two. This is what
     makes the relief move between views (parallax) and hide itself (occlusion). -> surface points (3, S, S)."""
     q = plane_points(height.shape[-1])
-    d = normalize(q - eye[:, None, None], dim=0)                       # into the sample: d_z < 0
+    d = normalize(q - eye[:, None, None], dim=0)  # into the sample: d_z < 0
     depth = -float(height.min())
     if depth <= 0:
         return q
-    at = lambda z: q + d * (z / d[2:3])                                # noqa: E731  ray point at height z
+    at = lambda z: q + d * (z / d[2:3])  # noqa: E731  ray point at height z
     z_prev, gap_prev = torch.zeros_like(q[2:3]), -lookup(height, q)  # gap = ray height - surface height
     hit, found = torch.zeros_like(q[2:3]), gap_prev <= 0
     for k in range(1, steps + 1):
@@ -420,7 +158,7 @@ def shadowed(height, p, l, steps=16):
         return torch.zeros_like(p[:1])
     block = torch.zeros_like(p[:1])
     for k in range(1, steps + 1):
-        z = p[2:3] + (0 - p[2:3]) * k / steps                            # rise to the top plane along l
+        z = p[2:3] + (0 - p[2:3]) * k / steps  # rise to the top plane along l
         s = p + l * ((z - p[2:3]) / l[2:3].clamp_min(0.05))
         block = torch.maximum(block, ((lookup(height, s) - z) / (depth / 8)).clamp(0, 1))
     return block
@@ -432,14 +170,14 @@ def ggx_shade(look, p, eye, lights, sky, ground, height, shadow=None):
     Returns linear radiance (3, H, W)."""
     albedo, rough, metal_, n = look[:3], look[3:4], look[4:5], look[5:8]
     v = normalize(eye[:, None, None] - p, dim=0)
-    f0 = torch.lerp(torch.full_like(albedo, 0.04), albedo, metal_)            # F0 = lerp(0.04, albedo, metallic)
-    a2 = (rough * rough) ** 2                                                 # alpha = roughness^2
-    k = (rough + 1) ** 2 / 8                                                  # Schlick-GGX k for direct light
+    f0 = torch.lerp(torch.full_like(albedo, 0.04), albedo, metal_)  # F0 = lerp(0.04, albedo, metallic)
+    a2 = (rough * rough) ** 2  # alpha = roughness^2
+    k = (rough + 1) ** 2 / 8  # Schlick-GGX k for direct light
     n_v = (n * v).sum(0, keepdim=True).clamp_min(1e-4)
     g_v = n_v / (n_v * (1 - k) + k)
     out = torch.zeros_like(albedo)
     for pos, point, rgb in lights:
-        if point:                                                             # point light: 1 / r^2 falloff
+        if point:  # point light: 1 / r^2 falloff
             l = pos[:, None, None] - p
             dist2 = (l * l).sum(0, keepdim=True)
             l, radiance = l / dist2.sqrt(), rgb[:, None, None] / dist2
@@ -449,14 +187,15 @@ def ggx_shade(look, p, eye, lights, sky, ground, height, shadow=None):
         n_l = (n * l).sum(0, keepdim=True).clamp_min(0)
         n_h = (n * h).sum(0, keepdim=True).clamp_min(0)
         v_h = (v * h).sum(0, keepdim=True).clamp_min(0)
-        d = a2 / (math.pi * (n_h * n_h * (a2 - 1) + 1) ** 2)                   # GGX normal distribution
-        g = g_v * n_l / (n_l * (1 - k) + k)                                   # Smith: G1(v) G1(l)
-        f = f0 + (1 - f0) * (1 - v_h) ** 5                                    # Schlick Fresnel
+        d = a2 / (math.pi * (n_h * n_h * (a2 - 1) + 1) ** 2)  # GGX normal distribution
+        g = g_v * n_l / (n_l * (1 - k) + k)  # Smith: G1(v) G1(l)
+        f = f0 + (1 - f0) * (1 - v_h) ** 5  # Schlick Fresnel
         spec = d * g * f / (4 * n_v * n_l + 1e-4)
         diffuse = (1 - f) * (1 - metal_) * albedo / math.pi
         out = out + (diffuse + spec) * radiance * n_l * (1 - shadowed(height, p, l))
     if shadow is not None:
         out = out * (1 - shadow)
+
     # ambient: hemisphere sky (irradiance lerp(ground, sky, n.z/2+1/2)), occluded in the hollows of the relief;
     # specular from the reflected direction, blurred towards the average with roughness; Schlick at n.v
     def hemi(z):
@@ -482,7 +221,7 @@ def soft_shadow(g, size):
     u, v = uv_grid(size)
     c, s = math.cos(U(g, 0, math.pi)), math.sin(U(g, 0, math.pi))
     x, y = (u - U(g, 0.2, 0.8)) * c + (v - U(g, 0.2, 0.8)) * s, -(u - 0.5) * s + (v - 0.5) * c
-    ry = U(g, 0.15, 0.5) if U(g, 0, 1) < 0.6 else 10.0                         # ellipse, or an infinite band
+    ry = U(g, 0.15, 0.5) if U(g, 0, 1) < 0.6 else 10.0  # ellipse, or an infinite band
     sd = torch.sqrt((x / U(g, 0.15, 0.5)) ** 2 + (y / ry) ** 2) - 1 + 0.3 * (fbm(g, size, 3) - 0.5)
     return U(g, 0.4, 0.85) * (1 - smoothstep(-U(g, 0.05, 0.3), 0.05, sd))
 
@@ -490,12 +229,12 @@ def soft_shadow(g, size):
 def camera_artifacts(g, rgb, smudge):
     """Dirty-camera effects on a linear (3, H, W) view: exposure shift, lens smudge haze, sensor noise."""
     size = rgb.shape[-1]
-    rgb = rgb * 2 ** U(g, -1.0, 0.8)                                          # exposure shift
-    if smudge:                                                                # low-frequency veiling haze + blur
+    rgb = rgb * 2 ** U(g, -1.0, 0.8)  # exposure shift
+    if smudge:  # low-frequency veiling haze + blur
         m = smoothstep(0.45, 0.8, fbm(g, size, 3, 3)) * U(g, 0.3, 0.8)
         blur = F.avg_pool2d(F.pad(rgb[None], (4, 4, 4, 4), mode="replicate"), 9, 1)[0]
         rgb = torch.lerp(rgb, blur, m) + m * U(g, 0.05, 0.3) * rgb.mean()
-    return rgb + torch.randn(rgb.shape, generator=g) * U(g, 0.005, 0.03)     # sensor noise (before tonemap)
+    return rgb + torch.randn(rgb.shape, generator=g) * U(g, 0.005, 0.03)  # sensor noise (before tonemap)
 
 
 def render_views(g, stack, height, dirty, views=3):
@@ -503,7 +242,7 @@ def render_views(g, stack, height, dirty, views=3):
     with its flash on (a point light at the camera), rectified to the sample's square -> uint8 (views, 3, S, S)
     sRGB renders."""
     lights, sky, ground = random_lights(g)
-    flash = torch.full((3,), U(g, 2.0, 4.0))                  # the camera's flash: most of the light
+    flash = torch.full((3,), U(g, 2.0, 4.0))  # the camera's flash: most of the light
     # exposure and white balance calibrated on the sample's plane (as with a grey card in the shot): every source
     # is scaled per channel so that a flat white diffuse surface at the centre would shine `white`
     white = U(g, 0.7, 0.9)
@@ -521,7 +260,7 @@ def render_views(g, stack, height, dirty, views=3):
         p = trace_relief(height, eye)
         look = lookup(stack, p)
         look[5:8] = normalize(look[5:8], dim=0)
-        lit = lights + [(eye, True, flash * float(eye @ eye))]      # a point light at the camera
+        lit = lights + [(eye, True, flash * float(eye @ eye))]  # a point light at the camera
         rgb = ggx_shade(look, p, eye, lit, sky, ground, height, look[8:9] if shadow else None)
         if dirty:
             rgb = camera_artifacts(g, rgb, smudge)
@@ -544,7 +283,7 @@ def render_sample(index, size, clean_fraction):
 def write_json(obj, path):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)                         # atomic: never a half-written metadata file
+    os.replace(tmp, path)  # atomic: never a half-written metadata file
 
 
 def write_sample(out, i, index, size, clean_fraction):
@@ -572,7 +311,7 @@ def make_dataset(out_dir, count, size=256, seed=0, clean_fraction=0.75, progress
     inp.mkdir(parents=True, exist_ok=True)
     meta = {}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)      # 256^2 tensors gain little from threads, and one thread is immune to busy cores
+    torch.set_num_threads(1)  # 256^2 tensors gain little from threads, and one thread is immune to busy cores
     try:
         for i in progress_bar(range(count), unit="sample", desc=f"neuropbr synth {out.name}", disable=not progress):
             sample, name = write_sample(out, i, seed * 100_000 + i, size, clean_fraction)
@@ -581,7 +320,7 @@ def make_dataset(out_dir, count, size=256, seed=0, clean_fraction=0.75, progress
                 write_json(meta, inp / "render_metadata.json")
     finally:
         torch.set_num_threads(threads)
-    for sub in ("clean", "dirty"):                # stale samples of a bigger earlier run
+    for sub in ("clean", "dirty"):  # stale samples of a bigger earlier run
         for d in (inp / sub).glob("sample_*") if (inp / sub).is_dir() else ():
             if re.fullmatch(r"sample_\d+", d.name) and d.name not in meta:
                 shutil.rmtree(d)
@@ -596,19 +335,28 @@ def preview(out_dir, png, samples=6):
     rows = []
     for sample, name in list(meta.items())[:samples]:
         folder = next(p for p in (out / "input" / s / sample for s in ("clean", "dirty")) if p.is_dir())
-        rows.append([load_png(folder / f"{v}.png") for v in range(3)] +
-                    [load_png(out / "output" / name / f"{k}.png") for k in MAPS])
+        rows.append(
+            [load_png(folder / f"{v}.png") for v in range(3)]
+            + [load_png(out / "output" / name / f"{k}.png") for k in MAPS]
+        )
     grid(rows, ["view 0", "view 1", "view 2", *MAPS], path=png)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", required=True, help="dataset folder; input/ and output/ are created in it")
     p.add_argument("--count", type=int, default=16, help="number of samples (one material each)")
     p.add_argument("--size", type=int, default=256, help="side of the renders and of the maps, in pixels")
-    p.add_argument("--seed", type=int, default=0, help="sample i renders material seed*100000+i: another seed "
-                   "gives held-out materials")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sample i renders material seed*100000+i: another seed gives held-out materials",
+    )
     p.add_argument("--clean-fraction", type=float, default=0.75, help="probability that a sample is clean")
     p.add_argument("--preview", metavar="PNG", help="also write a strip of the first samples' views and maps")
     args = p.parse_args(argv)

@@ -13,14 +13,14 @@ nss/evaluate.py can score a trained model against TAA on them:
   pan_cut.safetensors  a fast pan (6 -> 12 high-res px/frame) over checkerboards, 1 px lines and rings, then
                        a camera cut to a diagonal 9 px/frame pan over bricks, zone plates and Siemens stars
 
-Each scene is a stack of fronto-parallel layers, each at a fixed view depth, with premultiplied colour and
-alpha that are analytic functions of continuous position (textures are looked up bilinearly), so the
-jittered low-res point samples and the 4x4 = 16 spp ground truth come from the same signal. A layer's content
-is defined in rest coordinates q; at frame t a screen point p shows q = p - S_t(p), where the shift S_t is
-the camera's translation (scaled by 1/depth), the layer's own drift and sums of travelling sine waves (sway).
-Layers are composited front to back; the "visible" layer of a sample is the front-most one with alpha >= 0.5
-(the alpha-test rule), and depth and motion are that layer's. Motion is exact: the previous position of p is
-the solution p' of p' - S_{t-1}(p') = q, found by fixed-point iteration (the sway is a contraction) and
+Each scene is a stack of fronto-parallel layers (nss/layers.py renders them), each at a fixed view depth, with
+premultiplied colour and alpha that are analytic functions of continuous position (textures are looked up
+bilinearly), so the jittered low-res point samples and the 4x4 = 16 spp ground truth come from the same signal. A
+layer's content is defined in rest coordinates q; at frame t a screen point p shows q = p - S_t(p), where the
+shift S_t is the camera's translation (scaled by 1/depth), the layer's own drift and sums of travelling sine waves
+(sway). Layers are composited front to back; the "visible" layer of a sample is the front-most one with
+alpha >= 0.5 (the alpha-test rule), and depth and motion are that layer's. Motion is exact: the previous position
+of p is the solution p' of p' - S_{t-1}(p') = q, found by fixed-point iteration (the sway is a contraction) and
 checked on every frame.
 
     python nss/scenes.py --out data/scenes --size 256 256 --frames 24 --seed 0
@@ -33,17 +33,15 @@ current, is evaluated at unjittered pixel centres, and is zero on frame 0 and on
 forward-Z device depth of the jittered sample; the camera looks along +z with no rotation, and viewProj
 follows its translation, so static layers reproject exactly with depth + viewProj.
 """
+
 import argparse
 import colorsys
-import contextlib
 import datetime
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,126 +50,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import save_file
+
 from common.log import progress as progress_bar
+from nss.layers import Layer, Shot, Sway, focal_px, render_scene
+from nss.synth import SCALE, preview
+from nss.world import frac, hash01, sample_noise, tileable_noise
 
-from nss.synth import (SCALE, Camera, check_depth_params, depth_params, device_depth, frac, hash01, jitter_px,
-                       karis_mean, pack_capture, preview, sample_noise, tileable_noise)
-
-FOV_Y = math.radians(60.0)
-SPP = 16                     # ground truth: 4 x 4 samples per high-res pixel, as synth's default
-FIXED_POINT_ITERS = 12       # previous-position solve: the sway gradients keep the contraction <= ~0.41
-FONT_SIZE = 11               # Pillow's default (Aileron) at 11 px: strokes ~1 px, 14 px lines
+FONT_SIZE = 11  # Pillow's default (Aileron) at 11 px: strokes ~1 px, 14 px lines
 LINE_H = 14
 SCENES = ("text", "foliage", "pan_cut")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Layers and shots.
-
-@dataclass
-class Sway:
-    """One travelling wave of the shift: amp * sin(omega t + wave . p + phase), amp (y, x) in px."""
-    amp: tuple
-    wave: tuple                       # (ky, kx) rad / px
-    omega: float                      # rad / frame
-    phase: float = 0.0
-
-
-@dataclass
-class Layer:
-    """A fronto-parallel layer at view depth z. content(qy, qx) -> (premultiplied rgb (3, N), alpha (N,)) at
-    rest coordinates (high-res px); clip(y, x) -> coverage of a static screen-space window (None = all)."""
-    name: str
-    z: float
-    content: Callable
-    drift: tuple = (0.0, 0.0)         # the layer's own motion, px / frame (y, x)
-    sway: list = field(default_factory=list)
-    clip: Callable = None
-
-
-@dataclass
-class Shot:
-    """Frames from `start` until the next shot's start; layers front to back, the last one opaque."""
-    start: int
-    layers: list
-    eye: Callable = lambda t: np.zeros(3)   # camera position at frame t (world units, x right, y up)
-
-
-def focal_px(H):
-    """Focal length in high-res pixels (square pixels, so the same for x and y)."""
-    return H / (2 * math.tan(FOV_Y / 2))
-
-
-def shift(layer, eye, f, t, y, x):
-    """S_t at screen points (y, x) (high-res px): where the layer's rest point q = p - S_t(p) has moved to.
-    A camera translated by e moves a plane at depth z by (e_y, -e_x) f / z px (image y points down)."""
-    sy = float(eye[1] * f / layer.z + layer.drift[0] * t)
-    sx = float(-eye[0] * f / layer.z + layer.drift[1] * t)
-    for s in layer.sway:
-        wave = torch.sin(s.omega * t + s.wave[0] * y + s.wave[1] * x + s.phase)
-        sy, sx = sy + s.amp[0] * wave, sx + s.amp[1] * wave
-    return sy + torch.zeros_like(y), sx + torch.zeros_like(x)
-
-
-def sample_layer(layer, eye, f, t, y, x):
-    sy, sx = shift(layer, eye, f, t, y, x)
-    rgb, alpha = layer.content(y - sy, x - sx)
-    if layer.clip is not None:
-        m = layer.clip(y, x)
-        rgb, alpha = rgb * m, alpha * m
-    return rgb, alpha
-
-
-def composite(shot, f, t, y, x):
-    """Front-to-back 'over' of all layers at points (N,) -> rgb (3, N), index of the visible layer (N,)."""
-    eye = shot.eye(t)
-    rgb = torch.zeros(3, y.numel())
-    trans = torch.ones(y.numel())
-    visible = torch.full((y.numel(),), len(shot.layers) - 1, dtype=torch.long)
-    found = torch.zeros(y.numel(), dtype=torch.bool)
-    for k, layer in enumerate(shot.layers):
-        c, a = sample_layer(layer, eye, f, t, y, x)
-        rgb += trans * c
-        trans = trans * (1 - a)
-        hit = ~found & (a >= 0.5)
-        visible[hit] = k
-        found |= hit
-    return rgb, visible
-
-
-def layer_motion(layer, shot, f, t, y, x):
-    """Exact motion (2, N) of the layer's points now at (y, x): p - p', where p' - S_{t-1}(p') = q = p - S_t(p)."""
-    sy, sx = shift(layer, shot.eye(t), f, t, y, x)
-    qy, qx = y - sy, x - sx
-    eye = shot.eye(t - 1)
-    py, px = y, x
-    for _ in range(FIXED_POINT_ITERS):
-        sy, sx = shift(layer, eye, f, t - 1, py, px)
-        py, px = qy + sy, qx + sx
-    sy, sx = shift(layer, eye, f, t - 1, py, px)
-    err = torch.maximum((py - sy - qy).abs(), (px - sx - qx).abs()).max() if y.numel() else 0.0
-    assert err < 1e-3, f"layer {layer.name}: previous-position solve did not converge ({err:.2e} px)"
-    return torch.stack([y - py, x - px])
-
-
-def motion_at(shot, f, t, y, x, visible):
-    mv = torch.zeros(2, y.numel())
-    for k, layer in enumerate(shot.layers):
-        idx = (visible == k).nonzero()[:, 0]
-        if idx.numel():
-            mv[:, idx] = layer_motion(layer, shot, f, t, y[idx], x[idx])
-    return mv
-
-
-def pixel_grid(rows, cols, y0, x0, step):
-    """Flattened sample positions (y0 + r step, x0 + c step) -> (y, x), each (rows * cols,)."""
-    ys = y0 + step * torch.arange(rows, dtype=torch.float32)
-    xs = x0 + step * torch.arange(cols, dtype=torch.float32)
-    return ys[:, None].expand(rows, cols).reshape(-1), xs[None, :].expand(rows, cols).reshape(-1)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Textures and small helpers for content functions.
+
 
 def wrap_pad(tex):
     """(C, Ht, Wt) -> (1, C, Ht + 1, Wt + 1) padded by one wrapped texel, for seamless tiling lookups."""
@@ -195,8 +87,8 @@ def fbm(noise, y, x, periods, weights, seed_offset=0.0):
 
 
 def rough_noise(rng, size=512, slope=0.7):
-    """Tiling noise with a flat-ish spectrum (amplitude ~ 1/f^slope, vs synth's smooth 1/f^1.6), mean 0.5 and
-    std ~0.18, padded like synth.tileable_noise for sample_noise: sampled at 2 texels per px it has detail down
+    """Tiling noise with a flat-ish spectrum (amplitude ~ 1/f^slope, vs tileable_noise's smooth 1/f^1.6), mean
+    0.5 and std ~0.18, padded like tileable_noise for sample_noise: sampled at 2 texels per px it has detail down
     to half a pixel yet repeats only every size / 2 px."""
     fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
     amp = 1.0 / np.maximum(np.hypot(fx, fy) * size, 1.0) ** slope
@@ -227,6 +119,7 @@ def smoothstep(a, b, x):
 # ----------------------------------------------------------------------------------------------------------
 # Scene 1: text.
 
+
 def random_line(rng, font, width):
     """Random words filling up to `width` px (some lines end early like a paragraph's last line)."""
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -239,9 +132,9 @@ def random_line(rng, font, width):
         word = word.capitalize() if r < 0.15 else str(rng.integers(0, 10000)) if r < 0.22 else word
         word += rng.choice([",", ".", ";", ""], p=[0.08, 0.06, 0.02, 0.84])
         while word and font.getlength(" ".join(words + [word])) > limit:
-            if words:                         # the line is full
+            if words:  # the line is full
                 return " ".join(words)
-            word = word[:-1]                  # a narrow column: shorten the first word until it fits
+            word = word[:-1]  # a narrow column: shorten the first word until it fits
         if not word:
             break
         words.append(word)
@@ -252,7 +145,7 @@ def text_mask(rng, width, lines, margin=2):
     """`lines` lines of random text rendered once with Pillow -> coverage (1, lines * LINE_H, width) in [0, 1],
     tiling in y (texel = 1 high-res px). A blank margin each side keeps the x wrap-around empty."""
     font = ImageFont.load_default(size=FONT_SIZE)
-    width = max(width, 2 * margin + 4)       # tiny test frames: a column may be narrower than that
+    width = max(width, 2 * margin + 4)  # tiny test frames: a column may be narrower than that
     im = Image.new("L", (width, lines * LINE_H))
     draw = ImageDraw.Draw(im)
     for i in range(lines):
@@ -288,8 +181,16 @@ def text_scene(rng, size, frames):
     # edges (alpha < 0.5) the background's zero motion, i.e. no usable motion for 1-2 px strokes at all.
     bx0, bx1 = int(0.60 * W), int(0.97 * W)
     colour_tex = wrap_pad(text_mask(rng, bx1 - bx0, lines))
-    palette = [(1.0, 0.12, 0.08), (0.1, 0.9, 0.2), (0.25, 0.4, 1.6), (1.3, 1.0, 0.1), (0.1, 1.1, 1.2),
-               (1.2, 0.15, 1.1), (2.0, 2.0, 2.0), (0.9, 0.45, 0.05)]
+    palette = [
+        (1.0, 0.12, 0.08),
+        (0.1, 0.9, 0.2),
+        (0.25, 0.4, 1.6),
+        (1.3, 1.0, 0.1),
+        (0.1, 1.1, 1.2),
+        (1.2, 0.15, 1.1),
+        (2.0, 2.0, 2.0),
+        (0.9, 0.45, 0.05),
+    ]
     glass = col((0.01, 0.012, 0.02))
     line_rgb = torch.tensor([palette[i] for i in rng.integers(0, len(palette), lines)], dtype=torch.float32).T
 
@@ -306,15 +207,18 @@ def text_scene(rng, size, frames):
         rgb = base_a + (base_b - base_a) * (qy / H).clamp(0, 1) + 0.08 * g
         return rgb, torch.ones_like(qy)
 
-    layers = [Layer("hud", 1.0, hud, clip=rect(0, 0, bar, W)),
-              Layer("page", 3.0, page, drift=(-2.5, 0.0), clip=rect(bar + 4, ax0, H - 4, ax1)),
-              Layer("credits", 2.5, coloured, drift=(3.5, 0.0), clip=rect(bar + 4, bx0, H - 4, bx1)),
-              Layer("background", 10.0, background)]
+    layers = [
+        Layer("hud", 1.0, hud, clip=rect(0, 0, bar, W)),
+        Layer("page", 3.0, page, drift=(-2.5, 0.0), clip=rect(bar + 4, ax0, H - 4, ax1)),
+        Layer("credits", 2.5, coloured, drift=(3.5, 0.0), clip=rect(bar + 4, bx0, H - 4, bx1)),
+        Layer("background", 10.0, background),
+    ]
     return [Shot(0, layers)]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Scene 2: foliage.
+
 
 def leaf_texture(rng, H, W, k=4):
     """Tiling RGBA texture of thin branches with leaves -> (1, 4, 2H + 1, 2W + 1) premultiplied, texel = 0.5
@@ -339,7 +243,7 @@ def leaf_texture(rng, H, W, k=4):
                 else:
                     draw.polygon(p, fill=len(colours) - 1)
 
-    branches = max(3, int(0.35 * H * W / 300))   # ~35 % coverage: each branch covers ~300 px^2
+    branches = max(3, int(0.35 * H * W / 300))  # ~35 % coverage: each branch covers ~300 px^2
     hue = rng.uniform(0.22, 0.33)
     for _ in range(branches):
         x, y = rng.uniform(0, W), rng.uniform(0, H)
@@ -351,7 +255,7 @@ def leaf_texture(rng, H, W, k=4):
             a += bend * 2.0
             x, y = x + 2.0 * math.cos(a), y + 2.0 * math.sin(a)
             stem.append((x, y))
-            if s >= next_leaf:                      # a lens-shaped leaf, alternating sides of the stem
+            if s >= next_leaf:  # a lens-shaped leaf, alternating sides of the stem
                 next_leaf += rng.uniform(3, 6)
                 side = -side
                 b = a + side * rng.uniform(0.5, 1.2)
@@ -361,13 +265,13 @@ def leaf_texture(rng, H, W, k=4):
                 half = 0.5 * lw * np.sin(np.pi * ts)
                 pts = [(x, y) + d * ll * t + n * w for t, w in zip(ts, half)]
                 pts += [(x, y) + d * ll * t - n * w for t, w in zip(ts[::-1], half[::-1])]
-                gain = rng.uniform(2.0, 4.0) if rng.uniform() < 0.12 else 1.0   # sunlit leaves: HDR sparkles
+                gain = rng.uniform(2.0, 4.0) if rng.uniform() < 0.12 else 1.0  # sunlit leaves: HDR sparkles
                 rgb = hsv(hue + rng.normal(0, 0.04), rng.uniform(0.5, 0.9), rng.uniform(0.12, 0.55), gain)
                 put("polygon", pts, rgb)
-        put("line", stem, hsv(0.08, 0.5, rng.uniform(0.08, 0.2)), width=k)   # stems 1 high-res px wide
+        put("line", stem, hsv(0.08, 0.5, rng.uniform(0.08, 0.2)), width=k)  # stems 1 high-res px wide
     idx = np.asarray(ids, dtype=np.int64)
     table = np.array(colours, dtype=np.float32)
-    rgba = np.concatenate([table[idx], (idx > 0)[..., None].astype(np.float32)], -1)   # premultiplied: id 0 = 0
+    rgba = np.concatenate([table[idx], (idx > 0)[..., None].astype(np.float32)], -1)  # premultiplied: id 0 = 0
     rgba = rgba.reshape(2 * H, k // 2, 2 * W, k // 2, 4).mean((1, 3))
     return wrap_pad(torch.from_numpy(rgba).permute(2, 0, 1).contiguous())
 
@@ -377,22 +281,22 @@ def foliage_scene(rng, size, frames):
     f = focal_px(H)
     # 256-texel noise tiles: even the sub-pixel octaves repeat only every 60+ px, so no visible lattice
     shape_noise, colour_noise = tileable_noise(rng, 256), tileable_noise(rng, 256)
-    rough = rough_noise(rng)                     # the high-frequency octave: sub-pixel detail, no lattice
+    rough = rough_noise(rng)  # the high-frequency octave: sub-pixel detail, no lattice
     leaves = leaf_texture(rng, H, W)
     z_front, z_bush, z_far = 2.5, 8.0, 40.0
-    truck = 4.0 * z_front / f                    # camera speed (world / frame): the front layer moves 4 px/frame
+    truck = 4.0 * z_front / f  # camera speed (world / frame): the front layer moves 4 px/frame
     eye = lambda t: np.array([truck * t, 0.012 * math.sin(0.15 * t), 0.0])
 
     def front(qy, qx):
         tex = lookup(leaves, qy * 2, qx * 2)
-        k = 0.4 + 1.2 * sample_noise(rough, qx / 173 + 0.3, qy / 173)   # fine texture inside the leaves
+        k = 0.4 + 1.2 * sample_noise(rough, qx / 173 + 0.3, qy / 173)  # fine texture inside the leaves
         return tex[:3] * k, tex[3]
 
     bush_rgb = (col(hsv(0.30, 0.8, 0.03)), col(hsv(0.22, 0.7, 0.30)))
 
     def bush(qy, qx):
         n = fbm(shape_noise, qy, qx, (512, 163), (0.5, 0.3)) + 0.2 * sample_noise(rough, qx / 256, qy / 256)
-        alpha = smoothstep(0.47, 0.53, n + 0.5 * (qy / H - 0.65))      # denser towards the ground
+        alpha = smoothstep(0.47, 0.53, n + 0.5 * (qy / H - 0.65))  # denser towards the ground
         shade = 0.5 * sample_noise(colour_noise, qx / 211, qy / 211) + 0.5 * sample_noise(rough, qy / 211, qx / 211)
         rgb = bush_rgb[0] + (bush_rgb[1] - bush_rgb[0]) * smoothstep(0.3, 0.7, shade)
         return rgb * alpha, alpha
@@ -406,15 +310,25 @@ def foliage_scene(rng, size, frames):
         return torch.where(qy > ridge, hills, sky), torch.ones_like(qy)
 
     # sway gradients (sum of |amp| |wave|) ~0.41 and ~0.09 < 1: the previous-position solve contracts fast
-    layers = [Layer("leaves", z_front, front, sway=[Sway((0.8, 2.5), (2 * math.pi / 70, 2 * math.pi / 110), 0.35),
-                                                    Sway((0.3, 0.8), (-2 * math.pi / 60, 2 * math.pi / 60), 0.6, 1.0)]),
-              Layer("bush", z_bush, bush, sway=[Sway((0.3, 1.0), (2 * math.pi / 90, 2 * math.pi / 150), 0.25, 2.0)]),
-              Layer("sky", z_far, far)]
+    layers = [
+        Layer(
+            "leaves",
+            z_front,
+            front,
+            sway=[
+                Sway((0.8, 2.5), (2 * math.pi / 70, 2 * math.pi / 110), 0.35),
+                Sway((0.3, 0.8), (-2 * math.pi / 60, 2 * math.pi / 60), 0.6, 1.0),
+            ],
+        ),
+        Layer("bush", z_bush, bush, sway=[Sway((0.3, 1.0), (2 * math.pi / 90, 2 * math.pi / 150), 0.25, 2.0)]),
+        Layer("sky", z_far, far),
+    ]
     return [Shot(0, layers, eye)]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Scene 3: fast pan with a camera cut.
+
 
 def panel_kind(py, px, salt, n):
     return (hash01(py + salt, px) * n).long().clamp_max(n - 1)
@@ -423,9 +337,16 @@ def panel_kind(py, px, salt, n):
 def pan_texture_a(rng):
     """64 px panels, each a checkerboard (4 px cells), 1 px lines at some angle, or 4 px rings; 2 px grout."""
     cell = 64.0
-    palette = torch.tensor([[hsv(rng.uniform(), rng.uniform(0.2, 0.9), rng.uniform(0.02, 0.15)),
-                             hsv(rng.uniform(), rng.uniform(0.0, 0.6), rng.uniform(0.5, 1.0), rng.uniform(1.0, 2.5))]
-                            for _ in range(8)], dtype=torch.float32)            # (8, 2, 3): dark, bright
+    palette = torch.tensor(
+        [
+            [
+                hsv(rng.uniform(), rng.uniform(0.2, 0.9), rng.uniform(0.02, 0.15)),
+                hsv(rng.uniform(), rng.uniform(0.0, 0.6), rng.uniform(0.5, 1.0), rng.uniform(1.0, 2.5)),
+            ]
+            for _ in range(8)
+        ],
+        dtype=torch.float32,
+    )  # (8, 2, 3): dark, bright
     grout = torch.tensor([0.3, 0.3, 0.28])
 
     def content(qy, qx):
@@ -449,15 +370,22 @@ def pan_texture_b(rng):
     """96 px cells of zone plates (up to the high-res Nyquist rate at the edge), bricks with 1 px mortar, or
     36-spoke Siemens stars: a different look, so the cut really changes the content."""
     cell = 96.0
-    palette = torch.tensor([[hsv(rng.uniform(), rng.uniform(0.3, 0.9), rng.uniform(0.03, 0.2)),
-                             hsv(rng.uniform(), rng.uniform(0.0, 0.5), rng.uniform(0.6, 1.0), rng.uniform(1.0, 2.0))]
-                            for _ in range(8)], dtype=torch.float32)
+    palette = torch.tensor(
+        [
+            [
+                hsv(rng.uniform(), rng.uniform(0.3, 0.9), rng.uniform(0.03, 0.2)),
+                hsv(rng.uniform(), rng.uniform(0.0, 0.5), rng.uniform(0.6, 1.0), rng.uniform(1.0, 2.0)),
+            ]
+            for _ in range(8)
+        ],
+        dtype=torch.float32,
+    )
 
     def content(qy, qx):
         py, px = torch.floor(qy / cell), torch.floor(qx / cell)
         ly, lx = qy - (py + 0.5) * cell, qx - (px + 0.5) * cell
         kind = panel_kind(py, px, 3, 3)
-        zone = 0.5 + 0.5 * torch.cos(math.pi / 96 * (ly * ly + lx * lx))   # local rate r / 96 cycles/px
+        zone = 0.5 + 0.5 * torch.cos(math.pi / 96 * (ly * ly + lx * lx))  # local rate r / 96 cycles/px
         row = torch.floor(qy / 5)
         u = qx / 12 + 0.5 * torch.remainder(row, 2.0)
         bricks = ((frac(u) > 1 / 12) & (frac(qy / 5) > 1 / 5)).float() * (0.5 + 0.5 * hash01(row, torch.floor(u)))
@@ -475,16 +403,16 @@ def pan_cut_scene(rng, size, frames):
     cut = frames // 2 if frames >= 2 else frames
     z_a, z_b = 5.0, 3.0
     n = max(cut - 1, 1)
-    a = math.radians(rng.uniform(-15, 15))        # mostly horizontal, speed ramping 6 -> 12 px/frame
+    a = math.radians(rng.uniform(-15, 15))  # mostly horizontal, speed ramping 6 -> 12 px/frame
 
-    def eye_a(t):                                 # screen shift s(t) = 6 t + 3 t^2 / n px along (sin a, cos a)
+    def eye_a(t):  # screen shift s(t) = 6 t + 3 t^2 / n px along (sin a, cos a)
         s = 6 * t + 3 * t * t / n
         return np.array([-s * math.cos(a) * z_a / f, s * math.sin(a) * z_a / f, 0.0])
 
-    b = math.radians(rng.uniform(20, 70)) + rng.choice([0.0, math.pi])    # diagonal, 9 px/frame
+    b = math.radians(rng.uniform(20, 70)) + rng.choice([0.0, math.pi])  # diagonal, 9 px/frame
 
     def eye_b(t):
-        s = 9.0 * (t - cut) + 40.0                # starts somewhere else on the new texture
+        s = 9.0 * (t - cut) + 40.0  # starts somewhere else on the new texture
         return np.array([-s * math.cos(b) * z_b / f, s * math.sin(b) * z_b / f, 0.0])
 
     shots = [Shot(0, [Layer("panels", z_a, pan_texture_a(rng))], eye_a)]
@@ -494,74 +422,6 @@ def pan_cut_scene(rng, size, frames):
 
 
 BUILDERS = {"text": text_scene, "foliage": foliage_scene, "pan_cut": pan_cut_scene}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Rendering a capture.
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch single-threaded, restoring the setting after. Every op here is a few ms of memory-bound work:
-    on a 2-core machine that is also busy with anything else, OpenMP's per-op thread hand-offs made rendering
-    10x slower with 2 threads than with 1 (measured: 0.8 s vs 14 s for 3 foliage frames at 256x256)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def render_scene(shots, frames, size, seq_name, on_frame=None):
-    """Render a list of Shots for `frames` frames at high res `size` = (H, W) -> dict of tensors with every key
-    nss/synth.py writes (Arm's NSS layout)."""
-    with one_thread():
-        return _render(shots, frames, size, seq_name, on_frame)
-
-
-def _render(shots, frames, size, seq_name, on_frame):
-    H, W = size
-    h, w = H // SCALE, W // SCALE
-    s = math.isqrt(SPP)
-    f = focal_px(H)
-    params = depth_params(FOV_Y, h, w)
-    starts = [sh.start for sh in shots]
-    gt_y, gt_x = pixel_grid(s * H, s * W, 0.5 / s, 0.5 / s, 1.0 / s)
-    hr_y, hr_x = pixel_grid(H, W, 0.5, 0.5, 1.0)
-    lr_y, lr_x = pixel_grid(h, w, SCALE * 0.5, SCALE * 0.5, float(SCALE))   # LR pixel centres in high-res px
-    keys = ("colour_linear", "ground_truth_linear", "depth", "motion_lr", "motion", "jitter", "viewProj")
-    out = {k: [] for k in keys}
-    for t in range(frames):
-        shot = [sh for sh in shots if sh.start <= t][-1]
-        jy, jx = jitter_px(t)
-        gt, _ = composite(shot, f, t, gt_y, gt_x)
-        gt = karis_mean(gt.view(3, s * H, s * W), s)
-        colour, vis = composite(shot, f, t, lr_y + SCALE * jy, lr_x + SCALE * jx)
-        view_depth = torch.tensor([layer.z for layer in shot.layers])[vis].view(h, w)
-        depth = device_depth(view_depth)
-        check_depth_params(depth, view_depth, params)
-        if t in starts:                           # first frame or a cut: no previous frame to point at
-            mv_hr, mv_lr = torch.zeros(2, H, W), torch.zeros(2, h, w)
-        else:
-            _, vis_hr = composite(shot, f, t, hr_y, hr_x)
-            _, vis_lr = composite(shot, f, t, lr_y, lr_x)
-            mv_hr = motion_at(shot, f, t, hr_y, hr_x, vis_hr).view(2, H, W)
-            mv_lr = motion_at(shot, f, t, lr_y, lr_x, vis_lr).view(2, h, w) / SCALE
-            # Arm clamps UV motion to [-1, 1], i.e. to the image size in pixels
-            lim = torch.tensor([H, W], dtype=torch.float32).view(2, 1, 1)
-            mv_hr = torch.maximum(torch.minimum(mv_hr, lim), -lim)
-            mv_lr = torch.maximum(torch.minimum(mv_lr, lim / SCALE), -lim / SCALE)
-        out["ground_truth_linear"].append(gt.half())
-        out["colour_linear"].append(colour.view(3, h, w).half())
-        out["depth"].append(depth[None])
-        out["motion"].append(mv_hr.half())
-        out["motion_lr"].append(mv_lr.half())
-        out["jitter"].append(torch.tensor([jy, jx]).view(2, 1, 1))
-        out["viewProj"].append(torch.from_numpy(Camera(shot.eye(t), 0.0, 0.0, FOV_Y, W / H).view_proj()).float()[None])
-        if on_frame:
-            on_frame()
-
-    return pack_capture(out, starts, (h, w), (H, W), FOV_Y, params, seq_name)
 
 
 def build(name, size, frames, seed):
@@ -582,23 +442,33 @@ def make_scenes(out_dir, size=(256, 256), frames=24, seed=0, progress=True):
     paths = []
     with progress_bar(total=len(SCENES) * frames, unit="frame", desc="scenes", disable=not progress) as bar:
         for name in SCENES:
-            tensors = render_scene(build(name, (H, W), frames, seed), frames, (H, W), f"nanoNG-scenes/{name}/{seed}",
-                                   on_frame=bar.update)
+            tensors = render_scene(
+                build(name, (H, W), frames, seed), frames, (H, W), f"nanoNG-scenes/{name}/{seed}", on_frame=bar.update
+            )
             path = out_dir / f"{name}.safetensors"
             tmp = path.with_name(path.name + ".tmp")
             meta = {"Length": str(frames), "Created": created, "Version": "nanoNG-scenes"}
             save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)            # never leave a half-written capture behind
+            os.replace(tmp, path)  # never leave a half-written capture behind
             paths.append(path)
     return paths
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", required=True, help="folder for text/foliage/pan_cut.safetensors (created)")
-    p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
-                   help="ground-truth (high) resolution, both even; the input is H/2 x W/2")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(256, 256),
+        metavar=("H", "W"),
+        help="ground-truth (high) resolution, both even; the input is H/2 x W/2",
+    )
     p.add_argument("--frames", type=int, default=24, help="frames per capture (the pan cuts at frames // 2)")
     p.add_argument("--seed", type=int, default=0, help="random text, leaves, palettes and pan directions")
     p.add_argument("--no-preview", action="store_true", help="skip the OUT/<scene>.png strips of a few frames")
