@@ -11,6 +11,7 @@ read and put back if the kill fell between the two renames. A failed write (disk
 and raises CheckpointError; the previous checkpoint stays. Loading never unpickles arbitrary objects:
 safetensors for weights (NaN refused), `torch.load(weights_only=True)` for the state, JSON for the meta.
 """
+
 import contextlib
 import json
 import os
@@ -53,7 +54,7 @@ def save(ckpt_root, name, model_state, state, meta):
             shutil.rmtree(tmp)
         tmp.mkdir()
         tensors, seen = {}, set()
-        for k, v in model_state.items():   # safetensors refuses shared storage (e.g. QAT observers shared by edges)
+        for k, v in model_state.items():  # safetensors refuses shared storage (e.g. QAT observers shared by edges)
             v = v.detach().cpu().contiguous()
             key = (v.untyped_storage().data_ptr(), v.storage_offset(), v.dtype) if v.numel() else None
             tensors[k] = v.clone() if key in seen else v
@@ -70,11 +71,12 @@ def save(ckpt_root, name, model_state, state, meta):
         time.sleep(PAUSE)
     except (OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"{final}: could not write the checkpoint ({getattr(e, 'strerror', None) or e}); "
-                              f"the previous one is kept") from None
+        raise CheckpointError(
+            f"{final}: could not write the checkpoint ({getattr(e, 'strerror', None) or e}); the previous one is kept"
+        ) from None
     old = ckpt_root / f".old-{name}-{os.getpid()}"
     if final.exists() and not final.is_symlink():
-        os.replace(final, old)   # a directory can't be replaced over a non-empty one
+        os.replace(final, old)  # a directory can't be replaced over a non-empty one
         time.sleep(PAUSE)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
@@ -104,10 +106,10 @@ def prune(ckpt_root, keep):
     """Remove step_* directories not in `keep` (names) and stale temporaries of dead writers."""
     for p in list(Path(ckpt_root).iterdir()):
         if p.name.startswith(".old-") and not os.path.lexists(orig := p.with_name(p.name[5:].rsplit("-", 1)[0])):
-            os.replace(p, orig)   # killed between save()'s two renames: put the previous copy back
+            os.replace(p, orig)  # killed between save()'s two renames: put the previous copy back
         elif p.name.startswith(".tmp-") or p.name.startswith(".old-"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
-        elif p.name.startswith("step_") and p.name not in keep:   # hidden first: a kill in rmtree leaves no half a step
+        elif p.name.startswith("step_") and p.name not in keep:  # hidden first: a kill in rmtree leaves no half a step
             os.replace(p, gone := p.with_name(f".tmp-gone-{p.name}-{os.getpid()}"))
             shutil.rmtree(gone, ignore_errors=True)
 
@@ -121,10 +123,15 @@ def save_step(ckpt_root, step, model_state, state, meta, best=False, keep_every=
     try:
         link(ckpt_root, "latest", name)
     except OSError as e:
-        raise CheckpointError(f"{Path(ckpt_root) / 'latest'}: could not link it to {name} ({e.strerror or e})") from None
+        raise CheckpointError(
+            f"{Path(ckpt_root) / 'latest'}: could not link it to {name} ({e.strerror or e})"
+        ) from None
     if best:
         save(ckpt_root, "best", model_state, state, meta)
-    prune(ckpt_root, {name} | {p.name for p in Path(ckpt_root).glob("step_*") if keep_every and int(p.name[5:]) % keep_every == 0})
+    prune(
+        ckpt_root,
+        {name} | {p.name for p in Path(ckpt_root).glob("step_*") if keep_every and int(p.name[5:]) % keep_every == 0},
+    )
     return path
 
 
@@ -142,19 +149,21 @@ def check_room(ckpt_root, *modules, factor=4):
     except OSError as e:
         raise CheckpointError(f"{ckpt_root}: cannot write checkpoints here ({e.strerror or e})") from None
     if free < need:
-        raise CheckpointError(f"{ckpt_root}: {free / 2**20:.1f} MiB free, a checkpoint needs about {need / 2**20:.1f} MiB")
+        raise CheckpointError(
+            f"{ckpt_root}: {free / 2**20:.1f} MiB free, a checkpoint needs about {need / 2**20:.1f} MiB"
+        )
 
 
 def load(path, map_location="cpu", with_state=True):
     """Read a checkpoint directory -> (model_state, state or None, meta). Raises CheckpointError."""
     path = Path(path)
     if not path.is_dir() and (old := sorted(path.parent.glob(f".old-{path.name}-*"))):
-        path = old[-1]   # killed between save()'s two renames: the previous copy, complete, was moved aside
+        path = old[-1]  # killed between save()'s two renames: the previous copy, complete, was moved aside
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory (expected model.safetensors, state.pt, meta.json)")
     try:
         meta = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError) as e:   # JSONDecodeError, UnicodeDecodeError
+    except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError
         raise CheckpointError(f"{path / 'meta.json'}: unreadable ({e.__class__.__name__}: {e})") from None
     if not isinstance(meta, dict) or type(meta.get("step", 0)) is not int:
         raise CheckpointError(f"{path / 'meta.json'}: not a checkpoint's meta (a JSON object with an integer 'step')")
@@ -162,13 +171,13 @@ def load(path, map_location="cpu", with_state=True):
         model_state = load_file(str(path / "model.safetensors"), device=str(map_location))
     except (OSError, SafetensorError, ValueError) as e:
         raise CheckpointError(f"{path / 'model.safetensors'}: unreadable ({e})") from None
-    for k, v in model_state.items():   # observers' min_val/max_val legitimately start at +-inf
+    for k, v in model_state.items():  # observers' min_val/max_val legitimately start at +-inf
         if v.is_floating_point() and (v.isnan().any() or (not k.endswith(("min_val", "max_val")) and v.isinf().any())):
             raise CheckpointError(f"{path / 'model.safetensors'}: '{k}' has NaN or inf values")
     state = None
     if with_state:
         try:
-            with warnings.catch_warnings():   # e.g. a note on the pickle protocol of a file it is about to refuse
+            with warnings.catch_warnings():  # e.g. a note on the pickle protocol of a file it is about to refuse
                 warnings.simplefilter("ignore")
                 state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
         except Exception as e:  # weights_only raises UnpicklingError for any non-tensor object
@@ -179,16 +188,24 @@ def load(path, map_location="cpu", with_state=True):
 
 def rng_state():
     import random
+
     import numpy as np
+
     np_state = np.random.get_state()
-    return {"python": list(random.getstate()[1]), "numpy": torch.from_numpy(np_state[1].astype("int64")),
-            "numpy_pos": np_state[2], "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": list(random.getstate()[1]),
+        "numpy": torch.from_numpy(np_state[1].astype("int64")),
+        "numpy_pos": np_state[2],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(s):
     import random
+
     import numpy as np
+
     random.setstate((3, tuple(s["python"]), None))
     np.random.set_state(("MT19937", s["numpy"].numpy().astype("uint32"), s["numpy_pos"], 0, 0.0))
     torch.set_rng_state(s["torch"])
@@ -201,13 +218,18 @@ def read_state_dict(path):
     weights_only=True (objects are refused, never run). -> dict; raises CheckpointError naming the file."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():   # e.g. a note on the pickle protocol of a file it is about to refuse
+        with warnings.catch_warnings():  # e.g. a note on the pickle protocol of a file it is about to refuse
             warnings.simplefilter("ignore")
-            sd = (load_file(str(path)) if path.suffix == ".safetensors"
-                  else torch.load(path, map_location="cpu", weights_only=True))
-    except pickle.UnpicklingError:   # weights_only met Python objects, or the bytes are no pickle at all
-        raise CheckpointError(f"{path}: refused: not a file of tensors and plain containers (read with "
-                              f"torch.load(weights_only=True); nothing in it was run)") from None
+            sd = (
+                load_file(str(path))
+                if path.suffix == ".safetensors"
+                else torch.load(path, map_location="cpu", weights_only=True)
+            )
+    except pickle.UnpicklingError:  # weights_only met Python objects, or the bytes are no pickle at all
+        raise CheckpointError(
+            f"{path}: refused: not a file of tensors and plain containers (read with "
+            f"torch.load(weights_only=True); nothing in it was run)"
+        ) from None
     except Exception as e:  # unreadable
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise CheckpointError(f"{path}: unreadable ({first})") from None
@@ -222,8 +244,9 @@ def load_into(module, weights, strict=True, prefix=None):
     observers, for one, reset their `eps` buffer, so a resumed QAT run would not be bit-exact.
     prefix: load only the entries named `prefix.*` (a checkpoint of several modules: "gen", "disc")."""
     from collections import OrderedDict
+
     if prefix:
-        weights = {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+        weights = {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(prefix + ".")}
     state = OrderedDict(weights)
     state._metadata = getattr(module.state_dict(), "_metadata", None)
     return module.load_state_dict(state, strict=strict)
@@ -250,6 +273,6 @@ def resuming(ckpt_root, what, map_location="cpu", log=print):
         yield latest
     except CheckpointError:
         raise
-    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise CheckpointError(f"{path}: not {what} ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     log(f"resumed from {path} at step {latest[2]['step']}")

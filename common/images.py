@@ -1,24 +1,12 @@
-"""Images: tonemaps (Reinhard, Karis and its inverse), sRGB transfer, tensor <-> PNG, labelled comparison
-grids with zoomed crops, GIFs. Tensors are float (C, H, W) or (N, C, H, W) in [0, 1] unless stated."""
+"""Images: sRGB transfer, tensor <-> PNG, labelled comparison grids with zoomed crops, GIFs. Tensors are float
+(C, H, W) or (N, C, H, W) in [0, 1] unless stated."""
+
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-
-
-def reinhard(x):
-    return x / (1 + x)
-
-
-def karis(x):
-    """Karis tonemap c / (1 + max(rgb)) over the channel dim (-3); invertible, keeps hue."""
-    return x / (1 + x.amax(dim=-3, keepdim=True))
-
-
-def inverse_karis(x):
-    return x / (1 - x.amax(dim=-3, keepdim=True)).clamp_min(1e-7)
 
 
 def srgb(x):
@@ -28,6 +16,7 @@ def srgb(x):
 
 
 def to_uint8(chw):
+    """(C, H, W) in [0, 1] (C = 1 or 3) -> (H, W, 3) uint8 array, rounded."""
     chw = chw.detach().float().cpu().clamp(0, 1)
     if chw.shape[0] == 1:
         chw = chw.expand(3, -1, -1)
@@ -61,8 +50,12 @@ def grid(rows, labels, path=None, crop=None, zoom=4, pad=4, label_h=14):
         if crop is not None:
             y, x, s = crop
             crop_h, crop_w = s * zoom * h // max(h, w), s * zoom * w // max(h, w)
-            bands.append([_resize_nearest(im[:, y:y + s, x:x + s], crop_h if crop_h else s, crop_w if crop_w else s)
-                          for im in imgs])
+            bands.append(
+                [
+                    _resize_nearest(im[:, y : y + s, x : x + s], crop_h if crop_h else s, crop_w if crop_w else s)
+                    for im in imgs
+                ]
+            )
     cols = len(labels)
     col_w = w + pad
     heights = [b[0].shape[-2] for b in bands]

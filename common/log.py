@@ -1,5 +1,6 @@
 """Logging: console at --log-level, the same lines in OUT/output.log, metrics in OUT/metrics.jsonl,
 TensorBoard scalars/images when the optional `tensorboard` package is installed."""
+
 import json
 import logging
 import sys
@@ -25,6 +26,7 @@ def setup(out_dir, level="info", master=True, name="nanong"):
             fh = logging.FileHandler(Path(out_dir) / "output.log")
         except OSError as e:
             from common.runtime import fail
+
             fail(f"{out_dir}: cannot write the run folder here ({e.strerror or e})")
         fh.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -51,6 +53,7 @@ class Metrics:
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
             except ImportError:
                 pass
@@ -98,6 +101,15 @@ def progress(iterable=None, **kw):
     """tqdm: a live bar on a terminal; elsewhere a plain line every 10 s, starting after 10 s (so short tasks and
     their one-line errors stay quiet), and one at the end when it showed any. Same arguments as tqdm."""
     from tqdm import tqdm
+
     if not getattr(sys.stderr, "isatty", lambda: False)():
-        kw = {"mininterval": 10.0, "maxinterval": 10.0, "delay": 10.0, "dynamic_ncols": False, "ncols": 100, **kw, "file": _Lines(sys.stderr)}
+        kw = {
+            "mininterval": 10.0,
+            "maxinterval": 10.0,
+            "delay": 10.0,
+            "dynamic_ncols": False,
+            "ncols": 100,
+            **kw,
+            "file": _Lines(sys.stderr),
+        }
     return tqdm(iterable, **kw)

@@ -1,6 +1,5 @@
 """Image quality metrics on tensors in [0, 1]: PSNR, SSIM (differentiable, usable as a loss), temporal PSNR,
 and the angle error of normal maps."""
-import math
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +13,7 @@ def psnr(pred, target, data_range=1.0):
 
 def _gaussian_window(size=11, sigma=1.5, device=None):
     x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
-    g = torch.exp(-x**2 / (2 * sigma**2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
@@ -48,9 +47,3 @@ def normal_angle_deg(pred, target):
     """Per-pixel angle in degrees between unit normal maps (N, 3, H, W) -> (N, H, W)."""
     cos = F.cosine_similarity(pred.float(), target.float(), dim=1).clamp(-1, 1)
     return torch.rad2deg(torch.acos(cos))
-
-
-def mean_finite(values):
-    """Mean of the finite entries (identical frames give PSNR = inf)."""
-    v = [float(x) for x in values if math.isfinite(float(x))]
-    return sum(v) / len(v) if v else float("nan")

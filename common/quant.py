@@ -1,11 +1,11 @@
-"""int8 quantization the way Arm ships models to its GPUs: PT2E post-training (PTQ) and quantization-aware
-training (QAT) with ExecuTorch's Arm VGF quantizer, and an XNNPACK-quantizer path for CPU `.pte` files.
+"""int8 quantization the way Arm ships models to its GPUs: PT2E post-training quantization (PTQ) with
+ExecuTorch's Arm VGF quantizer, and an XNNPACK-quantizer path for CPU `.pte` files; the quantizer, capture and
+train/eval switch that NSS's quantization-aware training (nss/quantize.py: prepare_qat, convert) builds on.
 
     from common import quant
     q = quant.ptq(net, (x,), calibration_batches)            # -> converted int8 graph (q/dq + int8 weights)
-    fq = quant.prepare_qat(net, (x,))                         # -> fake-quant graph: train it like the fp32 net
-    ... fq.train(); loss.backward() ...                       #    (observers + fake-quant on, fp32 maths)
-    q = quant.convert(fq)                                     # -> int8 graph; then common/export.export_int8
+    q_cpu = quant.ptq(net, (x,), calibration_batches, backend="xnnpack")    # the same for a CPU .pte
+    # then common.export.export_int8(q, q_cpu, (x,), out)
 
 Arm's scheme (NSS QAT in arm/neural-graphics-model-gym): activations int8 per-tensor affine [-128, 127];
 weights int8 per-channel symmetric [-127, 127]; bias int32; and sigmoid outputs with *fixed* qparams, scale
@@ -13,6 +13,7 @@ weights int8 per-channel symmetric [-127, 127]; bias int32; and sigmoid outputs 
 texture and filter them with hardware. A quantized graph is a plain torch.fx GraphModule that runs in PyTorch
 (fake-quant maths), so it can be evaluated with the fp32 pre/post-process around it before any export.
 """
+
 import copy
 import logging
 import types
@@ -21,17 +22,33 @@ import torch
 
 # torchao registers enums with pytree at import; torch >= 2.14 logs a deprecation warning for each
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
-from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation, Quantizer,
-                                                SharedQuantizationSpec)
-from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: E402
+from torchao.quantization.pt2e.quantizer import (  # noqa: E402
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    Quantizer,
+    SharedQuantizationSpec,
+)
+from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY  # noqa: E402
 
-SIGMOID_SCALE, SIGMOID_ZERO_POINT = 1.0 / 254.0, -127   # int8 q in [-127, 127] <-> sigmoid in [0, 1] (SNORM)
-SIGMOID_QSPEC = {   # per backend: Arm's SNORM mapping; XNNPACK's int8 sigmoid kernel only takes 1/256, -128
-    "vgf": FixedQParamsQuantizationSpec(dtype=torch.int8, scale=SIGMOID_SCALE, zero_point=SIGMOID_ZERO_POINT,
-                                        quant_min=-127, quant_max=127, qscheme=torch.per_tensor_affine),
-    "xnnpack": FixedQParamsQuantizationSpec(dtype=torch.int8, scale=1.0 / 256.0, zero_point=-128,
-                                            quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine),
+SIGMOID_SCALE, SIGMOID_ZERO_POINT = 1.0 / 254.0, -127  # int8 q in [-127, 127] <-> sigmoid in [0, 1] (SNORM)
+SIGMOID_QSPEC = {  # per backend: Arm's SNORM mapping; XNNPACK's int8 sigmoid kernel only takes 1/256, -128
+    "vgf": FixedQParamsQuantizationSpec(
+        dtype=torch.int8,
+        scale=SIGMOID_SCALE,
+        zero_point=SIGMOID_ZERO_POINT,
+        quant_min=-127,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+    ),
+    "xnnpack": FixedQParamsQuantizationSpec(
+        dtype=torch.int8,
+        scale=1.0 / 256.0,
+        zero_point=-128,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+    ),
 }
 BACKENDS = tuple(SIGMOID_QSPEC)
 
@@ -58,7 +75,8 @@ class FixedSigmoidQParams(Quantizer):
                 continue
             if Q_ANNOTATION_KEY not in node.meta:
                 node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
-                    input_qspec_map={node.args[0]: self.input_qspec}, _annotated=True)
+                    input_qspec_map={node.args[0]: self.input_qspec}, _annotated=True
+                )
             node.meta[Q_ANNOTATION_KEY].output_qspec = self.output_qspec
             for user in node.users:
                 wanted = user.meta.get(Q_ANNOTATION_KEY)
@@ -98,9 +116,11 @@ def _share_input_qparams(node):
     a = inp.meta.get(Q_ANNOTATION_KEY)
     if Q_ANNOTATION_KEY in node.meta or a is None or a.output_qspec is None or not _is_float(inp):
         return
-    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map={inp: SharedQuantizationSpec(inp)},
-                                                         output_qspec=SharedQuantizationSpec((inp, node)),
-                                                         _annotated=True)
+    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+        input_qspec_map={inp: SharedQuantizationSpec(inp)},
+        output_qspec=SharedQuantizationSpec((inp, node)),
+        _annotated=True,
+    )
 
 
 def quantizer(backend="vgf", qat=False):
@@ -108,10 +128,14 @@ def quantizer(backend="vgf", qat=False):
     if backend == "vgf":
         from executorch.backends.arm.quantizer import VgfQuantizer, get_symmetric_quantization_config
         from executorch.backends.arm.vgf import VgfCompileSpec
+
         q = VgfQuantizer(VgfCompileSpec("TOSA-1.0+INT"))
     elif backend == "xnnpack":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                              get_symmetric_quantization_config)
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
         q = XNNPACKQuantizer()
     else:
         raise ValueError(f"unknown quantization backend {backend!r} (have: {', '.join(BACKENDS)})")
@@ -127,14 +151,6 @@ def capture(model, example_inputs, dynamic_shapes=None):
     dynamic_shapes (torch.export's) keeps the graph usable at other batch sizes and resolutions, as
     training crops and full evaluation frames need."""
     return torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes).module(check_guards=False)
-
-
-def image_dims(example_inputs, multiple=8, max_side=4096):
-    """dynamic_shapes for image inputs (N, C, H, W): any batch, H and W multiples of `multiple`."""
-    from torch.export import Dim
-    n = Dim("batch", min=1, max=1024)
-    h, w = Dim("h_blocks", min=1, max=max_side // multiple), Dim("w_blocks", min=1, max=max_side // multiple)
-    return tuple({0: n, 2: multiple * h, 3: multiple * w} for _ in example_inputs)
 
 
 @torch.no_grad()
@@ -156,8 +172,13 @@ def ptq(model, example_inputs, calibration, backend="vgf", dynamic_shapes=None):
 
 _DQ_TENSOR = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 _DQ_CHANNEL = torch.ops.quantized_decomposed.dequantize_per_channel.default
-_WITH_BIAS = {torch.ops.aten.linear.default, torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
-              torch.ops.aten.conv3d.default, torch.ops.aten.convolution.default}
+_WITH_BIAS = {
+    torch.ops.aten.linear.default,
+    torch.ops.aten.conv1d.default,
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv3d.default,
+    torch.ops.aten.convolution.default,
+}
 
 
 def _constant(graph_module, node):
@@ -202,19 +223,12 @@ def bias_on_int32_grid(graph_module):
     return graph_module
 
 
-def prepare_qat(model, example_inputs, backend="vgf", dynamic_shapes=None):
-    """Quantization-aware training: a copy of the model as a graph with observers and fake-quant on weights
-    and activations. Train it with the usual loop (its parameters are the fp32 weights), then `convert`.
-    Rebuilding it from the same model class and loading a saved state_dict restores it exactly."""
-    model = copy.deepcopy(model).train()
-    return trainable(prepare_qat_pt2e(capture(model, example_inputs, dynamic_shapes), quantizer(backend, qat=True)))
-
-
 def train_mode(graph_module, training=True):
     """model.train()/eval() for PT2E graphs. Like Arm's QAT, observers update their ranges only in training;
     in eval the fake-quant uses the frozen scales."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_observer
+
     (move_exported_model_to_train if training else move_exported_model_to_eval)(graph_module)
     graph_module.apply(enable_observer if training else disable_observer)
     graph_module.training = training
@@ -240,11 +254,6 @@ def dequantize_output(q, qparams):
     return (torch.as_tensor(q).to(torch.float32) - z) * s
 
 
-def convert(qat_graph):
-    """QAT graph -> int8 graph (the trained fake-quant scales become the real ones). Leaves qat_graph as is."""
-    return trainable(convert_pt2e(train_mode(copy.deepcopy(qat_graph), False)))
-
-
 def io_qparams(graph_module):
     """Scale and zero point of the graph's quantized inputs and outputs: the boundary quantize nodes fed by
     placeholders and the dequantize nodes feeding the output, in graph order. Each entry gives the SINT form
@@ -256,8 +265,10 @@ def io_qparams(graph_module):
 
     def forms(node):
         scale, zero_point = float(node.args[1]), int(node.args[2])
-        return {"SINT": {"scale": scale, "zero_point": zero_point},
-                "SNORM": {"scale": scale / (2 / 254), "zero_point": zero_point * (2 / 254)}}
+        return {
+            "SINT": {"scale": scale, "zero_point": zero_point},
+            "SNORM": {"scale": scale / (2 / 254), "zero_point": zero_point * (2 / 254)},
+        }
 
     inputs, outputs = {}, {}
     for node in graph_module.graph.nodes:

@@ -24,6 +24,7 @@ XNNPACK has no group norm, embedding or nearest upsampling: those run as portabl
 Cost: parameters of the denoiser and decoder, FLOPs (torch.utils.flop_counter: convolutions and matmuls) of a
 played frame = steps x denoise step + decode, and the eager and .pte milliseconds of a frame measured so.
 """
+
 import argparse
 import json
 import sys
@@ -39,13 +40,13 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import ckpt
-from common.export import _run_tosa_and_vgf, export_fp32, lower_vgf, max_abs_error, verdict
+from common.export import export_fp32, lower_vgf, max_abs_error, run_tosa_and_vgf, verdict
 from common.runtime import fail
 from gamengen import autoencoder
-from gamengen.model import PRESETS, DenoiseStep, Denoiser, bucket_of
+from gamengen.model import MODELS, Denoiser, DenoiseStep, bucket_of
 from gamengen.train import load_denoiser
 
-AE_FOR = {"tiny": "tiny", "cpu": "cpu", "paper": "gpu"}       # untrained autoencoder beside an untrained --preset
+AE_FOR = {"tiny": "tiny", "cpu": "cpu", "paper": "gpu"}  # untrained autoencoder beside an untrained --preset
 
 
 class DecodeFrame(nn.Module):
@@ -73,18 +74,24 @@ def export_part(net, inputs, out, vgf, repeats, xnnpack=True):
     if vgf:
         try:
             v = lower_vgf(torch.export.export(net, inputs), out, "TOSA-1.0+FP")
-        except RuntimeError as e:                    # more than one delegated graph: no standalone .vgf
+        except RuntimeError as e:  # more than one delegated graph: no standalone .vgf
             v = {"error": str(e).splitlines()[0]}
         report["vgf"] = v
         if v.get("non_delegated_ops"):
-            v["note"] = (f"not delegated, run on the CPU by model_vgf.pte: {', '.join(v['non_delegated_ops'])}; the standalone "
-                         "model.vgf takes their results as inputs, so its TOSA/VGF check is skipped")
+            v["note"] = (
+                f"not delegated, run on the CPU by model_vgf.pte: {', '.join(v['non_delegated_ops'])}; the standalone "
+                "model.vgf takes their results as inputs, so its TOSA/VGF check is skipped"
+            )
         elif "error" not in v:
             with torch.no_grad():
                 ref = net(*inputs)
             ref = list(ref) if isinstance(ref, (tuple, list)) else [ref]
-            _run_tosa_and_vgf(Path(out), inputs, report["checks"],
-                              lambda name, outputs: report["checks"].update({f"{name}_max_abs_error": max_abs_error(outputs, ref)}))
+            run_tosa_and_vgf(
+                Path(out),
+                inputs,
+                report["checks"],
+                lambda name, outputs: report["checks"].update({f"{name}_max_abs_error": max_abs_error(outputs, ref)}),
+            )
     (Path(out) / "export_report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -95,11 +102,16 @@ def check_inputs(model, data, steps, seed=0):
     N, C, (H, W) = cfg.context, cfg.latent_channels, cfg.latent_size
     if data:
         from gamengen.play import Episodes
+
         ep = Episodes(data, N)
         context, actions = ep.window(ep.ids[0])
         context, actions, scale = context[None], actions[None], ep.ds.scale
     else:
-        context, actions, scale = torch.randn(1, N, C, H, W, generator=g), torch.randint(0, cfg.n_actions, (1, N), generator=g), 1.0
+        context, actions, scale = (
+            torch.randn(1, N, C, H, W, generator=g),
+            torch.randint(0, cfg.n_actions, (1, N), generator=g),
+            1.0,
+        )
     x = torch.randn(1, C, H, W, generator=g)
     t, s = torch.ones(1), torch.full((1,), 1 - 1 / steps)
     bucket = bucket_of(torch.zeros(1), cfg)
@@ -112,19 +124,23 @@ def write_weights(out, model_path, data, decoder=None, episodes=8, guidance=None
     folder holding the first N + 1 steps of `episodes` held-out episodes (the windows a game starts from).
     `guidance` replaces the model's default guidance weight (what play.py and evaluate.py use without --guidance)."""
     from gamengen.play import Episodes, decoder_path
+
     out = Path(out)
     weights, _, meta = ckpt.load(model_path, with_state=False)
     ae_path = decoder_path(argparse.Namespace(decoder=decoder, data=data))
     ae_weights, _, ae_meta = ckpt.load(ae_path, with_state=False)
     if guidance is not None:
         meta["model"]["guidance"] = guidance
-    ckpt.save_fp16(out / "denoiser", {k: v for k, v in weights.items() if k.startswith("ema.")},
-                   {**meta, "source": str(model_path)})
+    ckpt.save_fp16(
+        out / "denoiser",
+        {k: v for k, v in weights.items() if k.startswith("ema.")},
+        {**meta, "source": str(model_path)},
+    )
     ckpt.save_fp16(out / "autoencoder", ae_weights, {**ae_meta, "source": str(ae_path)})
     n = meta["model"]["context"]
     ep = Episodes(data, n)
     ds, rows = ep.ds, []
-    for e in ep.ids[:episodes]:                   # sorted positions of the episode's steps 0..N
+    for e in ep.ids[:episodes]:  # sorted positions of the episode's steps 0..N
         first = int(ds.targets[ep.item[e]]) - n
         rows += [int(ds.order[q]) for q in range(first, first + n + 1)]
     take = lambda key: torch.from_numpy(np.stack([ds.shards[ds.shard_of[r]][key][ds.row_of[r]] for r in rows]))  # noqa: E731
@@ -134,33 +150,57 @@ def write_weights(out, model_path, data, decoder=None, episodes=8, guidance=None
     save_file(tensors, str(start / "latents_00000.safetensors"))
     ids = [int(e) for e in ep.ids[:episodes]]
     index = {k: v for k, v in ds.index.items() if k not in ("shards", "episodes", "source")}
-    index.update(ckpt="../autoencoder", shards=[{"file": "latents_00000.safetensors", "steps": len(rows),
-                                                "segments": [[e, 0, n + 1] for e in ids]}],
-                 episodes={str(e): {"split": "heldout", "length": n + 1, "done": False} for e in ids})
+    index.update(
+        ckpt="../autoencoder",
+        shards=[{"file": "latents_00000.safetensors", "steps": len(rows), "segments": [[e, 0, n + 1] for e in ids]}],
+        episodes={str(e): {"split": "heldout", "length": n + 1, "done": False} for e in ids},
+    )
     (start / "index.json").write_text(json.dumps(index, indent=1))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"wrote {out}/denoiser, autoencoder (fp16) and start ({len(ids)} held-out windows of {n} steps): {size / 2**20:.1f} MB")
+    print(
+        f"wrote {out}/denoiser, autoencoder (fp16) and start ({len(ids)} held-out windows of {n} steps): "
+        f"{size / 2**20:.1f} MB"
+    )
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model-path", help="diffusion checkpoint directory (gamengen/train.py diffusion: OUT/ckpt/best)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="without --model-path: an untrained denoiser of this preset "
-                   "(for cost and lowering only; its output is meaningless)")
-    p.add_argument("--data", help="latents folder: a held-out window for the check, the latent scale and the default decoder "
-                   "(default with --model-path: the checkpoint's training data when it is still there)")
-    p.add_argument("--decoder", help="autoencoder checkpoint (default: the one named in the latents' index; with --preset and "
-                   "no data, an untrained autoencoder of the matching size)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(MODELS),
+        help="without --model-path: an untrained denoiser of this architecture "
+        "(gamengen/model.py MODELS; for cost and lowering only, its output is meaningless)",
+    )
+    p.add_argument(
+        "--data",
+        help="latents folder: a held-out window for the check, the latent scale and the default decoder "
+        "(default with --model-path: the checkpoint's training data when it is still there)",
+    )
+    p.add_argument(
+        "--decoder",
+        help="autoencoder checkpoint (default: the one named in the latents' index; with --preset and "
+        "no data, an untrained autoencoder of the matching size)",
+    )
     p.add_argument("--steps", type=int, help="DDIM steps per played frame, for the cost (default: the model's, 4)")
-    p.add_argument("--guidance", type=float, help="context guidance weight baked into the step (default: the model's, 1.5)")
+    p.add_argument(
+        "--guidance", type=float, help="context guidance weight baked into the step (default: the model's, 1.5)"
+    )
     p.add_argument("--out", help="output folder (denoise_step/ and decoder/ inside)")
     p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte files")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of eager and .pte (median reported)")
     p.add_argument("--tolerance", type=float, default=None, help=".pte vs eager max-abs-error (default 1e-4)")
-    p.add_argument("--weights-out", metavar="DIR", help="only write what ships: DIR/denoiser and DIR/autoencoder (fp16) and "
-                   "DIR/start (the first steps of 8 held-out episodes of --data), what play.py runs without arguments; "
-                   "with --guidance, that weight becomes the shipped model's default")
+    p.add_argument(
+        "--weights-out",
+        metavar="DIR",
+        help="only write what ships: DIR/denoiser and DIR/autoencoder (fp16) and "
+        "DIR/start (the first steps of 8 held-out episodes of --data), what play.py runs without arguments; "
+        "with --guidance, that weight becomes the shipped model's default",
+    )
     args = p.parse_args()
     if args.weights_out:
         if not (args.model_path and args.data):
@@ -180,19 +220,22 @@ def main():
                 args.data = meta["data"]
         else:
             torch.manual_seed(0)
-            model = Denoiser(PRESETS[args.preset]).eval()
+            model = Denoiser(MODELS[args.preset]).eval()
         cfg = model.cfg
         steps, guidance = args.steps or cfg.sample_steps, cfg.guidance if args.guidance is None else args.guidance
         step_in, dec_in, scale = check_inputs(model, args.data, steps)
         if args.decoder or args.data:
             from gamengen.play import decoder_path
+
             ae, ae_cfg = autoencoder.load_model(decoder_path(argparse.Namespace(decoder=args.decoder, data=args.data)))
         elif args.preset:
             torch.manual_seed(0)
             ae_cfg = autoencoder.PRESETS[AE_FOR[args.preset]]
             ae = autoencoder.AE(ae_cfg).eval()
         else:
-            fail(f"no decoder: give --decoder AE_CKPT or --data LATENTS ({args.model_path}'s training data is not there)")
+            fail(
+                f"no decoder: give --decoder AE_CKPT or --data LATENTS ({args.model_path}'s training data is not there)"
+            )
     except ckpt.CheckpointError as e:
         fail(str(e))
     except (OSError, ValueError) as e:
@@ -203,12 +246,23 @@ def main():
     step_net, dec_net = DenoiseStep(model, guidance).eval(), DecodeFrame(ae, scale).eval()
     step_flops, dec_flops = flops_of(step_net, step_in), flops_of(dec_net, dec_in)
     name = args.preset or meta["config"]["model"]
-    params = {"denoiser": sum(p.numel() for p in model.parameters()), "decoder": sum(p.numel() for p in ae.decoder.parameters())}
-    common = dict(usecase="gamengen", preset=name, trained=bool(args.model_path), context=cfg.context, guidance=guidance,
-                  steps_per_frame=steps)
+    params = {
+        "denoiser": sum(p.numel() for p in model.parameters()),
+        "decoder": sum(p.numel() for p in ae.decoder.parameters()),
+    }
+    common = dict(
+        usecase="gamengen",
+        preset=name,
+        trained=bool(args.model_path),
+        context=cfg.context,
+        guidance=guidance,
+        steps_per_frame=steps,
+    )
     ok, reports = True, {}
-    for part, net, inputs, flops, n in (("denoise_step", step_net, step_in, step_flops, params["denoiser"]),
-                                        ("decoder", dec_net, dec_in, dec_flops, params["decoder"])):
+    for part, net, inputs, flops, n in (
+        ("denoise_step", step_net, step_in, step_flops, params["denoiser"]),
+        ("decoder", dec_net, dec_in, dec_flops, params["decoder"]),
+    ):
         print(f"--- {part}")
         report = export_part(net, inputs, out / part, not args.no_vgf, args.repeats)
         ok &= verdict(report, out / part, args.tolerance, part=part, params=n, gflops=round(flops / 1e9, 4), **common)
@@ -216,17 +270,31 @@ def main():
             print(f"VGF {part}: {report['vgf'].get('note') or report['vgf']['error']}")
         reports[part] = report
     c1, c2 = reports["denoise_step"]["checks"], reports["decoder"]["checks"]
-    summary = dict(common, latent_scale=scale, decoder_config=asdict(ae_cfg), model_config=asdict(cfg), params=params,
-                   params_total=sum(params.values()), gflops_per_frame=round((steps * step_flops + dec_flops) / 1e9, 3),
-                   eager_ms_per_frame=round(steps * c1["eager_ms"] + c2["eager_ms"], 2),
-                   pte_ms_per_frame=round(steps * c1["pte_ms"] + c2["pte_ms"], 2),
-                   delegated={p: {k: r[k]["delegated_fraction"] for k in ("xnnpack", "vgf") if "delegated_fraction" in r.get(k, {})}
-                              for p, r in reports.items()}, pte_matches_eager=ok)
+    summary = dict(
+        common,
+        latent_scale=scale,
+        decoder_config=asdict(ae_cfg),
+        model_config=asdict(cfg),
+        params=params,
+        params_total=sum(params.values()),
+        gflops_per_frame=round((steps * step_flops + dec_flops) / 1e9, 3),
+        eager_ms_per_frame=round(steps * c1["eager_ms"] + c2["eager_ms"], 2),
+        pte_ms_per_frame=round(steps * c1["pte_ms"] + c2["pte_ms"], 2),
+        delegated={
+            p: {k: r[k]["delegated_fraction"] for k in ("xnnpack", "vgf") if "delegated_fraction" in r.get(k, {})}
+            for p, r in reports.items()
+        },
+        pte_matches_eager=ok,
+    )
     (out / "export_summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"cost of a played frame ({name}, context {cfg.context}, {steps} steps x guided denoise step (batch 2) + decode): "
-          f"{summary['params_total']:,} params ({params['denoiser']:,} denoiser + {params['decoder']:,} decoder), "
-          f"{summary['gflops_per_frame']} GFLOPs, eager {summary['eager_ms_per_frame']:.1f} ms, .pte {summary['pte_ms_per_frame']:.1f} ms "
-          f"(threads {torch.get_num_threads()}); delegated {json.dumps(summary['delegated'])}")
+    print(
+        f"cost of a played frame ({name}, context {cfg.context}, {steps} steps x guided denoise step (batch 2) + "
+        "decode): "
+        f"{summary['params_total']:,} params ({params['denoiser']:,} denoiser + {params['decoder']:,} decoder), "
+        f"{summary['gflops_per_frame']} GFLOPs, eager {summary['eager_ms_per_frame']:.1f} ms, .pte "
+        f"{summary['pte_ms_per_frame']:.1f} ms "
+        f"(threads {torch.get_num_threads()}); delegated {json.dumps(summary['delegated'])}"
+    )
     sys.exit(0 if ok else 1)
 
 

@@ -9,6 +9,7 @@ Input (1, 3 views, 3, S, S) in [0, 1] with S the checkpoint's image size; output
 roughness, metallic (1,1,S,S), normal (1,3,S,S). Writes model.vgf, model.tosa, model_vgf.pte, model.pte,
 export_report.json (+ metadata.json for int8). Needs Arm's model-converter on PATH (run.sh sets it).
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -24,21 +25,39 @@ from neuropbr.model import ExportGenerator
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model-path", default=str(SHIPPED), help="checkpoint directory (default: the shipped weights)")
-    p.add_argument("--weights-out", metavar="DIR", help="only write the generator's weights as fp16 safetensors and the "
-                   "run's meta into DIR (no optimizer or discriminator state): the form the weights ship in")
-    p.add_argument("--export-type", default="fp32", choices=["fp32", "ptq_int8"], help="fp32 (TOSA-1.0+FP) or "
-                   "ptq_int8 (Arm's int8 scheme, calibrated on real samples; TOSA-1.0+INT)")
+    p.add_argument(
+        "--weights-out",
+        metavar="DIR",
+        help="only write the generator's weights as fp16 safetensors and the "
+        "run's meta into DIR (no optimizer or discriminator state): the form the weights ship in",
+    )
+    p.add_argument(
+        "--export-type",
+        default="fp32",
+        choices=["fp32", "ptq_int8"],
+        help="fp32 (TOSA-1.0+FP) or ptq_int8 (Arm's int8 scheme, calibrated on real samples; TOSA-1.0+INT)",
+    )
     p.add_argument("--out", help="output folder (required unless --weights-out)")
-    p.add_argument("--data", help="dataset root (input/, output/) for the check sample and calibration "
-                                  "(default: the run's built-in data; for the shipped weights a few built-in "
-                                  "materials rendered into OUT/data)")
+    p.add_argument(
+        "--data",
+        help="dataset root (input/, output/) for the check sample and calibration "
+        "(default: the run's built-in data; for the shipped weights a few built-in "
+        "materials rendered into OUT/data)",
+    )
     p.add_argument("--calibration-samples", type=int, default=8, help="ptq_int8: samples to calibrate on")
     p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help=".pte vs eager: fp32 max-abs-error (default 1e-4); int8 steps on 99%% of values (default 1)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help=".pte vs eager: fp32 max-abs-error (default 1e-4); int8 steps on 99%% of values (default 1)",
+    )
     args = p.parse_args()
     try:
         if args.weights_out:
@@ -53,8 +72,9 @@ def main():
         gen, meta = load_generator(args.model_path)
         size = meta["config"]["image_size"]
         root = Path(args.data) if args.data else Path(args.model_path).resolve().parents[1] / "data"
-        if not args.data and not root.is_dir():     # e.g. the shipped weights: render a few built-in materials
+        if not args.data and not root.is_dir():  # e.g. the shipped weights: render a few built-in materials
             from neuropbr.synth import make_dataset
+
             root = Path(args.out) / "data"
             make_dataset(root, max(1, args.calibration_samples), size=size, seed=7, progress=False)
         ds = PBRDataset(root / "input", root / "output", image_size=size)
@@ -70,7 +90,9 @@ def main():
         calib = [(s,) for s in samples]
         vgf_graph = quant.ptq(net, (x,), calib, backend="vgf")
         pte_graph = quant.ptq(net, (x,), calib, backend="xnnpack")
-        report = export_int8(vgf_graph, pte_graph, (x,), out, export_type="ptq_int8", fp32_model=net, vgf=not args.no_vgf)
+        report = export_int8(
+            vgf_graph, pte_graph, (x,), out, export_type="ptq_int8", fp32_model=net, vgf=not args.no_vgf
+        )
     ok = verdict(report, out, args.tolerance, usecase="neuropbr", input_shape=list(x.shape))
     sys.exit(0 if ok else 1)
 

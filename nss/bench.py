@@ -6,11 +6,12 @@
            and the share of this machine's matmul peak
   cost     training samples/s, step-time breakdown (data / forward / backward / optimizer), peak RSS, and
            1 process vs torchrun --nproc_per_node=2
-Rows go to bench/results.json and bench/results.md (common/bench.py).
+Rows go to bench/results.json and bench/results.md (bench/harness.py).
 
     python nss/bench.py                  # cpu preset, 1200 steps + 300 QAT steps (bash run.sh bench nss)
     python nss/bench.py --quick          # tiny preset, a few minutes: what tests/test_nss.py runs
 """
+
 import copy
 import json
 import shutil
@@ -22,24 +23,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from common import bench, ckpt, quant
-from common.export import load_pte, lower_xnnpack, max_abs_error
-from common.runtime import Runtime
+from bench import harness
+from common import ckpt, quant
+from common.export import lower_xnnpack, max_abs_error
+from common.runtime import Runtime, median_ms, run_script
+from common.runtimes import load_pte
 from nss.dataset import NSSWindows
 from nss.model import NSS, NSSConfig, SubpixelNet
 from nss.post_process import post_process
 from nss.pre_process import pre_process
-from nss.quantize import calibration_inputs, example_input, fp32_net
+from nss.quantize import calibration_inputs, example_input, fp32_net, image_dims
 from nss.train import PRESETS, window_loss
 
 
 @dataclass
 class Budget:
     preset: str
-    steps: int            # fp32 training steps
-    qat_steps: int        # QAT fine-tuning steps from the fp32 checkpoint
-    scaling_steps: int    # steps of each 1-vs-2-process run
-    size: tuple = (544, 960)   # network input at deployment (540p padded to a multiple of 8 -> 1080p output)
+    steps: int  # fp32 training steps
+    qat_steps: int  # QAT fine-tuning steps from the fp32 checkpoint
+    scaling_steps: int  # steps of each 1-vs-2-process run
+    size: tuple = (544, 960)  # network input at deployment (540p padded to a multiple of 8 -> 1080p output)
     repeats: int = 10
 
 
@@ -50,64 +53,111 @@ def frame_540p(size):
     """A random but well-formed 540p frame and state (the pre/post-process cost does not depend on content)."""
     g = torch.Generator().manual_seed(0)
     h, w = 540, 960
-    f = {"colour": torch.rand(1, 3, h, w, generator=g), "depth": torch.rand(1, 1, h, w, generator=g),
-         "motion_lr": 3 * torch.randn(1, 2, h, w, generator=g), "jitter": torch.tensor([0.2, -0.3]).view(1, 2, 1, 1),
-         "exposure": torch.ones(1, 1, 1, 1), "depth_params": torch.tensor([1.001, -0.1, 1.0, 1.0]).view(1, 4, 1, 1),
-         "render_size": torch.tensor([540.0, 960.0]).view(1, 2, 1, 1)}
-    state = {"history": torch.rand(1, 3, 2 * h, 2 * w, generator=g), "feedback": torch.rand(1, 4, *size, generator=g),
-             "derivative": torch.zeros(1, 4, h, w), "valid": torch.ones(1, 1, 1, 1)}
+    f = {
+        "colour": torch.rand(1, 3, h, w, generator=g),
+        "depth": torch.rand(1, 1, h, w, generator=g),
+        "motion_lr": 3 * torch.randn(1, 2, h, w, generator=g),
+        "jitter": torch.tensor([0.2, -0.3]).view(1, 2, 1, 1),
+        "exposure": torch.ones(1, 1, 1, 1),
+        "depth_params": torch.tensor([1.001, -0.1, 1.0, 1.0]).view(1, 4, 1, 1),
+        "render_size": torch.tensor([540.0, 960.0]).view(1, 2, 1, 1),
+    }
+    state = {
+        "history": torch.rand(1, 3, 2 * h, 2 * w, generator=g),
+        "feedback": torch.rand(1, 4, *size, generator=g),
+        "derivative": torch.zeros(1, 4, h, w),
+        "valid": torch.ones(1, 1, 1, 1),
+    }
     return f, state
 
 
 def main():
-    args, work, res = bench.cli("nss", __doc__, device=True)
+    args, work, res = harness.cli("nss", __doc__, device=True)
     b = BUDGETS["quick" if args.quick else "full"]
-    print(f"[bench] nss budget: preset {b.preset}, {b.steps} steps + {b.qat_steps} QAT steps, "
-          f"scaling {b.scaling_steps} steps, speed at {b.size[0]}x{b.size[1]} x{b.repeats}; work dir {work}", flush=True)
+    print(
+        f"[bench] nss budget: preset {b.preset}, {b.steps} steps + {b.qat_steps} QAT steps, "
+        f"scaling {b.scaling_steps} steps, speed at {b.size[0]}x{b.size[1]} x{b.repeats}; work dir {work}",
+        flush=True,
+    )
     torch.manual_seed(args.seed)
-    for d in ("fp32/ckpt", "ptq", "qat", "pte", "scaling"):   # a rerun trains from scratch (the rendered data is kept)
+    for d in ("fp32/ckpt", "ptq", "qat", "pte", "scaling"):  # a rerun trains from scratch (the rendered data is kept)
         shutil.rmtree(work / d, ignore_errors=True)
 
     # --- training (fixed budget) and quality on held-out sequences -------------------------------------------------
     fp32_dir, data = work / "fp32", work / "fp32" / "data"
-    dev = torch.device("cuda" if args.device == "cuda" or args.device == "auto" and torch.cuda.is_available() else "cpu")
+    dev = torch.device(
+        "cuda" if args.device == "cuda" or args.device == "auto" and torch.cuda.is_available() else "cpu"
+    )
     common = ["--preset", b.preset, "--seed", str(args.seed), "--log-level", "quiet", "--device", dev.type]
-    train_s, train_rss = bench.run(["nss/train.py", "--out", str(fp32_dir), "--max-steps", str(b.steps), *common])
+    train_s, train_rss = run_script(["nss/train.py", "--out", str(fp32_dir), "--max-steps", str(b.steps), *common])
     best = fp32_dir / "ckpt" / "latest"
-    bench.run(["nss/train.py", "--evaluate", "--model-path", str(best), "--model-type", "ptq_int8", "--data", str(data),
-               "--out", str(work / "ptq"), *common])
-    bench.run(["nss/train.py", "--qat", "--finetune", str(best), "--data", str(data), "--out", str(work / "qat"),
-               "--max-steps", str(b.qat_steps), *common])
+    run_script(
+        [
+            "nss/train.py",
+            "--evaluate",
+            "--model-path",
+            str(best),
+            "--model-type",
+            "ptq_int8",
+            "--data",
+            str(data),
+            "--out",
+            str(work / "ptq"),
+            *common,
+        ]
+    )
+    run_script(
+        [
+            "nss/train.py",
+            "--qat",
+            "--finetune",
+            str(best),
+            "--data",
+            str(data),
+            "--out",
+            str(work / "qat"),
+            "--max-steps",
+            str(b.qat_steps),
+            *common,
+        ]
+    )
     psnr = {}
     for variant, d in (("fp32", fp32_dir), ("ptq_int8", work / "ptq"), ("qat_int8", work / "qat")):
         r = json.loads((d / "eval" / "results.json").read_text())
         psnr[variant] = r["nss"]["psnr"]
-        goal = max(r["bicubic"]["psnr"] + 3, r["taa"]["psnr"] + 1.5)    # README, Goals: TAA + 1.5 dB and bicubic + 3
+        goal = max(r["bicubic"]["psnr"] + 3, r["taa"]["psnr"] + 1.5)  # README, Goals: TAA + 1.5 dB and bicubic + 3
         for metric, unit in (("psnr", "dB"), ("ssim", ""), ("tpsnr", "dB")):
-            res.add(metric, variant, r["nss"][metric], unit, True, {m: r[m][metric] for m in ("bilinear", "bicubic", "taa")}
-                    | ({"goal": goal} if metric == "psnr" else {}))
-    for variant, goal in (("ptq_int8", 0.5), ("qat_int8", 0.05)):       # int8 within 0.5 dB (PTQ) / 0.05 dB (QAT) of fp32
+            res.add(
+                metric,
+                variant,
+                r["nss"][metric],
+                unit,
+                True,
+                {m: r[m][metric] for m in ("bilinear", "bicubic", "taa")}
+                | ({"goal": goal} if metric == "psnr" else {}),
+            )
+    for variant, goal in (("ptq_int8", 0.5), ("qat_int8", 0.05)):  # int8 within 0.5 dB (PTQ) / 0.05 dB (QAT) of fp32
         res.add("psnr_drop_vs_fp32", variant, psnr["fp32"] - psnr[variant], "dB", False, {"goal": goal})
 
-    # --- speed at the deployment size --------------------------------------------------------------------------------
+    # --- speed at the deployment size ---
     weights, _, _ = ckpt.load(best, with_state=False)
     net = fp32_net(weights)
     x = torch.rand(1, 12, *b.size)
-    peak = {"cpu": bench.peak_gflops()} | ({"cuda": bench.peak_gflops(dev)} if dev.type == "cuda" else {})
+    peak = {"cpu": harness.peak_gflops()} | ({"cuda": harness.peak_gflops(dev)} if dev.type == "cuda" else {})
     for d, v in peak.items():
         res.add("matmul_peak", f"fp32 {d}", v, "GFLOP/s", True)
-    flops = bench.count_flops(lambda: net(x))
+    flops = harness.count_flops(lambda: net(x))
     res.add("flops_per_frame", "fp32", flops / 1e9, "GFLOP", False)
     model = NSS(NSSConfig()).eval()
     model.net = net
-    calib = calibration_inputs(model, data / "train", 16)   # real pre-processed frames, as export.py calibrates
+    calib = calibration_inputs(model, data / "train", 16)  # real pre-processed frames, as export.py calibrates
     ex = example_input()
     # the CPU programs export.py writes (SubpixelNet: every upsample folded into the next conv, so XNNPACK takes the
     # whole graph) and, for comparison, the AutoEncoder as it is (XNNPACK lacks nearest upsampling: four partitions)
     forms = {"subpixel": SubpixelNet(net).eval(), "upsample form": net}
     pte = lambda kind, form: work / "pte" / f"{kind}_{form.replace(' ', '_')}.pte"
     for form, module in forms.items():
-        int8 = quant.ptq(module, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=quant.image_dims(ex))
+        int8 = quant.ptq(module, ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=image_dims(ex))
         lower_xnnpack(torch.export.export(module, (x,)), pte("fp32", form))
         lower_xnnpack(torch.export.export(int8, (x,)), pte("int8", form))
     pte32, pte8 = load_pte(pte("fp32", "subpixel")), load_pte(pte("int8", "subpixel"))
@@ -119,42 +169,64 @@ def main():
     def bf16():
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             return net_d(x_d)
+
     on = "" if dev.type == "cpu" else f" {dev.type}"
-    for variant, fn, d in ((f"eager_fp32{on}", lambda: net_d(x_d), dev), (f"eager_bf16{on}", bf16, dev),
-                           ("pte_xnnpack_fp32", lambda: pte32([x]), "cpu"), ("pte_xnnpack_int8", lambda: pte8([x]), "cpu")):
-        ms = bench.median_ms(fn, b.repeats, device=d)
+    for variant, fn, d in (
+        (f"eager_fp32{on}", lambda: net_d(x_d), dev),
+        (f"eager_bf16{on}", bf16, dev),
+        ("pte_xnnpack_fp32", lambda: pte32([x]), "cpu"),
+        ("pte_xnnpack_int8", lambda: pte8([x]), "cpu"),
+    ):
+        ms = median_ms(fn, b.repeats, device=d)
         res.add("ms_per_frame", variant, ms, "ms", False, {"goal": 30} if variant == "pte_xnnpack_int8" else {})
         res.add("share_of_peak", variant, 100 * flops / (ms * 1e-3) / 1e9 / peak[torch.device(d).type], "%", True)
     # where the .pte time goes (ETDump), before (upsample form) and after (SubpixelNet), from this run
     for kind in ("fp32", "int8"):
         for form in reversed(forms):
-            parts = bench.pte_profile(pte(kind, form), [x], runs=b.repeats)
+            parts = harness.pte_profile(pte(kind, form), [x], runs=b.repeats)
             total = parts.pop("total")
             res.add("pte_ms_etdump", f"{kind} {form}: total", total, "ms", False)
-            for part, ms in parts.items():   # medians of each op: shares of their sum
+            for part, ms in parts.items():  # medians of each op: shares of their sum
                 res.add("pte_time_share", f"{kind} {form}: {part}", 100 * ms / sum(parts.values()), "%", False)
 
     # the non-learned pre- and post-process an engine runs as shaders, here in PyTorch on the CPU (540p -> 1080p)
     f, state = frame_540p(b.size)
-    pre_ms = bench.median_ms(lambda: pre_process(f, state), 3, warmup=1)
+    pre_ms = median_ms(lambda: pre_process(f, state), 3, warmup=1)
     x, aux = pre_process(f, state)
     kpn, tp = model.run_net(x)
-    post_ms = bench.median_ms(lambda: post_process(f["colour"], f["exposure"], f["jitter"], kpn, tp,
-                                                   aux["nearest_depth_offset"], f["motion_lr"], state["history"],
-                                                   state["valid"]), 3, warmup=1)
+    post_ms = median_ms(
+        lambda: post_process(
+            f["colour"],
+            f["exposure"],
+            f["jitter"],
+            kpn,
+            tp,
+            aux["nearest_depth_offset"],
+            f["motion_lr"],
+            state["history"],
+            state["valid"],
+        ),
+        3,
+        warmup=1,
+    )
     res.add("ms_per_frame", "pre_process (PyTorch, CPU)", pre_ms, "ms", False)
     res.add("ms_per_frame", "post_process (PyTorch, CPU)", post_ms, "ms", False)
 
-    # --- training cost -------------------------------------------------------------------------------------------------
+    # --- training cost ---
     cfg = PRESETS[b.preset]
     train_set = NSSWindows(data / "train", cfg.recurrent_samples, cfg.crop, augment=True, exposure=cfg.exposure)
     model = NSS(NSSConfig()).to(dev).train()
     opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr)
     rt = Runtime(device=dev, rank=0, world=1, ddp=False, amp_dtype=None)
     g = torch.Generator().manual_seed(args.seed)
-    cost = bench.step_breakdown(lambda: {k: v.to(dev) for k, v in train_set.batch(cfg.batch_size, g).items()},
-                                lambda batch: window_loss(model, model.net, batch, cfg, g, rt),
-                                opt, steps=b.repeats, device=dev, samples=cfg.batch_size * cfg.recurrent_samples)
+    cost = harness.step_breakdown(
+        lambda: {k: v.to(dev) for k, v in train_set.batch(cfg.batch_size, g).items()},
+        lambda batch: window_loss(model, model.net, batch, cfg, g, rt),
+        opt,
+        steps=b.repeats,
+        device=dev,
+        samples=cfg.batch_size * cfg.recurrent_samples,
+    )
     res.add("train_frames_per_s", "1 process", cost["samples_per_s"], "frames/s", True)
     for part in ("data", "forward", "backward", "optimizer"):
         res.add("step_ms", part, cost[part], "ms", False)
@@ -163,20 +235,29 @@ def main():
     if "cuda_max_allocated_mib" in cost:
         res.add("cuda_max_allocated", "train step", cost["cuda_max_allocated_mib"], "MiB", False)
     res.add("train_wall_time", f"{b.steps} steps", train_s / 60, "min", False)
-    if torch.cuda.device_count() < 2:   # two processes need two GPUs; otherwise compare on the CPU
+    if torch.cuda.device_count() < 2:  # two processes need two GPUs; otherwise compare on the CPU
         common[-1] = "cpu"
-    one, two, speedup = bench.scaling("nss/train.py", ["--data", str(data), "--no-evaluate", *common],
-                                      work / "scaling", b.scaling_steps, "frames_per_s")
+    one, two, speedup = harness.scaling(
+        "nss/train.py",
+        ["--data", str(data), "--no-evaluate", *common],
+        work / "scaling",
+        b.scaling_steps,
+        "frames_per_s",
+    )
     res.add("train_frames_per_s", "torchrun x2", two, "frames/s", True, {"1 process": one})
     res.add("ddp_speedup", "2 vs 1 process", speedup, "x", True)
-    res.write(notes=[f"budget: preset {b.preset}, {b.steps} fp32 steps; qat_int8 = {b.qat_steps} more QAT steps from "
-                     f"the fp32 checkpoint; ptq_int8 calibrated on 16 training frames",
-                     "quality on the held-out sequences (seed + 10000), Reinhard-tonemapped; speed on a "
-                     f"1x12x{b.size[0]}x{b.size[1]} network input (540p -> 1080p), {b.repeats} runs after 3 warm-up",
-                     "share_of_peak = FLOPs per frame / time / the fp32 matmul peak measured in this run",
-                     "the .pte rows are export.py's CPU programs (model.SubpixelNet); pte_ms_etdump and pte_time_share "
-                     "(ETDump, ExecuTorch's devtools): where their time goes, and the same for the AutoEncoder lowered "
-                     "as it is (upsample form: XNNPACK has no nearest upsample, so three ops run outside it)"])
+    res.write(
+        notes=[
+            f"budget: preset {b.preset}, {b.steps} fp32 steps; qat_int8 = {b.qat_steps} more QAT steps from "
+            f"the fp32 checkpoint; ptq_int8 calibrated on 16 training frames",
+            "quality on the held-out sequences (seed + 10000), Reinhard-tonemapped; speed on a "
+            f"1x12x{b.size[0]}x{b.size[1]} network input (540p -> 1080p), {b.repeats} runs after 3 warm-up",
+            "share_of_peak = FLOPs per frame / time / the fp32 matmul peak measured in this run",
+            "the .pte rows are export.py's CPU programs (model.SubpixelNet); pte_ms_etdump and pte_time_share "
+            "(ETDump, ExecuTorch's devtools): where their time goes, and the same for the AutoEncoder lowered "
+            "as it is (upsample form: XNNPACK has no nearest upsample, so three ops run outside it)",
+        ]
+    )
 
 
 if __name__ == "__main__":

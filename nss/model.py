@@ -20,25 +20,25 @@ the network at half the LR size (input (N, 12, padded(h // 2), padded(w // 2))),
 and LQ disocclusion, and a 16-channel (4x4) KPN; low also swaps the history Catmull-Rom for bilinear.
 `prune_kpn` turns a high checkpoint (36 KPN channels) into a mid/low one as Arm does.
 """
+
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.images import inverse_karis, karis
 from nss.luma_derivative import pixel_centres
-from nss.post_process import QUALITY, post_process
+from nss.post_process import QUALITY, inverse_karis, karis, post_process
 from nss.pre_process import pre_process, state_sizes
 
 
 @dataclass
 class NSSConfig:
-    scale: int = 2            # upscale factor (the reference datasets are 2x)
-    kpn_size: int = 6         # KPN window in high-res pixels (6x6, offsets -2..+3) -> 36 kernel channels
-    mv_zero: float = 0.1      # |mv| <= this many pixels counts as no motion (as in Arm's shaders)
+    scale: int = 2  # upscale factor (the reference datasets are 2x)
+    kpn_size: int = 6  # KPN window in high-res pixels (6x6, offsets -2..+3) -> 36 kernel channels
+    mv_zero: float = 0.1  # |mv| <= this many pixels counts as no motion (as in Arm's shaders)
     sharp_theta: bool = True  # theta = p0^2 / (p0^2 + (1-p0)^2)
-    quality: str = "high"     # Arm's quality mode: "high", "mid" or "low" (mid/low: 16 KPN channels, half-res)
+    quality: str = "high"  # Arm's quality mode: "high", "mid" or "low" (mid/low: 16 KPN channels, half-res)
 
 
 # Arm's get_kpn_prune_indices((6, 6), (4, 4)) (model_blocks_v1.py:206-244): the centred 4x4 of the 6x6 window,
@@ -65,8 +65,7 @@ def prune_kpn(state_dict):
         raise ValueError(f"KPN prune needs a {src}-channel (6x6) head, got {sorted(channels)} channels")
     out = dict(state_dict)
     for k, v in state_dict.items():
-        if (k in heads or "activation_post_process_" in k) and torch.is_tensor(v) and v.ndim >= 1 \
-                and v.shape[0] == src:
+        if (k in heads or "activation_post_process_" in k) and torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == src:
             out[k] = v.index_select(0, torch.tensor(KPN_PRUNE_INDICES, device=v.device))
     return out
 
@@ -80,9 +79,9 @@ class AutoEncoder(nn.Module):
 
     def __init__(self, in_ch=12, kpn_ch=36):
         super().__init__()
-        self.e0 = nn.Sequential(conv(in_ch, 32, 2), nn.ReLU(), conv(32, 32), nn.ReLU())   # 1/2 (skip1)
-        self.e1 = nn.Sequential(conv(32, 32, 2), nn.ReLU(), conv(32, 32), nn.ReLU())      # 1/4 (skip2)
-        self.e2 = nn.Sequential(conv(32, 64, 2), nn.ReLU(), conv(64, 64), nn.ReLU())      # 1/8
+        self.e0 = nn.Sequential(conv(in_ch, 32, 2), nn.ReLU(), conv(32, 32), nn.ReLU())  # 1/2 (skip1)
+        self.e1 = nn.Sequential(conv(32, 32, 2), nn.ReLU(), conv(32, 32), nn.ReLU())  # 1/4 (skip2)
+        self.e2 = nn.Sequential(conv(32, 64, 2), nn.ReLU(), conv(64, 64), nn.ReLU())  # 1/8
         self.bottleneck = nn.Sequential(conv(64, 32), nn.ReLU())
         self.up2 = nn.Sequential(conv(32, 16), nn.ReLU())
         self.d2 = nn.Sequential(conv(48, 32), nn.ReLU())
@@ -95,15 +94,15 @@ class AutoEncoder(nn.Module):
         # (N, 12, H, W), H and W multiples of 8. up_conv(conv, t, act) computes act(conv(nearest_x2(t))) (default:
         # just so); SubpixelNet passes another way of computing the same
         up = up_conv or upsample_conv
-        skip1 = self.e0(x)                                                  # (N, 32, H/2, W/2)
-        skip2 = self.e1(skip1)                                              # (N, 32, H/4, W/4)
-        b = self.bottleneck(self.e2(skip2))                                 # (N, 32, H/8, W/8)
-        d2 = up(self.up2[0], b, self.up2[1])                                # (N, 16, H/4, W/4)
-        d2 = self.d2(torch.cat([d2, skip2], 1))                             # (N, 32, H/4, W/4)
-        kpn_params = torch.sigmoid(self.kpn_head(d2))                       # (N, 36, H/4, W/4)
-        d1 = up(self.up1[0], d2, self.up1[1])                               # (N, 16, H/2, W/2)
-        d1 = self.d1(torch.cat([d1, skip1], 1))                             # (N, 16, H/2, W/2)
-        temporal_params = up(self.temporal_head, d1, torch.sigmoid)         # (N, 4, H, W)
+        skip1 = self.e0(x)  # (N, 32, H/2, W/2)
+        skip2 = self.e1(skip1)  # (N, 32, H/4, W/4)
+        b = self.bottleneck(self.e2(skip2))  # (N, 32, H/8, W/8)
+        d2 = up(self.up2[0], b, self.up2[1])  # (N, 16, H/4, W/4)
+        d2 = self.d2(torch.cat([d2, skip2], 1))  # (N, 32, H/4, W/4)
+        kpn_params = torch.sigmoid(self.kpn_head(d2))  # (N, 36, H/4, W/4)
+        d1 = up(self.up1[0], d2, self.up1[1])  # (N, 16, H/2, W/2)
+        d1 = self.d1(torch.cat([d1, skip1], 1))  # (N, 16, H/2, W/2)
+        temporal_params = up(self.temporal_head, d1, torch.sigmoid)  # (N, 4, H, W)
         return kpn_params, temporal_params
 
 
@@ -114,8 +113,12 @@ def upsample_conv(conv, t, act):
 
 # the two sub-pixel phases of one axis: a 3x3 conv of a nearest-x2-upsampled image reads, for an output at even
 # position 2i, input pixels (i-1, i, i) with its taps (0, 1, 2), and at odd position 2i+1 pixels (i, i, i+1)
-_PHASE_TAPS = torch.tensor([[[1.0, 0, 0], [0, 1, 1], [0, 0, 0]],      # [phase, low-res tap -1/0/+1, original tap]
-                            [[0.0, 0, 0], [1, 1, 0], [0, 0, 1]]])
+_PHASE_TAPS = torch.tensor(
+    [
+        [[1.0, 0, 0], [0, 1, 1], [0, 0, 0]],  # [phase, low-res tap -1/0/+1, original tap]
+        [[0.0, 0, 0], [1, 1, 0], [0, 0, 1]],
+    ]
+)
 
 
 def subpixel_conv(conv):
@@ -146,13 +149,14 @@ class SubpixelNet(nn.Module):
 
     def forward(self, x):
         # the activation before the pixel shuffle (they commute), so that XNNPACK fuses it into its conv
-        convs = self.upsampled_convs()   # looked up per call: a deep copy (PT2E quantization) holds new modules
+        convs = self.upsampled_convs()  # looked up per call: a deep copy (PT2E quantization) holds new modules
         fold = lambda conv, t, act: F.pixel_shuffle(act(self.folded[convs.index(conv)](t)), 2)
         return self.net(x, up_conv=fold)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers shared by the pre/post-process and the TAA baseline
+
 
 def sample(img, pos_px, size, mode="bilinear"):
     """Sample img at positions pos_px (N, 2, h, w), (y, x) in pixels of an image of `size` = (H, W) covering
@@ -171,7 +175,7 @@ def shift(x, dy, dx):
         return x
     h, w = x.shape[-2:]
     p = F.pad(x, (max(-dx, 0), max(dx, 0), max(-dy, 0), max(dy, 0)), mode="replicate")
-    return p[..., max(dy, 0):max(dy, 0) + h, max(dx, 0):max(dx, 0) + w]
+    return p[..., max(dy, 0) : max(dy, 0) + h, max(dx, 0) : max(dx, 0) + w]
 
 
 def dilate_motion(depth, motion, mv_zero):
@@ -179,10 +183,10 @@ def dilate_motion(depth, motion, mv_zero):
     its 4x4 neighbourhood (offsets -1..+2; ties go to the first in row order, not Arm's visiting order, which
     nss/pre_process.nearest_depth follows), zeroed when |mv| <= mv_zero."""
     offsets = [(dy, dx) for dy in range(-1, 3) for dx in range(-1, 3)]
-    depths = torch.cat([shift(depth, dy, dx) for dy, dx in offsets], 1)          # (N, 16, h, w)
-    best = depths.argmin(1, keepdim=True)                                         # (N, 1, h, w)
-    motions = torch.stack([shift(motion, dy, dx) for dy, dx in offsets], 1)      # (N, 16, 2, h, w)
-    mv = motions.gather(1, best[:, :, None].expand(-1, 1, 2, -1, -1))[:, 0]       # (N, 2, h, w)
+    depths = torch.cat([shift(depth, dy, dx) for dy, dx in offsets], 1)  # (N, 16, h, w)
+    best = depths.argmin(1, keepdim=True)  # (N, 1, h, w)
+    motions = torch.stack([shift(motion, dy, dx) for dy, dx in offsets], 1)  # (N, 16, 2, h, w)
+    mv = motions.gather(1, best[:, :, None].expand(-1, 1, 2, -1, -1))[:, 0]  # (N, 2, h, w)
     return mv * (mv.norm(dim=1, keepdim=True) > mv_zero)
 
 
@@ -195,7 +199,7 @@ def jittered_taps(colour, jitter, scale, radius=1):
     dev = colour.device
     par_y = (torch.arange(H, device=dev) % scale).view(1, 1, H, 1).float()
     par_x = (torch.arange(W, device=dev) % scale).view(1, 1, 1, W).float()
-    land_y = torch.floor((0.5 + jitter[:, 0:1]) * scale)   # HR pixel (within its LR tile) the sample landed in
+    land_y = torch.floor((0.5 + jitter[:, 0:1]) * scale)  # HR pixel (within its LR tile) the sample landed in
     land_x = torch.floor((0.5 + jitter[:, 1:2]) * scale)
     for a in range(-radius, radius + 1):
         for b in range(-radius, radius + 1):
@@ -204,6 +208,7 @@ def jittered_taps(colour, jitter, scale, radius=1):
 
 
 # ----------------------------------------------------------------------------------------------------------
+
 
 class NSS(nn.Module):
     """The recurrent super sampler: Arm's pre-process -> net -> Arm's post-process, state carried between
@@ -225,11 +230,13 @@ class NSS(nn.Module):
         sizes = state_sizes(h, w, self.cfg.quality)
         H, W = round(h * self.cfg.scale), round(w * self.cfg.scale)
         dev = frame["colour"].device
-        return {"history": torch.zeros(n, 3, H, W, device=dev),
-                "feedback": torch.zeros(n, 4, *sizes["padded"], device=dev),
-                "derivative": torch.zeros(n, 4, *sizes["derivative"], device=dev),
-                "valid": torch.zeros(n, 1, 1, 1, device=dev),
-                "fresh": torch.ones(n, 1, 1, 1, device=dev)}
+        return {
+            "history": torch.zeros(n, 3, H, W, device=dev),
+            "feedback": torch.zeros(n, 4, *sizes["padded"], device=dev),
+            "derivative": torch.zeros(n, 4, *sizes["derivative"], device=dev),
+            "valid": torch.zeros(n, 1, 1, 1, device=dev),
+            "fresh": torch.ones(n, 1, 1, 1, device=dev),
+        }
 
     def seed_state(self, state, target, keep):
         """Arm's GT-history augmentation (model_v1.py:443-501): on the first frame of a window, for batch
@@ -246,7 +253,7 @@ class NSS(nn.Module):
     def forward(self, f, state, net=None, autocast=None):
         """One frame. f: dict of (N, C, h, w) tensors (colour, depth, motion_lr, jitter, exposure,
         depth_params, render_size); state from init_state/previous call. Returns (outputs dict, new state)."""
-        f = {**f, "motion_lr": f["motion_lr"] * (1 - state["fresh"])}        # Arm zeroes motion on reset frames
+        f = {**f, "motion_lr": f["motion_lr"] * (1 - state["fresh"])}  # Arm zeroes motion on reset frames
         quality = self.cfg.quality
         x, aux = pre_process(f, state, quality=quality)
         if autocast is not None:
@@ -255,15 +262,36 @@ class NSS(nn.Module):
         else:
             kpn_params, temporal_params = self.run_net(x, net)
         output_linear, filtered_linear = post_process(
-            f["colour"], f["exposure"], f["jitter"], kpn_params, temporal_params, aux["nearest_depth_offset"],
-            f["motion_lr"], state["history"], state["valid"], scale=float(self.cfg.scale), quality=quality,
-            sharp_theta=self.cfg.sharp_theta)
-        h, w = state_sizes(*f["colour"].shape[-2:], quality)["process"]     # temporal params of the real pixels
-        new_state = {"history": output_linear, "feedback": temporal_params, "derivative": aux["derivative"],
-                     "valid": torch.ones_like(state["valid"]), "fresh": torch.zeros_like(state["fresh"])}
-        out = {"output_linear": output_linear, "out_filtered_linear": filtered_linear,
-               "temporal_params": temporal_params[..., :h, :w], "kpn_params": kpn_params, "net_input": x,
-               "reset": 1 - state["valid"], **aux}
+            f["colour"],
+            f["exposure"],
+            f["jitter"],
+            kpn_params,
+            temporal_params,
+            aux["nearest_depth_offset"],
+            f["motion_lr"],
+            state["history"],
+            state["valid"],
+            scale=float(self.cfg.scale),
+            quality=quality,
+            sharp_theta=self.cfg.sharp_theta,
+        )
+        h, w = state_sizes(*f["colour"].shape[-2:], quality)["process"]  # temporal params of the real pixels
+        new_state = {
+            "history": output_linear,
+            "feedback": temporal_params,
+            "derivative": aux["derivative"],
+            "valid": torch.ones_like(state["valid"]),
+            "fresh": torch.zeros_like(state["fresh"]),
+        }
+        out = {
+            "output_linear": output_linear,
+            "out_filtered_linear": filtered_linear,
+            "temporal_params": temporal_params[..., :h, :w],
+            "kpn_params": kpn_params,
+            "net_input": x,
+            "reset": 1 - state["valid"],
+            **aux,
+        }
         return out, new_state
 
 
@@ -289,8 +317,12 @@ def taa_upsample(f, state, scale=2, sigma=0.6, mv_zero=0.1):
     current = acc / wsum
     mv = dilate_motion(f["depth"], f["motion_lr"], mv_zero)
     mv_hr = F.interpolate(mv, scale_factor=scale, mode="nearest") * scale
-    warped, onscreen = sample(state["history"], pixel_centres(n, h * scale, w * scale, colour.device) - mv_hr,
-                              (h * scale, w * scale), mode="bilinear")
+    warped, onscreen = sample(
+        state["history"],
+        pixel_centres(n, h * scale, w * scale, colour.device) - mv_hr,
+        (h * scale, w * scale),
+        mode="bilinear",
+    )
     warped = torch.minimum(torch.maximum(warped * e, lo), hi)
     alpha = torch.lerp(torch.ones_like(wmax), 0.04 + 0.3 * wmax, onscreen * state["valid"])
     out = inverse_karis(torch.lerp(karis(warped), karis(current), alpha).clamp(0, 1 - 1e-7)) / e

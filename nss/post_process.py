@@ -51,6 +51,7 @@ Example (x2, high quality, 540p -> 1080p shapes scaled down):
     >>> out.shape, filtered.shape
     (torch.Size([1, 3, 24, 40]), torch.Size([1, 3, 24, 40]))
 """
+
 import math
 from fractions import Fraction
 
@@ -58,8 +59,8 @@ import torch
 import torch.nn.functional as F
 
 HALF_MAX = 65504.0  # fp16 max: Arm clamps colour, history and the output to it (im:43-48, tm:5)
-EPS = 1e-7          # ps:40
-MV_ZERO = 0.1       # |mv| in HR px at or below this counts as no motion (ps:212)
+EPS = 1e-7  # ps:40
+MV_ZERO = 0.1  # |mv| in HR px at or below this counts as no motion (ps:212)
 F32 = torch.float32
 
 # qm:73-111 with the nss_v1.slang defines: taps = FILTER_COLOR_KERNEL_SZ, sparse = NSS_USE_SPARSE_2X2_FILTER,
@@ -94,14 +95,15 @@ def nearest_offset_code(dy, dx):
 # ----------------------------------------------------------------------------------------------------------
 # 1. offset LUT
 
+
 def _axis_tile(jitter, s, t_lr, t_hr):
     """One axis of the LR->HR tile (gu:240-288). jitter (N,) LR px, s float32 scale.
     -> valid (N, t_hr) bool: an LR sample lands in this tile pixel; off (N, t_hr): that LR pixel minus the LR
     pixel containing the tile pixel's centre."""
     a = torch.arange(t_lr, dtype=F32, device=jitter.device)
-    land = torch.floor((a + jitter[:, None] + 0.5) * s)                                 # (N, t_lr)
-    off = a - torch.floor((land + 0.5) / s)                                             # (N, t_lr)
-    hit = land[:, :, None] == torch.arange(t_hr, dtype=F32, device=jitter.device)      # (N, t_lr, t_hr)
+    land = torch.floor((a + jitter[:, None] + 0.5) * s)  # (N, t_lr)
+    off = a - torch.floor((land + 0.5) / s)  # (N, t_lr)
+    hit = land[:, :, None] == torch.arange(t_hr, dtype=F32, device=jitter.device)  # (N, t_lr, t_hr)
     return hit.any(1), (hit * off[:, :, None]).sum(1)
 
 
@@ -120,7 +122,7 @@ def offset_lut(jitter, scale, kpn_size=6, taps=9, lr_hw=None):
             hr = int(round(lr * scales[axis]))
             g = math.gcd(lr, hr)
             ratios.append((lr // g, hr // g))
-            s.append(_f32(hr) / _f32(lr))                      # out / in, as the shader and mv1:1059-1062
+            s.append(_f32(hr) / _f32(lr))  # out / in, as the shader and mv1:1059-1062
         else:
             fr = Fraction(float(scales[axis])).limit_denominator(64)
             ratios.append((fr.denominator, fr.numerator))
@@ -131,22 +133,28 @@ def offset_lut(jitter, scale, kpn_size=6, taps=9, lr_hw=None):
 
     dev = jitter.device
     k = kpn_size
-    d = torch.arange(1 - k // 2, 1 - k // 2 + k, device=dev)    # -2..3 for k = 6
-    dy = d.repeat(k)                                           # channel t: dy = d[t % k], dx = d[t // k]
+    d = torch.arange(1 - k // 2, 1 - k // 2 + k, device=dev)  # -2..3 for k = 6
+    dy = d.repeat(k)  # channel t: dy = d[t % k], dx = d[t // k]
     dx = d.repeat_interleave(k)
     t = torch.arange(k * k, device=dev)
     # Arm's score exp(-d^2 / (2 (k/3)^2)) + (k^2 - t) * 16 eps orders by distance, then by lower t: same as this
-    rank = (dy**2 + dx**2) * (k * k) + t                       # (k*k,)
-    rows = (torch.arange(ty, device=dev)[:, None] + dy) % ty    # (Ty, kk) tile row of each window offset
-    cols = (torch.arange(tx, device=dev)[:, None] + dx) % tx    # (Tx, kk)
-    valid = vy[:, rows][:, :, None] & vx[:, cols][:, None]      # (N, Ty, Tx, kk)
+    rank = (dy**2 + dx**2) * (k * k) + t  # (k*k,)
+    rows = (torch.arange(ty, device=dev)[:, None] + dy) % ty  # (Ty, kk) tile row of each window offset
+    cols = (torch.arange(tx, device=dev)[:, None] + dx) % tx  # (Tx, kk)
+    valid = vy[:, rows][:, :, None] & vx[:, cols][:, None]  # (N, Ty, Tx, kk)
     key = torch.where(valid, rank, rank + 2 * rank.max() + 1)
-    order = key.argsort(-1)[..., :taps]                        # (N, Ty, Tx, taps)
+    order = key.argsort(-1)[..., :taps]  # (N, Ty, Tx, taps)
     full = (n, ty, tx, k * k)
-    fields = [oy[:, rows][:, :, None].expand(full), ox[:, cols][:, None].expand(full), valid.to(F32),
-              dy.to(F32).expand(full), dx.to(F32).expand(full), t.to(F32).expand(full)]
+    fields = [
+        oy[:, rows][:, :, None].expand(full),
+        ox[:, cols][:, None].expand(full),
+        valid.to(F32),
+        dy.to(F32).expand(full),
+        dx.to(F32).expand(full),
+        t.to(F32).expand(full),
+    ]
     m = valid.gather(-1, order).to(F32)
-    lut = torch.stack([f.gather(-1, order) * m for f in fields], 1)                   # (N, 6, Ty, Tx, taps)
+    lut = torch.stack([f.gather(-1, order) * m for f in fields], 1)  # (N, 6, Ty, Tx, taps)
     return lut.reshape(n, 6, ty * tx, taps), (ty, tx)
 
 
@@ -174,14 +182,20 @@ def phase_taps(lut, tile, lr_hw, out_hw):
     n, dev = lut.shape[0], lut.device
     inv_y, inv_x = (_rcp(_f32(o) / _f32(i)).to(dev) for o, i in ((H, h), (W, w)))
     # HR row of (tile row by, block k) is by + Ty k
-    py = (torch.arange(ty, device=dev)[:, None] + ty * torch.arange(H // ty, device=dev)).to(F32)   # (Ty, Hq)
-    px = (torch.arange(tx, device=dev)[:, None] + tx * torch.arange(W // tx, device=dev)).to(F32)   # (Tx, Wq)
+    py = (torch.arange(ty, device=dev)[:, None] + ty * torch.arange(H // ty, device=dev)).to(F32)  # (Ty, Hq)
+    px = (torch.arange(tx, device=dev)[:, None] + tx * torch.arange(W // tx, device=dev)).to(F32)  # (Tx, Wq)
     for i in range(lut.shape[-1]):
-        off_y, off_x, valid, dy, dx, ch = lut[..., i].reshape(n, 6, ty, tx, 1, 1).unbind(1)     # (N,Ty,Tx,1,1)
-        ly = torch.floor((py[:, None, :, None] + dy + 0.5) * inv_y + 1e-3) + off_y               # (N,Ty,Tx,Hq,1)
-        lx = torch.floor((px[None, :, None, :] + dx + 0.5) * inv_x + 1e-3) + off_x               # (N,Ty,Tx,1,Wq)
-        yield {"ly": ly.clamp(0, h - 1).long(), "lx": lx.clamp(0, w - 1).long(), "valid": valid,
-               "dy": dy, "dx": dx, "channel": ch.long()}
+        off_y, off_x, valid, dy, dx, ch = lut[..., i].reshape(n, 6, ty, tx, 1, 1).unbind(1)  # (N,Ty,Tx,1,1)
+        ly = torch.floor((py[:, None, :, None] + dy + 0.5) * inv_y + 1e-3) + off_y  # (N,Ty,Tx,Hq,1)
+        lx = torch.floor((px[None, :, None, :] + dx + 0.5) * inv_x + 1e-3) + off_x  # (N,Ty,Tx,1,Wq)
+        yield {
+            "ly": ly.clamp(0, h - 1).long(),
+            "lx": lx.clamp(0, w - 1).long(),
+            "valid": valid,
+            "dy": dy,
+            "dx": dx,
+            "channel": ch.long(),
+        }
 
 
 def lut_taps(lut, tile, lr_hw, out_hw):
@@ -194,6 +208,7 @@ def lut_taps(lut, tile, lr_hw, out_hw):
 
 # ----------------------------------------------------------------------------------------------------------
 # 2. KPN filter
+
 
 def _kpn_axis(lr_size, kpn_size, temporal_size, half_res, device):
     """KPN texel of each LR coordinate on one axis: ps:338-347 (and ps:251-256 for the half-res variant)."""
@@ -217,7 +232,7 @@ def kpn_filter(colour_e, kpn, lut, tile, out_hw, temporal_hw, sparse=False, half
     n, _, h, w = colour_e.shape
     c, kh, kw = kpn.shape[1:]
     dev = colour_e.device
-    colour = colour_e.clamp(max=HALF_MAX).permute(0, 2, 3, 1)             # (N, h, w, 3): one gather per tap
+    colour = colour_e.clamp(max=HALF_MAX).permute(0, 2, 3, 1)  # (N, h, w, 3): one gather per tap
     ky_of = _kpn_axis(h, kh, temporal_hw[0], half_res, dev)
     kx_of = _kpn_axis(w, kw, temporal_hw[1], half_res, dev)
     b = torch.arange(n, device=dev).view(n, 1, 1, 1, 1)
@@ -228,30 +243,35 @@ def kpn_filter(colour_e, kpn, lut, tile, out_hw, temporal_hw, sparse=False, half
     centre_a = torch.zeros(n, ty, tx, 1, 1, 1, device=dev)
     for tap in phase_taps(lut, tile, (h, w), out_hw):
         ly, lx = tap["ly"], tap["lx"]
-        col = colour[b, ly, lx]                                             # (N, Ty, Tx, Hq, Wq, 3)
+        col = colour[b, ly, lx]  # (N, Ty, Tx, Hq, Wq, 3)
         ch = tap["channel"]
         if sparse:
             ch = _sparse_channel(ch)
-            present = (ch >= 0).to(F32)                                     # pruned channels weigh 0, not EPS
+            present = (ch >= 0).to(F32)  # pruned channels weigh 0, not EPS
             ch = ch.clamp(min=0)
         else:
             present = 1.0
             ch = ch.clamp(0, c - 1)
-        wt = kpn[b, ch, ky_of[ly], kx_of[lx]].clamp_min(EPS)               # (N, Ty, Tx, Hq, Wq)
+        wt = kpn[b, ch, ky_of[ly], kx_of[lx]].clamp_min(EPS)  # (N, Ty, Tx, Hq, Wq)
         wt = (wt * (present * tap["valid"])).unsqueeze(-1)
         cw = col * wt
         m1, m2, wsum = m1 + cw, m2 + cw * col, wsum + wt
         # masked (invalid) LUT rows have d = (0, 0) too, so they also count as the centre, as in ps:333-335
-        is_centre = ((tap["dy"] == 0) & (tap["dx"] == 0)).unsqueeze(-1)   # (N, Ty, Tx, 1, 1, 1)
+        is_centre = ((tap["dy"] == 0) & (tap["dx"] == 0)).unsqueeze(-1)  # (N, Ty, Tx, 1, 1, 1)
         centre = torch.where(is_centre, col, centre)
         centre_a = torch.where(is_centre, 1.0, centre_a)
     wsum = wsum.clamp_min(EPS)
-    return (from_phases(m1 / wsum), from_phases(m2 / wsum), from_phases(centre),
-            from_phases(centre_a.expand(n, ty, tx, hq, wq, 1)))
+    return (
+        from_phases(m1 / wsum),
+        from_phases(m2 / wsum),
+        from_phases(centre),
+        from_phases(centre_a.expand(n, ty, tx, hq, wq, 1)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # 3. temporal params
+
 
 def _bilinear_axis(pos, size):
     """Clamped-edge bilinear taps along one axis (ts:151-180): pos in pixels (centres at i + 0.5)."""
@@ -286,6 +306,7 @@ def sharpen_theta(theta, g=2.0):
 # ----------------------------------------------------------------------------------------------------------
 # 4. motion
 
+
 def _decode_offsets(code, lr_hw, pre_hw, half_res):
     """The dilation offset (dy, dx) (N, h, w) of every LR pixel (ps:184-205): 1 channel = the 5-bit code
     (nc:64-72), 2 channels = Arm's packed quad of 2-bit nibbles (nc:55-60, ps:190-198). With half_res the
@@ -298,12 +319,12 @@ def _decode_offsets(code, lr_hw, pre_hw, half_res):
         tx = torch.floor((ix.to(F32) + 0.5) * float(pre_hw[1]) * _rcp(w).to(dev)).long().clamp(0, pre_hw[1] - 1)
     else:
         ty, tx = iy.clamp(max=code.shape[2] - 1), ix.clamp(max=code.shape[3] - 1)
-    texel = code[:, :, ty][:, :, :, tx]                                          # (N, C, h, w)
+    texel = code[:, :, ty][:, :, :, tx]  # (N, C, h, w)
     byte = torch.floor(texel * 255.0 + 0.5).long()
     if code.shape[1] == 1:
         c = byte[:, 0]
         return (c & 7) - 2, ((c >> 3) & 7) - 2
-    lane = (iy % 2)[:, None] * 2 + (ix % 2)[None]                                # (h, w)
+    lane = (iy % 2)[:, None] * 2 + (ix % 2)[None]  # (h, w)
     b = torch.where(lane < 2, byte[:, 0], byte[:, 1])
     nib = torch.where(lane % 2 == 0, b & 15, (b >> 4) & 15)
     return (nib & 3) - 1, ((nib >> 2) & 3) - 1
@@ -315,7 +336,7 @@ def hr_motion(motion_lr, nearest_depth_offset, out_hw, half_res=False):
     H, W = out_hw
     dev = motion_lr.device
     oy, ox = _decode_offsets(nearest_depth_offset, (h, w), (h // 2, w // 2), half_res)
-    ly = (torch.arange(h, device=dev)[:, None] + oy).clamp(0, h - 1)              # (N, h, w) dilated LR pixel
+    ly = (torch.arange(h, device=dev)[:, None] + oy).clamp(0, h - 1)  # (N, h, w) dilated LR pixel
     lx = (torch.arange(w, device=dev)[None] + ox).clamp(0, w - 1)
     mv = motion_lr.to(F32).flatten(2).gather(2, (ly * w + lx).view(n, 1, -1).expand(n, 2, -1)).view(n, 2, h, w)
     s = [(_f32(o) / _f32(i)).to(dev) for o, i in ((H, h), (W, w))]
@@ -331,14 +352,16 @@ def hr_motion(motion_lr, nearest_depth_offset, out_hw, half_res=False):
 # ----------------------------------------------------------------------------------------------------------
 # 5. history sampling
 
+
 def bilinear(img, pos_px, clamp_to_edge=True):
     """Arm's sample_tensor (ts:85-114, 151-180): bilinear between pixel centres at pos_px (N, 2, H', W') (y, x)
     in img's pixels. Outside: the edge texel (clamp_to_edge), or each missing texel weighs 0 (no renormalising);
     grid_sample's border / zeros padding are exactly these."""
     H, W = img.shape[-2:]
     grid = torch.stack([pos_px[:, 1] * (2.0 / W) - 1, pos_px[:, 0] * (2.0 / H) - 1], -1)
-    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border" if clamp_to_edge else "zeros",
-                         align_corners=False)
+    return F.grid_sample(
+        img, grid, mode="bilinear", padding_mode="border" if clamp_to_edge else "zeros", align_corners=False
+    )
 
 
 def catmull_rom(img, pos_px):
@@ -349,14 +372,14 @@ def catmull_rom(img, pos_px):
     -> (N, C, H', W')."""
     n, c, H, W = img.shape
     hh, ww = pos_px.shape[-2:]
-    tc = torch.floor(pos_px - 0.5) + 0.5                       # centre of the texel at or before pos
-    f = pos_px - tc                                            # [0, 1)
+    tc = torch.floor(pos_px - 0.5) + 0.5  # centre of the texel at or before pos
+    f = pos_px - tc  # [0, 1)
     f2, f3 = f * f, f * f * f
     w0 = f2 - 0.5 * (f3 + f)
     w1 = 1.5 * f3 - 2.5 * f2 + 1
     w3 = 0.5 * (f3 - f2)
     w2 = 1 - w0 - w1 - w3
-    W0, W1, W2 = w0, w1 + w2, w3                               # (N, 2, H', W') each
+    W0, W1, W2 = w0, w1 + w2, w3  # (N, 2, H', W') each
     # tap positions tc - 1, tc + w2 / W1, tc + 2 in grid_sample's [-1, 1] units
     norm = torch.tensor([2.0 / H, 2.0 / W], device=img.device).view(1, 2, 1, 1)
     s0, s1, s2 = (tc - 1) * norm - 1, (tc + w2 / W1) * norm - 1, (tc + 2) * norm - 1
@@ -364,12 +387,13 @@ def catmull_rom(img, pos_px):
     rows, cols = (s1, s0, s1, s2, s1), (s0, s1, s1, s1, s2)
     grid = torch.empty(n, 5, hh, ww, 2, device=img.device)
     for i in range(5):
-        grid[:, i, ..., 0] = cols[i][:, 1]                     # grid_sample wants (x, y)
+        grid[:, i, ..., 0] = cols[i][:, 1]  # grid_sample wants (x, y)
         grid[:, i, ..., 1] = rows[i][:, 0]
-    samples = F.grid_sample(img, grid.view(n, 5 * hh, ww, 2), mode="bilinear", padding_mode="border",
-                            align_corners=False).view(n, c, 5, hh, ww)
+    samples = F.grid_sample(
+        img, grid.view(n, 5 * hh, ww, 2), mode="bilinear", padding_mode="border", align_corners=False
+    ).view(n, c, 5, hh, ww)
     wy, wx = (W0[:, 0:1], W1[:, 0:1], W2[:, 0:1]), (W0[:, 1:2], W1[:, 1:2], W2[:, 1:2])
-    wts = (wy[1] * wx[0], wy[0] * wx[1], wy[1] * wx[1], wy[2] * wx[1], wy[1] * wx[2])      # (N, 1, H', W') each
+    wts = (wy[1] * wx[0], wy[0] * wx[1], wy[1] * wx[1], wy[2] * wx[1], wy[1] * wx[2])  # (N, 1, H', W') each
     colour, lo, hi = samples[:, :, 0] * wts[0], samples[:, :, 0], samples[:, :, 0]
     for i in range(1, 5):
         colour = colour + samples[:, :, i] * wts[i]
@@ -380,7 +404,8 @@ def catmull_rom(img, pos_px):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 7-8. Karis tonemap as Arm has it (common.images.karis lacks the clamps, inverse_karis the 65504 cap)
+# 7-8. Karis tonemap as Arm has it (also the tonemap of the TAA baseline and of --tonemapper karis)
+
 
 def karis(x):
     """tm:14-30: clamp(max(x, 0) / (1 + max_rgb), 0, 1) over dim 1."""
@@ -401,8 +426,21 @@ def inverse_karis(x):
 
 # ----------------------------------------------------------------------------------------------------------
 
-def post_process(colour, exposure, jitter, kpn_params, temporal_params, nearest_depth_offset, motion_lr, history,
-                 valid, scale=2.0, quality="high", sharp_theta=True):
+
+def post_process(
+    colour,
+    exposure,
+    jitter,
+    kpn_params,
+    temporal_params,
+    nearest_depth_offset,
+    motion_lr,
+    history,
+    valid,
+    scale=2.0,
+    quality="high",
+    sharp_theta=True,
+):
     """Arm's post_process kernel (ps:484-535) for a batch.
     colour (N, 3, h, w) jittered LR linear colour (not exposed); exposure (N, 1, 1, 1); jitter (N, 2, 1, 1) LR px
     (y, x); kpn_params (N, 36, Hp/4, Wp/4) sigmoid outputs on the input padded to multiples of 8 (mid/low:
@@ -420,14 +458,15 @@ def post_process(colour, exposure, jitter, kpn_params, temporal_params, nearest_
     dev = colour.device
     e = exposure.reshape(n, 1, 1, 1).to(F32)
     inv_e = 1.0 / e
-    reset = valid.reshape(n, 1, 1, 1).to(F32)                  # Arm's in_reset: 1 = history usable
+    reset = valid.reshape(n, 1, 1, 1).to(F32)  # Arm's in_reset: 1 = history usable
     kpn_params, temporal_params, history = kpn_params.float(), temporal_params.float(), history.float()
-    pre_hw = (h // 2, w // 2) if q["half_res"] else (h, w)     # ps:151-164: the pre-process's logical size
+    pre_hw = (h // 2, w // 2) if q["half_res"] else (h, w)  # ps:151-164: the pre-process's logical size
 
     # 1-2. jitter-aware KPN filter of the current LR samples
     lut, tile = offset_lut(jitter, scale, kpn_size=6, taps=q["taps"], lr_hw=(h, w))
-    m1, m2, centre, centre_a = kpn_filter(colour.to(F32) * e, kpn_params, lut, tile, (H, W),
-                                          temporal_params.shape[-2:], q["sparse"], q["half_res"])
+    m1, m2, centre, centre_a = kpn_filter(
+        colour.to(F32) * e, kpn_params, lut, tile, (H, W), temporal_params.shape[-2:], q["sparse"], q["half_res"]
+    )
 
     # 3. temporal params, upsampled
     p = upsample_temporal(temporal_params[:, :3], (H, W), pre_hw)
@@ -436,13 +475,13 @@ def post_process(colour, exposure, jitter, kpn_params, temporal_params, nearest_
     gamma = p[:, 2:3] * 2.0
 
     # 4-5. reproject the history with the dilated motion
-    mv = hr_motion(motion_lr, nearest_depth_offset, (H, W), q["half_res"])           # (N, 2, H, W) HR px
+    mv = hr_motion(motion_lr, nearest_depth_offset, (H, W), q["half_res"])  # (N, 2, H, W) HR px
     uv_y = (torch.arange(H, device=dev, dtype=F32) + 0.5).view(1, H, 1) * _rcp(H).to(dev)
     uv_x = (torch.arange(W, device=dev, dtype=F32) + 0.5).view(1, 1, W) * _rcp(W).to(dev)
-    ruv_y = uv_y - mv[:, 0] * _rcp(H).to(dev)                                        # (N, H, W)
+    ruv_y = uv_y - mv[:, 0] * _rcp(H).to(dev)  # (N, H, W)
     ruv_x = uv_x - mv[:, 1] * _rcp(W).to(dev)
     onscreen = ((ruv_y >= 0) & (ruv_y <= 1) & (ruv_x >= 0) & (ruv_x <= 1)).to(F32).unsqueeze(1)
-    pos = torch.stack([ruv_y * H, ruv_x * W], 1)                                      # (N, 2, H, W)
+    pos = torch.stack([ruv_y * H, ruv_x * W], 1)  # (N, 2, H, W)
     warped = catmull_rom(history, pos) if q["catmull"] else bilinear(history, pos, clamp_to_edge=False)
     warped = (warped * e).clamp(max=HALF_MAX)
 

@@ -4,10 +4,12 @@ calibrates on. Only the autoencoder is quantized (as Arm does); pre/post-process
     model_type  checkpoint   network
     fp32        fp32         the AutoEncoder
     ptq_int8    fp32         int8 graph, calibrated on real pre-processed frames (common/quant.ptq)
-    qat_int8    qat_int8     the QAT graph converted to int8 (common/quant.convert)
+    qat_int8    qat_int8     the QAT graph (prepare_qat, trained by train.py --qat) converted to int8 (convert)
 
 Used by train.py (--qat, --evaluate --model-type), export.py (--export-type) and upscale.py (--model-type).
 """
+
+import copy
 import json
 from pathlib import Path
 
@@ -24,10 +26,38 @@ def example_input(n=2, h=16, w=16):
     return (torch.rand(n, 12, h, w),)
 
 
+def image_dims(example_inputs, multiple=8, max_side=4096):
+    """dynamic_shapes (torch.export's) for image inputs (N, C, H, W): any batch, H and W multiples of `multiple`."""
+    from torch.export import Dim
+
+    n = Dim("batch", min=1, max=1024)
+    h, w = Dim("h_blocks", min=1, max=max_side // multiple), Dim("w_blocks", min=1, max=max_side // multiple)
+    return tuple({0: n, 2: multiple * h, 3: multiple * w} for _ in example_inputs)
+
+
+def prepare_qat(model, example_inputs, backend="vgf", dynamic_shapes=None):
+    """Quantization-aware training with Arm's int8 scheme (common/quant.py): a copy of the model as a graph with
+    observers and fake-quant on weights and activations. Train it with the usual loop (its parameters are the fp32
+    weights), then `convert`. Rebuilding it from the same model class and loading a saved state_dict restores it
+    exactly."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    model = copy.deepcopy(model).train()
+    graph = quant.capture(model, example_inputs, dynamic_shapes)
+    return quant.trainable(prepare_qat_pt2e(graph, quant.quantizer(backend, qat=True)))
+
+
+def convert(qat_graph):
+    """QAT graph -> int8 graph (the trained fake-quant scales become the real ones). Leaves qat_graph as is."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    return quant.trainable(convert_pt2e(quant.train_mode(copy.deepcopy(qat_graph), False)))
+
+
 def qat_net(net, backend="vgf"):
     """A fake-quant copy of the AutoEncoder, any batch and any H, W multiple of 8."""
     ex = example_input()
-    return quant.prepare_qat(net.cpu(), ex, backend, dynamic_shapes=quant.image_dims(ex))
+    return prepare_qat(net.cpu(), ex, backend, dynamic_shapes=image_dims(ex))
 
 
 def checkpoint_meta(path):
@@ -79,27 +109,29 @@ def network(weights, kind, model_type=None, calibration=None, backend="vgf", sou
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {model_type!r} (have: {', '.join(MODEL_TYPES)})")
     if (kind == "qat_int8") != (model_type == "qat_int8"):
-        raise ckpt.CheckpointError(f"{source}: a {kind} checkpoint cannot be used as {model_type} "
-                                   f"({'qat_int8 needs a checkpoint from train.py --qat' if model_type == 'qat_int8' else 'use --model-type qat_int8'})")
+        hint = "qat_int8 needs a train.py --qat checkpoint" if model_type == "qat_int8" else "use --model-type qat_int8"
+        raise ckpt.CheckpointError(f"{source}: a {kind} checkpoint cannot be used as {model_type} ({hint})")
     if kind == "qat_int8":
         net = qat_net(AutoEncoder(kpn_ch=weights["kpn_head.bias"].shape[0]), backend)
         ckpt.load_into(net, weights)
-        return quant.convert(net), model_type
+        return convert(net), model_type
     net = fp32_net(weights)
     if model_type == "fp32":
         return net, model_type
     if not calibration:
         raise DataError("ptq_int8 needs calibration data (real captures)")
     ex = example_input()
-    return quant.ptq(net, ex, [(x,) for x in calibration], backend, dynamic_shapes=quant.image_dims(ex)), model_type
+    return quant.ptq(net, ex, [(x,) for x in calibration], backend, dynamic_shapes=image_dims(ex)), model_type
 
 
-def inference_model(weights, meta, model_type=None, calibration_data=None, calibration_frames=16, source="checkpoint",
-                    quality=None):
+def inference_model(
+    weights, meta, model_type=None, calibration_data=None, calibration_frames=16, source="checkpoint", quality=None
+):
     """The NSS model to evaluate or run from a checkpoint's weights and meta (nss/checkpoints.load): its quality
     mode, or `quality` (a high checkpoint prunes into mid/low), and its network as `model_type` (default: the
     checkpoint's); ptq_int8 calibrates on `calibration_data` as the fp32 network sees it. -> (model, model_type)."""
     from nss.checkpoints import for_quality
+
     weights, quality = for_quality(weights, meta, quality)
     model = NSS(NSSConfig(**{**meta.get("model", {}), "quality": quality}))
     calib = None

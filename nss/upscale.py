@@ -21,6 +21,7 @@ post-process stay in PyTorch. Its input size is fixed: the low-res frame padded 
 --size 544 960 for 540p frames). Bad input (a missing path, a file that is not a capture, a bad checkpoint or
 .pte, a .pte of another size) prints one line and exits 2.
 """
+
 import argparse
 import importlib.util
 import sys
@@ -32,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from common.log import progress as progress_bar
 
 from common.ckpt import CheckpointError
 from common.images import save_png, srgb, to_uint8
+from common.log import progress as progress_bar
 from common.metrics import psnr
 from common.runtime import fail, user_errors
 from nss.checkpoints import SHIPPED, load
@@ -50,27 +51,53 @@ except ImportError:
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", required=True, help="an NSS capture (.safetensors, Arm's layout) or a folder of them")
     p.add_argument("--out", default="runs/upscale", help="output folder: OUT/<capture>/{exr,png}/<frame>.{exr,png}")
-    p.add_argument("--model-path", default=str(SHIPPED), help="checkpoint directory or Arm .pt file (default: the "
-                   "shipped weights, nss/weights/nss_v1_high)")
-    p.add_argument("--model-type", choices=MODEL_TYPES, help="eager backend: fp32, ptq_int8 (int8 calibrated on "
-                   "--data) or qat_int8 (a train.py --qat checkpoint); default: the checkpoint's")
+    p.add_argument(
+        "--model-path",
+        default=str(SHIPPED),
+        help="checkpoint directory or Arm .pt file (default: the shipped weights, nss/weights/nss_v1_high)",
+    )
+    p.add_argument(
+        "--model-type",
+        choices=MODEL_TYPES,
+        help="eager backend: fp32, ptq_int8 (int8 calibrated on "
+        "--data) or qat_int8 (a train.py --qat checkpoint); default: the checkpoint's",
+    )
     p.add_argument("--calibration-frames", type=int, default=16, help="ptq_int8: frames of --data to calibrate on")
-    p.add_argument("--backend", choices=["eager", "pte"], help="eager: the network in PyTorch; pte: the network of "
-                   "--pte in ExecuTorch's runtime (CPU); default: pte when --pte is given, else eager")
+    p.add_argument(
+        "--backend",
+        choices=["eager", "pte"],
+        help="eager: the network in PyTorch; pte: the network of "
+        "--pte in ExecuTorch's runtime (CPU); default: pte when --pte is given, else eager",
+    )
     p.add_argument("--pte", metavar="FILE", help="--backend pte: the .pte export.py wrote (OUT/model.pte)")
-    p.add_argument("--tonemapper", default="reinhard", choices=["reinhard", "karis", "log_norm", "aces"],
-                   help="tonemapper for the PNGs, the animation and PSNR")
-    p.add_argument("--exposure", type=float, help="log-exposure override for every frame (default: the file's per-frame value)")
-    p.add_argument("--exr", action=argparse.BooleanOptionalAction, default=None,
-                   help="write the linear EXRs (default: when OpenEXR is installed; --exr makes it an error if not)")
+    p.add_argument(
+        "--tonemapper",
+        default="reinhard",
+        choices=["reinhard", "karis", "log_norm", "aces"],
+        help="tonemapper for the PNGs, the animation and PSNR",
+    )
+    p.add_argument(
+        "--exposure", type=float, help="log-exposure override for every frame (default: the file's per-frame value)"
+    )
+    p.add_argument(
+        "--exr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the linear EXRs (default: when OpenEXR is installed; --exr makes it an error if not)",
+    )
     p.add_argument("--compare", choices=["gif", "mp4"], help="also write a side-by-side animation per capture")
     p.add_argument("--fps", type=int, default=10, help="frame rate of the --compare animation")
     p.add_argument("--max-frames", type=int, default=None, help="upscale at most N frames per capture (default: all)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available, else cpu")
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available, else cpu"
+    )
     args = p.parse_args(argv)
     args.backend = args.backend or ("pte" if args.pte else "eager")
     return args
@@ -79,7 +106,9 @@ def get_args(argv=None):
 def pte_net(path):
     """The network of an export.py .pte as NSS's `net`: x (1, 12, h8, w8) -> (kpn_params, temporal_params)."""
     from executorch.runtime import Runtime
-    from common.export import load_pte
+
+    from common.runtimes import load_pte
+
     try:
         want = tuple(Runtime.get().load_program(str(path)).metadata("forward").input_tensor_meta(0).sizes())
         forward = load_pte(path)
@@ -88,10 +117,13 @@ def pte_net(path):
 
     def net(x):
         if tuple(x.shape) != want:
-            raise DataError(f"{path}: exported for a network input of {want}, this capture's is {tuple(x.shape)} "
-                            f"(export it again with export.py --size {x.shape[-2]} {x.shape[-1]})")
+            raise DataError(
+                f"{path}: exported for a network input of {want}, this capture's is {tuple(x.shape)} "
+                f"(export it again with export.py --size {x.shape[-2]} {x.shape[-1]})"
+            )
         kpn_params, temporal_params = forward([x.float().cpu()])
         return kpn_params.to(x.device), temporal_params.to(x.device)
+
     return net
 
 
@@ -115,6 +147,7 @@ def save_animation(frames, path, fps):
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
         return
     import av
+
     with av.open(str(path), mode="w") as container:
         video = container.add_stream("h264", rate=fps)
         video.width, video.height, video.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
@@ -150,13 +183,19 @@ def main(argv=None):
     # model
     try:
         weights, meta = load(args.model_path)
-        model, model_type = inference_model(weights, meta, args.model_type if args.backend == "eager" else None, data,
-                                            args.calibration_frames, source=args.model_path)   # its quality mode
+        model, model_type = inference_model(
+            weights,
+            meta,
+            args.model_type if args.backend == "eager" else None,
+            data,
+            args.calibration_frames,
+            source=args.model_path,
+        )  # its quality mode
     except (CheckpointError, DataError) as e:
         fail(str(e))
-    except (RuntimeError, KeyError, TypeError) as e:   # weights of another network
+    except (RuntimeError, KeyError, TypeError) as e:  # weights of another network
         fail(f"{args.model_path}: not an NSS checkpoint ({str(e).splitlines()[0]})")
-    net = pte_net(args.pte) if args.backend == "pte" else None   # the network in ExecuTorch, the rest in PyTorch
+    net = pte_net(args.pte) if args.backend == "pte" else None  # the network in ExecuTorch, the rest in PyTorch
     model.to(device).eval()
     name = f"pte {Path(args.pte).name}" if net else f"eager {model_type}"
     print(f"upscaling {sum(counts)} frames of {len(files)} capture(s) with NSS ({name}, {device}) into {out}")
@@ -199,10 +238,15 @@ def main(argv=None):
     # report
     mean = lambda v: sum(v) / len(v)
     for path, dest, n, scores in reports:
-        quality = (f"PSNR NSS {mean(scores['nss']):.2f} dB, bilinear {mean(scores['bilinear']):.2f} dB"
-                   if scores["nss"] else "no ground truth at the output size")
-        print(f"{path.name}: {n} frames, {quality} -> {dest}/png{'+exr' * exr}"
-              f"{f' + compare.{args.compare}' if args.compare else ''}")
+        quality = (
+            f"PSNR NSS {mean(scores['nss']):.2f} dB, bilinear {mean(scores['bilinear']):.2f} dB"
+            if scores["nss"]
+            else "no ground truth at the output size"
+        )
+        print(
+            f"{path.name}: {n} frames, {quality} -> {dest}/png{'+exr' * exr}"
+            f"{f' + compare.{args.compare}' if args.compare else ''}"
+        )
 
 
 if __name__ == "__main__":

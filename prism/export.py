@@ -3,7 +3,7 @@
 
     python prism/export.py --model-path runs/prism/ckpt/best --out runs/prism/export            # 2x, data size
     python prism/export.py --model-path runs/prism/ckpt/best --scale 3 --out runs/prism/export_3x
-    python prism/export.py --preset quality --size 540 960 --no-vgf --out runs/prism/cost_quality   # untrained: cost only
+    python prism/export.py --preset quality --size 540 960 --no-vgf --out runs/prism/cost  # untrained: cost
 
 Graph: forward(color (1,3,h,w), depth (1,1,h,w), motion_vectors (1,2,h,w), state (1,C,h/8,w/8))
 -> (frame (1,3,s*h,s*w), new state). The engine feeds the state back each frame (zeros after a camera cut).
@@ -11,6 +11,7 @@ The check inputs are a held-out frame of the run's data (state after streaming t
 random frames with --size. Writes model.vgf, model.tosa, model_vgf.pte, model.pte, export_report.json.
 Needs Arm's model-converter on PATH for the .vgf (run.sh sets it).
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from common import ckpt
 from common.export import export_fp32, verdict
 from common.runtime import fail
 from prism.dataset import DataError, PrismDataset
-from prism.model import PRESETS, ExportPrism, Prism
+from prism.model import MODELS, ExportPrism, Prism
 
 
 def check_inputs(model, data_root, scale, frames=3):
@@ -34,26 +35,40 @@ def check_inputs(model, data_root, scale, frames=3):
     if seq is None:
         raise DataError(f"{data_root}: no sequence at {scale}x to check the export on")
     from safetensors.torch import load_file
+
     data = load_file(str(seq["path"]))
     state = model.initial_state(1, *seq["size"])
     with torch.no_grad():
         for t in range(min(frames, seq["frames"])):
-            x = tuple(data[k][t:t + 1].float() for k in ("color", "depth", "motion_vectors"))
+            x = tuple(data[k][t : t + 1].float() for k in ("color", "depth", "motion_vectors"))
             if t < min(frames, seq["frames"]) - 1:
                 state = model(*x, state, scale)[1]
     return (*x, state)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model-path", help="checkpoint directory (e.g. runs/prism/ckpt/best)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="without --model-path: an untrained network of this "
-                   "preset (for cost and lowering only; its output is meaningless)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(MODELS),
+        help="without --model-path: an untrained network of this "
+        "architecture (prism/model.py MODELS; for cost and lowering only, its output is meaningless)",
+    )
     p.add_argument("--export-type", default="fp32", choices=["fp32"], help="fp32 (TOSA-1.0+FP)")
     p.add_argument("--scale", type=int, default=2, choices=[2, 3], help="upscaling factor of the exported graph")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (random check frames); "
-                   "default: the size of the run's data, e.g. 540 960 for 1080p output at 2x")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input size (random check frames); "
+        "default: the size of the run's data, e.g. 540 960 for 1080p output at 2x",
+    )
     p.add_argument("--data", help="dataset root for the check frame (default: the run's built-in data)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte")
@@ -65,17 +80,21 @@ def main():
     try:
         if args.model_path:
             weights, _, meta = ckpt.load(args.model_path, with_state=False)
-            model = Prism(PRESETS[meta["config"]["model"]])
+            model = Prism(MODELS[meta["config"]["model"]])
             ckpt.load_into(model, weights, prefix="model")
         else:
             torch.manual_seed(0)
-            model = Prism(PRESETS[args.preset])
+            model = Prism(MODELS[args.preset])
         model.eval()
         if args.size:
             h, w = args.size
             g = torch.Generator().manual_seed(0)
-            x = (torch.rand(1, 3, h, w, generator=g), torch.rand(1, 1, h, w, generator=g),
-                 torch.randn(1, 2, h, w, generator=g) * 2, model.initial_state(1, h, w))
+            x = (
+                torch.rand(1, 3, h, w, generator=g),
+                torch.rand(1, 1, h, w, generator=g),
+                torch.randn(1, 2, h, w, generator=g) * 2,
+                model.initial_state(1, h, w),
+            )
         else:
             if not args.model_path:
                 fail("--preset without a checkpoint needs --size H W")
@@ -90,18 +109,30 @@ def main():
         net(*x)
     report = export_fp32(net, x, out, vgf=not args.no_vgf, repeats=args.repeats)
     h, w = x[0].shape[-2:]
-    ok = verdict(report, out, args.tolerance, usecase="prism", preset=meta_name(model),
-                 scale=args.scale, input_size=[h, w], output_size=[args.scale * h, args.scale * w],
-                 params=sum(p.numel() for p in model.parameters()), gflops_per_frame=round(flops.get_total_flops() / 1e9, 3),
-                 trained=bool(args.model_path))
-    print(f"cost at {h}x{w} -> {args.scale * h}x{args.scale * w}: {report['params']:,} params, "
-          f"{report['gflops_per_frame']} GFLOPs/frame, eager {report['checks']['eager_ms']:.1f} ms, "
-          f".pte {report['checks']['pte_ms']:.1f} ms" + (f", VGF delegated {report['vgf']['delegated_fraction']:.1%}" if 'vgf' in report else ""))
+    ok = verdict(
+        report,
+        out,
+        args.tolerance,
+        usecase="prism",
+        preset=meta_name(model),
+        scale=args.scale,
+        input_size=[h, w],
+        output_size=[args.scale * h, args.scale * w],
+        params=sum(p.numel() for p in model.parameters()),
+        gflops_per_frame=round(flops.get_total_flops() / 1e9, 3),
+        trained=bool(args.model_path),
+    )
+    print(
+        f"cost at {h}x{w} -> {args.scale * h}x{args.scale * w}: {report['params']:,} params, "
+        f"{report['gflops_per_frame']} GFLOPs/frame, eager {report['checks']['eager_ms']:.1f} ms, "
+        f".pte {report['checks']['pte_ms']:.1f} ms"
+        + (f", VGF delegated {report['vgf']['delegated_fraction']:.1%}" if "vgf" in report else "")
+    )
     sys.exit(0 if ok else 1)
 
 
 def meta_name(model):
-    return next((k for k, v in PRESETS.items() if v == model.cfg), "custom")
+    return next((k for k, v in MODELS.items() if v == model.cfg), "custom")
 
 
 if __name__ == "__main__":

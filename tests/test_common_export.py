@@ -1,5 +1,6 @@
 """common/export.py: a tiny conv net exported to VGF, TOSA and XNNPACK `.pte`, each checked against eager.
 Needs the venv's bin on PATH (model-converter, scenario_runner), as `bash run.sh smoke` sets it."""
+
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import export
+from common import export, runtimes
 
 
 class TinyNet(nn.Module):
@@ -36,7 +37,7 @@ def test_export_writes_every_file_and_the_report(exported):
     for name in ("model.vgf", "model.tosa", "model_vgf.pte", "model.pte", "export_report.json"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "export_report.json").read_text()) == report
-    assert report["total_seconds"] > 0          # reported, never bounded: it depends on the machine's load
+    assert report["total_seconds"] > 0  # reported, never bounded: it depends on the machine's load
 
 
 def test_whole_network_is_delegated(exported):
@@ -53,7 +54,7 @@ def test_pte_and_tosa_match_eager(exported):
 
 
 def test_vgf_matches_eager_on_the_emulation_layer(exported):
-    reason = export.vulkan_unavailable_reason()
+    reason = runtimes.vulkan_unavailable_reason()
     if reason:
         pytest.skip(reason)
     assert exported[1]["checks"]["vgf_max_abs_error"] < 1e-4
@@ -64,9 +65,9 @@ def test_runners_take_inputs_in_graph_order_and_return_every_output(exported, tm
     x = torch.rand(1, 12, 16, 16) * 4 - 2  # not the example input: the files hold the function, not its output
     with torch.no_grad():
         expected = net(x)
-    assert export.max_abs_error(export.run_pte(out / "model.pte", [x]), expected) < 1e-4
-    assert export.max_abs_error(export.run_tosa(out / "model.tosa", [x]), expected) < 1e-4
-    outputs = export.run_vgf(out / "model.vgf", [x], tmp_path)
+    assert export.max_abs_error(runtimes.run_pte(out / "model.pte", [x]), expected) < 1e-4
+    assert export.max_abs_error(runtimes.run_tosa(out / "model.tosa", [x]), expected) < 1e-4
+    outputs = runtimes.run_vgf(out / "model.vgf", [x], tmp_path)
     assert outputs is None or export.max_abs_error(outputs, expected) < 1e-4
 
 
@@ -76,5 +77,5 @@ def test_missing_tools_give_an_actionable_error_or_a_skip(monkeypatch, tmp_path)
     program = torch.export.export(TinyNet().eval(), (torch.rand(1, 12, 8, 8),))
     with pytest.raises(RuntimeError, match="MODEL_CONVERTER_PATH"):
         export.lower_vgf(program, tmp_path)
-    assert "scenario_runner" in export.vulkan_unavailable_reason()
-    assert export.run_vgf(tmp_path / "model.vgf", [torch.rand(1, 12, 8, 8)], tmp_path) is None
+    assert "scenario_runner" in runtimes.vulkan_unavailable_reason()
+    assert runtimes.run_vgf(tmp_path / "model.vgf", [torch.rand(1, 12, 8, 8)], tmp_path) is None

@@ -1,6 +1,7 @@
 """Arm's Model Gym checkpoints in and out (nss/checkpoints.py): an Arm-layout `.pt` with seeded random weights
 under Arm's key names is taken by evaluation, fine-tuning and export; the exported `.pte` computes Arm's layer
 table; writing Arm's layout round-trips exactly; anything else is refused with one line and exit 2."""
+
 import json
 import os
 import subprocess
@@ -20,10 +21,22 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent
 
 # Arm's AutoEncoderV1 layer table (model_blocks_v1.py), forward order: (name, in, out, stride); 3x3 convs, zero
 # padding 1, bias; every conv but the two heads is followed by ReLU
-LAYERS = [("conv2d_0", 12, 32, 2), ("conv2d_1", 32, 32, 1), ("conv2d_2", 32, 32, 2), ("conv2d_3", 32, 32, 1),
-          ("conv2d_4", 32, 64, 2), ("conv2d_5", 64, 64, 1), ("conv2d_6", 64, 32, 1), ("conv2d_7", 32, 16, 1),
-          ("conv2d_8", 48, 32, 1), ("kpn_params", 32, 36, 1), ("conv2d_9", 32, 16, 1), ("conv2d_10", 48, 16, 1),
-          ("conv2d_11", 16, 16, 1), ("temporal_params_out_conv", 16, 4, 1)]
+LAYERS = [
+    ("conv2d_0", 12, 32, 2),
+    ("conv2d_1", 32, 32, 1),
+    ("conv2d_2", 32, 32, 2),
+    ("conv2d_3", 32, 32, 1),
+    ("conv2d_4", 32, 64, 2),
+    ("conv2d_5", 64, 64, 1),
+    ("conv2d_6", 64, 32, 1),
+    ("conv2d_7", 32, 16, 1),
+    ("conv2d_8", 48, 32, 1),
+    ("kpn_params", 32, 36, 1),
+    ("conv2d_9", 32, 16, 1),
+    ("conv2d_10", 48, 16, 1),
+    ("conv2d_11", 16, 16, 1),
+    ("temporal_params_out_conv", 16, 4, 1),
+]
 
 
 def arm_state_dict(seed=0):
@@ -39,8 +52,13 @@ def layer_table_forward(sd, x):
     """Arm's network written straight from the layer table, on Arm's keys: skips after conv2d_1 and conv2d_3,
     nearest x2 upsampling, concat [upsampled, skip], sigmoid heads."""
     stride = {name: s for name, _, _, s in LAYERS}
-    conv = lambda name, t: F.conv2d(t, sd[f"autoencoder.{name}.conv2d.weight"], sd[f"autoencoder.{name}.conv2d.bias"],
-                                    stride=stride[name], padding=1)
+    conv = lambda name, t: F.conv2d(
+        t,
+        sd[f"autoencoder.{name}.conv2d.weight"],
+        sd[f"autoencoder.{name}.conv2d.bias"],
+        stride=stride[name],
+        padding=1,
+    )
     relu = lambda name, t: torch.relu(conv(name, t))
     up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")
     skip1 = relu("conv2d_1", relu("conv2d_0", x))
@@ -59,8 +77,9 @@ def save_arm(path, sd):
 
 
 def run(args, **kw):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 def test_arm_keys_map_onto_the_network_and_compute_the_layer_table(tmp_path):
@@ -68,7 +87,7 @@ def test_arm_keys_map_onto_the_network_and_compute_the_layer_table(tmp_path):
     weights, meta = load(save_arm(tmp_path / "arm.pt", sd))
     assert meta["model_type"] == "fp32" and meta["model"]["quality"] == "high" and len(weights) == 28
     model = NSS()
-    model.net.load_state_dict(weights)                                    # strict: every key, every shape
+    model.net.load_state_dict(weights)  # strict: every key, every shape
     x = torch.rand(2, 12, 32, 24)
     for ours, ref in zip(model.net(x), layer_table_forward(sd, x)):
         assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6)
@@ -78,7 +97,7 @@ def test_writing_arms_layout_round_trips_exactly(tmp_path):
     sd = arm_state_dict(1)
     weights = from_arm(sd)
     path = write_arm(tmp_path / "out" / "nss.pt", weights, epoch=3)
-    back = torch.load(path, weights_only=True)                             # what Model Gym's loaders do
+    back = torch.load(path, weights_only=True)  # what Model Gym's loaders do
     assert set(back) == {"epoch", "model_state_dict", "optimizer_state_dict", "lr_scheduler_state_dict"}
     assert back["epoch"] == 3 and set(back["model_state_dict"]) == set(sd)
     assert all(torch.equal(back["model_state_dict"][k], v) for k, v in sd.items())
@@ -101,6 +120,7 @@ def test_bad_arm_files_are_refused_naming_the_problem(tmp_path):
 
 class Payload:
     """Unpickling this would create a file: a checkpoint must never get that far."""
+
     def __init__(self, marker):
         self.marker = marker
 
@@ -114,25 +134,71 @@ def test_commands_take_arm_checkpoints_and_refuse_objects(synth_data, tmp_path):
     r = run(["nss/train.py", "--evaluate", "--model-path", arm, "--eval-data", data / "test", "--out", tmp_path / "ev"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "ev" / "eval" / "results.json").read_text())["frames"] == 6
-    r = run(["nss/train.py", "--finetune", arm, "--data", data, "--out", tmp_path / "ft", "--preset", "tiny",
-             "--max-steps", "2", "--no-evaluate"])
+    r = run(
+        [
+            "nss/train.py",
+            "--finetune",
+            arm,
+            "--data",
+            data,
+            "--out",
+            tmp_path / "ft",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--no-evaluate",
+        ]
+    )
     assert r.returncode == 0 and "fine-tuning from" in (tmp_path / "ft" / "output.log").read_text(), r.stderr[-2000:]
-    r = run(["nss/train.py", "--finetune", arm, "--quality", "mid", "--data", data, "--out", tmp_path / "ft_mid",
-             "--preset", "tiny", "--max-steps", "1", "--no-evaluate"])   # a high checkpoint prunes into mid
+    r = run(
+        [
+            "nss/train.py",
+            "--finetune",
+            arm,
+            "--quality",
+            "mid",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "ft_mid",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "1",
+            "--no-evaluate",
+        ]
+    )  # a high checkpoint prunes into mid
     assert r.returncode == 0 and "(mid quality)" in (tmp_path / "ft_mid" / "output.log").read_text(), r.stderr[-2000:]
 
     # export: the .pte computes Arm's layer table on Arm's keys
     r = run(["nss/export.py", "--model-path", arm, "--data", data / "test", "--no-vgf", "--out", tmp_path / "x"])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    from common.export import run_pte
+    from common.runtimes import run_pte
+
     shape = json.loads((tmp_path / "x" / "export_report.json").read_text())["input_shape"]
     x = torch.rand(*shape)
     for got, ref in zip(run_pte(tmp_path / "x" / "model.pte", [x]), layer_table_forward(arm_state_dict(2), x)):
         assert got.shape == ref.shape and (got - ref).abs().max() <= 1e-5
 
     # pruned into mid quality on export: the 16-channel sparse KPN at half the low resolution
-    r = run(["nss/export.py", "--model-path", arm, "--quality", "mid", "--data", data / "test", "--no-vgf", "--size",
-             "16", "16", "--out", tmp_path / "x_mid"])
+    r = run(
+        [
+            "nss/export.py",
+            "--model-path",
+            arm,
+            "--quality",
+            "mid",
+            "--data",
+            data / "test",
+            "--no-vgf",
+            "--size",
+            "16",
+            "16",
+            "--out",
+            tmp_path / "x_mid",
+        ]
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     kpn, temporal = run_pte(tmp_path / "x_mid" / "model.pte", [torch.rand(1, 12, 16, 16)])
     assert kpn.shape == (1, 16, 4, 4) and temporal.shape == (1, 4, 16, 16)
@@ -146,9 +212,19 @@ def test_commands_take_arm_checkpoints_and_refuse_objects(synth_data, tmp_path):
     # a .pt holding an object: refused before anything in it runs
     marker = tmp_path / "ran"
     torch.save({"model_state_dict": Payload(marker)}, tmp_path / "evil.pt")
-    for cmd in (["nss/train.py", "--evaluate", "--model-path", tmp_path / "evil.pt", "--eval-data", data / "test",
-                 "--out", tmp_path / "e1"],
-                ["nss/export.py", "--model-path", tmp_path / "evil.pt", "--out", tmp_path / "e2"]):
+    for cmd in (
+        [
+            "nss/train.py",
+            "--evaluate",
+            "--model-path",
+            tmp_path / "evil.pt",
+            "--eval-data",
+            data / "test",
+            "--out",
+            tmp_path / "e1",
+        ],
+        ["nss/export.py", "--model-path", tmp_path / "evil.pt", "--out", tmp_path / "e2"],
+    ):
         r = run(cmd)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and "evil.pt" in lines[-1] and len(lines) == 1, r.stderr[-2000:]

@@ -1,18 +1,28 @@
 """Golden tests for nss/post_process.py (Arm's NSS v1 post_process.slang). Expected numbers are derived by hand
 (in the comments) or by small pure-Python brute forces below, written from the maths of each step (which LR
 sample lands in which HR pixel, Catmull-Rom weights, ...) rather than from Arm's code paths."""
+
 import math
 import random
 
 import pytest
 import torch
 
-from nss.post_process import (HALF_MAX, bilinear, catmull_rom, hr_motion, inverse_karis, karis, lut_taps,
-                              nearest_offset_code, offset_lut, post_process, upsample_temporal)
-
+from nss.post_process import (
+    HALF_MAX,
+    bilinear,
+    catmull_rom,
+    hr_motion,
+    lut_taps,
+    nearest_offset_code,
+    offset_lut,
+    post_process,
+    upsample_temporal,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # pure-Python brute forces (plain floats, nested lists, loops over pixels)
+
 
 def land(a, j, s):
     """HR pixel that the jittered sample of (virtual) LR pixel a lands in: its position is a + 0.5 + j LR px."""
@@ -57,7 +67,7 @@ def bf_filter(colour, e, kpn, jit, s, out_hw, quality="high"):
         for X in range(out_hw[1]):
             wsum, m1, m2, centre, ca = 0.0, [0.0] * 3, [0.0] * 3, [0.0] * 3, 0.0
             for dy, dx, ay, ax, t in bf_taps((Y, X), jit, s, taps):
-                cy, cx = clampi(ay, h), clampi(ax, w)           # taps beyond the frame read its edge
+                cy, cx = clampi(ay, h), clampi(ax, w)  # taps beyond the frame read its edge
                 c = [min(colour[k][cy][cx] * e, HALF_MAX) for k in range(3)]
                 if quality == "high":
                     wt = max(kpn[t][cy // 4][cx // 4], 1e-7)
@@ -93,8 +103,12 @@ def bf_bilerp(img, y, x, clamp_edge=True):
 
 def cr_axis(f):
     """Catmull-Rom weights of the 4 texels around a point at fraction f past the centre of texel 1."""
-    return [(-f**3 + 2 * f**2 - f) / 2, (3 * f**3 - 5 * f**2 + 2) / 2, (-3 * f**3 + 4 * f**2 + f) / 2,
-            (f**3 - f**2) / 2]
+    return [
+        (-(f**3) + 2 * f**2 - f) / 2,
+        (3 * f**3 - 5 * f**2 + 2) / 2,
+        (-3 * f**3 + 4 * f**2 + f) / 2,
+        (f**3 - f**2) / 2,
+    ]
 
 
 def bf_catmull(imgs, y, x, dering=True):
@@ -108,7 +122,7 @@ def bf_catmull(imgs, y, x, dering=True):
         w0, w1, w2, w3 = cr_axis(p - c)
         per_axis.append(([c - 1, c + w2 / (w1 + w2), c + 2], [w0, w1 + w2, w3]))
     (sy, wy), (sx, wx) = per_axis
-    picks = [(1, 0), (0, 1), (1, 1), (2, 1), (1, 2)]        # (row tap, col tap): the cross of the 3x3
+    picks = [(1, 0), (0, 1), (1, 1), (2, 1), (1, 2)]  # (row tap, col tap): the cross of the 3x3
     out = []
     reads = [[bf_bilerp(img, sy[a], sx[b]) for a, b in picks] for img in imgs]
     wts = [wy[a] * wx[b] for a, b in picks]
@@ -129,22 +143,36 @@ def rand_inputs(n, h, w, scale, kch=36, half=False, seed=0):
     ph, pw = (h // 2, w // 2) if half else (h, w)
     hp, wp = -(-ph // 8) * 8, -(-pw // 8) * 8
     return dict(
-        colour=torch.rand(n, 3, h, w, generator=g) * 2, exposure=torch.full((n, 1, 1, 1), 0.7),
+        colour=torch.rand(n, 3, h, w, generator=g) * 2,
+        exposure=torch.full((n, 1, 1, 1), 0.7),
         jitter=(torch.randint(0, 1024, (n, 2, 1, 1), generator=g) / 1024.0 - 0.5),
         kpn_params=torch.rand(n, kch, hp // 4, wp // 4, generator=g),
         temporal_params=torch.rand(n, 4, hp, wp, generator=g),
         nearest_depth_offset=torch.full((n, 1, h, w), nearest_offset_code(0, 0)),
-        motion_lr=torch.zeros(n, 2, h, w), history=torch.rand(n, 3, H, W, generator=g),
-        valid=torch.ones(n, 1, 1, 1))
+        motion_lr=torch.zeros(n, 2, h, w),
+        history=torch.rand(n, 3, H, W, generator=g),
+        valid=torch.ones(n, 1, 1, 1),
+    )
 
 
 def run(inp, **kw):
-    return post_process(inp["colour"], inp["exposure"], inp["jitter"], inp["kpn_params"], inp["temporal_params"],
-                        inp["nearest_depth_offset"], inp["motion_lr"], inp["history"], inp["valid"], **kw)
+    return post_process(
+        inp["colour"],
+        inp["exposure"],
+        inp["jitter"],
+        inp["kpn_params"],
+        inp["temporal_params"],
+        inp["nearest_depth_offset"],
+        inp["motion_lr"],
+        inp["history"],
+        inp["valid"],
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # 1. offset LUT
+
 
 def lut_rows(lut, tile_index):
     """(dy list, dx list, channel list, LR-offset-y list, LR-offset-x list, valid list) of one tile position."""
@@ -168,13 +196,19 @@ def test_lut_x2_by_hand():
     # tile (0, 1) = index 1: dy odd, dx odd. d2=2: t 7 (-1,-1), 9 (1,-1), 19 (-1,1), 21 (1,1);
     # d2=10: t 11 (3,-1), 23 (3,1), 31 (-1,3), 33 (1,3); d2=18: t 35 (3,3)
     dy, dx, t, *_ = lut_rows(lut, 1)
-    assert (dy, dx, t) == ([-1, 1, -1, 1, 3, 3, -1, 1, 3], [-1, -1, 1, 1, -1, 1, 3, 3, 3],
-                           [7, 9, 19, 21, 11, 23, 31, 33, 35])
+    assert (dy, dx, t) == (
+        [-1, 1, -1, 1, 3, 3, -1, 1, 3],
+        [-1, -1, 1, 1, -1, 1, 3, 3, 3],
+        [7, 9, 19, 21, 11, 23, 31, 33, 35],
+    )
     # tile (1, 1) = index 3: dy even, dx odd: (0,-1) t8, (0,1) t20, (-2,-1) t6, (2,-1) t10, (-2,1) t18, (2,1) t22,
     # (0,3) t32, (-2,3) t30, (2,3) t34
     dy, dx, t, *_ = lut_rows(lut, 3)
-    assert (dy, dx, t) == ([0, 0, -2, 2, -2, 2, 0, -2, 2], [-1, 1, -1, -1, 1, 1, 3, 3, 3],
-                           [8, 20, 6, 10, 18, 22, 32, 30, 34])
+    assert (dy, dx, t) == (
+        [0, 0, -2, 2, -2, 2, 0, -2, 2],
+        [-1, 1, -1, -1, 1, 1, 3, 3, 3],
+        [8, 20, 6, 10, 18, 22, 32, 30, 34],
+    )
 
 
 def test_lut_x1_5_by_hand():
@@ -185,22 +219,31 @@ def test_lut_x1_5_by_hand():
     # tile (0, 0): dy, dx in {-1, 0, 2, 3} (the ones with (0 + d) % 3 in {0, 2}); 16 candidates, 9 kept:
     # (0,0) t14 | (0,-1) t8, (-1,0) t13 | (-1,-1) t7 | (2,0) t16, (0,2) t26 | (2,-1) t10, (-1,2) t25 | (2,2) t28
     dy, dx, t, oy, ox, v = lut_rows(lut, 0)
-    assert (dy, dx, t) == ([0, 0, -1, -1, 2, 0, 2, -1, 2], [0, -1, 0, -1, 0, 2, -1, 2, 2],
-                           [14, 8, 13, 7, 16, 26, 10, 25, 28])
+    assert (dy, dx, t) == (
+        [0, 0, -1, -1, 2, 0, 2, -1, 2],
+        [0, -1, 0, -1, 0, 2, -1, 2, 2],
+        [14, 8, 13, 7, 16, 26, 10, 25, 28],
+    )
     assert v == [1] * 9 and oy == [0] * 9 and ox == [0] * 9
     # tile (1, 1) = index 4: d in {-2, -1, 1, 2}. d2=2: t 7, 9, 19, 21; then 5 of the eight d2=5 by lowest t:
     # (-1,-2) t1, (1,-2) t3, (-2,-1) t6, (2,-1) t10, (-2,1) t18  (not (2,1) t22, (-1,2) t25, (1,2) t27)
     dy, dx, t, *_ = lut_rows(lut, 4)
-    assert (dy, dx, t) == ([-1, 1, -1, 1, -1, 1, -2, 2, -2], [-1, -1, 1, 1, -2, -2, -1, -1, 1],
-                           [7, 9, 19, 21, 1, 3, 6, 10, 18])
+    assert (dy, dx, t) == (
+        [-1, 1, -1, 1, -1, 1, -2, 2, -2],
+        [-1, -1, 1, 1, -2, -2, -1, -1, 1],
+        [7, 9, 19, 21, 1, 3, 6, 10, 18],
+    )
     # jitter (-0.4, 0.3): rows: LR 0 at 0.1 * 1.5 = 0.15 -> HR 0, LR 1 at 1.1 * 1.5 = 1.65 -> HR 1 (offsets 0).
     # cols: LR 0 at 0.8 * 1.5 = 1.2 -> HR 1, whose centre (1.5 HR = 1.0 LR) is in LR 1: offset -1; LR 1 at
     # 1.8 * 1.5 = 2.7 -> HR 2 (offset 0). Tile (0, 0): dy in {-2, 0, 1, 3}, dx in {-2, -1, 1, 2}:
     # (0,-1) t8, (0,1) t20 | (1,-1) t9, (1,1) t21 | (0,-2) t2, (0,2) t26 | (1,-2) t3, (-2,-1) t6, (-2,1) t18
     lut, _ = offset_lut(torch.tensor([-0.4, 0.3]).view(1, 2, 1, 1), 1.5)
     dy, dx, t, oy, ox, v = lut_rows(lut, 0)
-    assert (dy, dx, t) == ([0, 0, 1, 1, 0, 0, 1, -2, -2], [-1, 1, -1, 1, -2, 2, -2, -1, 1],
-                           [8, 20, 9, 21, 2, 26, 3, 6, 18])
+    assert (dy, dx, t) == (
+        [0, 0, 1, 1, 0, 0, 1, -2, -2],
+        [-1, 1, -1, 1, -2, 2, -2, -1, 1],
+        [8, 20, 9, 21, 2, 26, 3, 6, 18],
+    )
     # LR col offset of each tap: HR col (0 + dx) % 3 == 1 -> -1, == 2 -> 0
     assert ox == [0, -1, 0, -1, -1, 0, -1, 0, -1] and oy == [0] * 9 and v == [1] * 9
 
@@ -223,7 +266,7 @@ def test_nine_valid_taps_everywhere(scale):
     h, w = 6, 6
     H, W = round(h * scale), round(w * scale)
     for _ in range(25):
-        jit = [rng.randrange(1024) / 1024 - 0.5 for _ in range(2)]          # exact in float32 and in Python
+        jit = [rng.randrange(1024) / 1024 - 0.5 for _ in range(2)]  # exact in float32 and in Python
         lut, tile = offset_lut(torch.tensor(jit).view(1, 2, 1, 1), scale, lr_hw=(h, w))
         taps = list(lut_taps(lut, tile, (h, w), (H, W)))
         assert len(taps) == 9
@@ -244,6 +287,7 @@ def test_nine_valid_taps_everywhere(scale):
 # ----------------------------------------------------------------------------------------------------------
 # 2. Catmull-Rom history sampling
 
+
 def pos_tensor(points):
     return torch.tensor(points, dtype=torch.float32).T.reshape(1, 2, 1, len(points))
 
@@ -251,10 +295,11 @@ def pos_tensor(points):
 def test_catmull_rom_linear_ramp():
     h, w = 10, 12
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    img = (0.3 * xx + 0.2 * yy + 1.0).view(1, 1, h, w)       # texel i holds the ramp at its centre i + 0.5
+    img = (0.3 * xx + 0.2 * yy + 1.0).view(1, 1, h, w)  # texel i holds the ramp at its centre i + 0.5
 
     def ramp(y, x):
         return 0.3 * (x - 0.5) + 0.2 * (y - 0.5) + 1.0
+
     rng = random.Random(2)
     # one coordinate on a texel centre: the 1-D Catmull-Rom reproduces a linear ramp exactly
     pts = [(rng.randint(2, h - 3) + 0.5, rng.uniform(2.5, w - 2.5)) for _ in range(20)]
@@ -268,12 +313,13 @@ def test_catmull_rom_linear_ramp():
     got = catmull_rom(img, pos_tensor(pts))[0, 0, 0].tolist()
     assert got == pytest.approx([ramp(*p) for p in pts], abs=0.01 * 0.5)
     assert catmull_rom(img, pos_tensor([(4.75, 6.75)]))[0, 0, 0, 0].item() == pytest.approx(
-        ramp(4.75, 6.75) + 0.0044 * 0.5, abs=2e-4)
+        ramp(4.75, 6.75) + 0.0044 * 0.5, abs=2e-4
+    )
 
 
 def test_catmull_rom_matches_brute_force_incl_edges():
     g = torch.Generator().manual_seed(3)
-    img = torch.rand(1, 3, 7, 9, generator=g) - 0.2              # some negatives, so deringing kicks in too
+    img = torch.rand(1, 3, 7, 9, generator=g) - 0.2  # some negatives, so deringing kicks in too
     rng = random.Random(3)
     pts = [(rng.uniform(-1.0, 8.0), rng.uniform(-1.0, 10.0)) for _ in range(60)]
     got = catmull_rom(img, pos_tensor(pts))[0, :, 0].T.tolist()
@@ -313,6 +359,7 @@ def test_bilinear_zero_outside_for_low_quality():
 # ----------------------------------------------------------------------------------------------------------
 # 3. temporal params, 4. motion
 
+
 def test_temporal_params_read_at_unpadded_lr_coordinates():
     # h = 5 padded to 8: HR row Y (of 10) reads LR position (Y + 0.5) / 2 of the top-left 5 rows of the padded
     # tensor, e.g. Y = 9 -> 4.75 -> lerp(row 4, row 5 (padding), 0.25)
@@ -334,6 +381,7 @@ def test_motion_threshold_in_hr_pixels():
         m = torch.zeros(n, 2, h, w)
         m[:, 0], m[:, 1] = vy, vx
         return hr_motion(m, code, (round(h * scale), round(w * scale)))
+
     # LR 0.07 px is 0.14 HR px at x2: above the 0.1 threshold, so kept (a threshold on LR px would zero it)
     assert mv(0.07, 0.0, 2.0)[0, :, 3, 5].tolist() == pytest.approx([0.14, 0.0])
     # LR (0.03, 0.03) = 0.085 HR px: zeroed
@@ -346,7 +394,7 @@ def test_motion_threshold_in_hr_pixels():
 def test_motion_threshold_end_to_end():
     inp = rand_inputs(1, 4, 4, 2.0)
     yy = torch.arange(8.0).view(1, 1, 8, 1).expand(1, 3, 8, 8)
-    inp["history"] = 0.2 + 0.1 * yy                                  # history varies along y
+    inp["history"] = 0.2 + 0.1 * yy  # history varies along y
     base = run(inp)[0]
     for v, moved in ((0.07, True), (0.03, False)):
         inp["motion_lr"] = torch.zeros(1, 2, 4, 4)
@@ -358,7 +406,7 @@ def test_motion_threshold_end_to_end():
 def test_motion_dilation_reads_nearest_depth_offset():
     n, h, w = 1, 8, 8
     m = torch.zeros(n, 2, h, w)
-    m[0, :, 2, 3] = torch.tensor([0.5, -0.25])                     # motion only at LR (2, 3)
+    m[0, :, 2, 3] = torch.tensor([0.5, -0.25])  # motion only at LR (2, 3)
     # 5-bit code: offset (dy, dx) = (+1, +2) from LR (1, 1): row offset in the low bits (Arm's .x is the row):
     # ((2 + 2) << 3) | (1 + 2) = 35; the neutral code is (2 << 3) | 2 = 18
     assert nearest_offset_code(1, 2) == 35 / 255 and nearest_offset_code(0, 0) == 18 / 255
@@ -380,6 +428,7 @@ def test_motion_dilation_reads_nearest_depth_offset():
 # ----------------------------------------------------------------------------------------------------------
 # post_process end to end
 
+
 @pytest.mark.parametrize("scale,h,w", [(2.0, 5, 6), (1.5, 6, 4)])
 def test_reset_frame_is_the_kpn_filtered_colour(scale, h, w):
     inp = rand_inputs(2, h, w, scale, seed=6)
@@ -388,8 +437,14 @@ def test_reset_frame_is_the_kpn_filtered_colour(scale, h, w):
     assert torch.allclose(out, filtered, rtol=1e-5, atol=1e-6)
     H, W = out.shape[-2:]
     for b in range(2):
-        ref = bf_filter(to_list(inp["colour"][b]), 0.7, to_list(inp["kpn_params"][b]),
-                        inp["jitter"][b, :, 0, 0].tolist(), (scale, scale), (H, W))
+        ref = bf_filter(
+            to_list(inp["colour"][b]),
+            0.7,
+            to_list(inp["kpn_params"][b]),
+            inp["jitter"][b, :, 0, 0].tolist(),
+            (scale, scale),
+            (H, W),
+        )
         for (Y, X), (m1, *_) in ref.items():
             assert filtered[b, :, Y, X].tolist() == pytest.approx([v / 0.7 for v in m1], rel=1e-5)
 
@@ -403,8 +458,15 @@ def test_mid_low_sparse_filter(quality):
     inp["valid"] = torch.zeros(1, 1, 1, 1)
     out, filtered = run(inp, quality=quality)
     assert torch.allclose(out, filtered, rtol=1e-5, atol=1e-6)
-    ref = bf_filter(to_list(inp["colour"][0]), 0.7, to_list(inp["kpn_params"][0]),
-                    inp["jitter"][0, :, 0, 0].tolist(), (2.0, 2.0), (16, 16), quality=quality)
+    ref = bf_filter(
+        to_list(inp["colour"][0]),
+        0.7,
+        to_list(inp["kpn_params"][0]),
+        inp["jitter"][0, :, 0, 0].tolist(),
+        (2.0, 2.0),
+        (16, 16),
+        quality=quality,
+    )
     for (Y, X), (m1, *_) in ref.items():
         assert filtered[0, :, Y, X].tolist() == pytest.approx([v / 0.7 for v in m1], rel=1e-5)
     inp["valid"] = torch.ones(1, 1, 1, 1)
@@ -437,16 +499,6 @@ def test_output_clamps_at_half_max():
         assert torch.equal(out, torch.full_like(out, 65535.0 / e))
 
 
-def test_karis_pair_as_arm():
-    # forward: negatives -> 0, then / (1 + max) = / 4: (0, 0.125, 0.75); the inverse undoes it
-    x = torch.tensor([-1.0, 0.5, 3.0]).view(1, 3, 1, 1)
-    assert karis(x).flatten().tolist() == pytest.approx([0.0, 0.125, 0.75])
-    assert inverse_karis(karis(x)).flatten().tolist() == pytest.approx([0.0, 0.5, 3.0])
-    # the inverse's input is capped at K(65504) = 1 - 2^-16 in float32, so even 1 - 1e-7 (the post-process's own
-    # clamp, which alone would invert to ~8.4e6) comes back as 65535
-    assert inverse_karis(torch.full((1, 3, 1, 1), 1 - 1e-7)).flatten().tolist() == [65535.0] * 3
-
-
 def bf_post_process(inp, b, scale):
     """The whole kernel for batch element b from the brute-force pieces, per HR pixel with plain floats."""
     col = to_list(inp["colour"][b])
@@ -463,6 +515,7 @@ def bf_post_process(inp, b, scale):
     def karis(c):
         c = [max(x, 0.0) for x in c]
         return [min(x / (1 + max(c)), 1.0) for x in c]
+
     out = {}
     for (Y, X), (m1, m2, centre, ca) in filt.items():
         # temporal params at the unpadded LR position of the pixel centre
@@ -497,8 +550,8 @@ def bf_post_process(inp, b, scale):
 def test_post_process_matches_brute_force_with_motion_and_history(scale, h, w):
     inp = rand_inputs(2, h, w, scale, seed=10)
     g = torch.Generator().manual_seed(11)
-    inp["motion_lr"] = (torch.rand(2, 2, h, w, generator=g) - 0.5) * 3     # up to 1.5 LR px: some go off screen
-    codes = torch.randint(0, 4, (2, 2, h, w), generator=g) - 1            # offsets -1..2 as the pre-process
+    inp["motion_lr"] = (torch.rand(2, 2, h, w, generator=g) - 0.5) * 3  # up to 1.5 LR px: some go off screen
+    codes = torch.randint(0, 4, (2, 2, h, w), generator=g) - 1  # offsets -1..2 as the pre-process
     inp["nearest_depth_offset"] = nearest_offset_code(codes[:, :1], codes[:, 1:])
     inp["valid"] = torch.tensor([1.0, 0.0]).view(2, 1, 1, 1)
     out = run(inp, scale=scale)[0]
@@ -517,6 +570,7 @@ def test_gradients_reach_kpn_and_temporal_params():
     def loss(k, t, hh):
         out, filt = run({**inp, "kpn_params": k, "temporal_params": t, "history": hh})
         return (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum() + filt.square().sum()
+
     loss(kpn, tp, hist).backward()
     for x in (kpn, tp, hist):
         assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
