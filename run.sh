@@ -65,19 +65,24 @@ case "$cmd" in
     smoke)
         setup nss/requirements.txt gamengen/requirements.txt
         set +e
+        # the formatter and linter (ruff.toml) first: a style failure fails smoke, after the tests have run
+        "$VENV/bin/ruff" check --quiet . && "$VENV/bin/ruff" format --check --quiet .
+        lint=$?
+        [ $lint -ne 0 ] && echo "[run.sh] ruff: fix with \`.venv/bin/ruff check --fix . && .venv/bin/ruff format .\`" >&2
         # two workers, one torch thread each (2 cores); each test file stays on one worker (tests/conftest.py)
         OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m pytest -q -n ${NANONG_TEST_WORKERS:-2} --dist loadgroup --durations=15 tests "$@"
         rc=$?
         set -e
         # pytest exits 5 when it collected no tests: only acceptable while tests/ is empty.
         if [ $rc -eq 5 ] && [ -z "$(ls tests/test_*.py 2>/dev/null)" ]; then rc=0; fi
+        [ $rc -eq 0 ] && [ $lint -ne 0 ] && rc=1
         exit $rc ;;
     stress)
         setup nss/requirements.txt gamengen/requirements.txt
         report=$(mktemp)
         start=$(date +%s)
         set +e
-        NANONG_STRESS=1 NANONG_STRESS_REPORT=$report "$PY" -m pytest -q --durations=15 tests/test_reliability.py "$@"
+        NANONG_STRESS=1 NANONG_STRESS_REPORT=$report "$PY" -m pytest -q --durations=15 tests/test_reliability_resume.py tests/test_reliability_fuzz.py "$@"
         rc=$?
         set -e
         echo "[run.sh] stress: $(( $(date +%s) - start ))s; kills survived and fuzz outcomes per reader:"

@@ -3,9 +3,9 @@
 The paper trains an RL agent on the shaped reward (gamengen/doom.py) and records every episode it plays while
 learning: those trajectories, from clumsy to competent, are GameNGen's training data.
 
-    python gamengen/agent.py --out runs/doom_agent                            # train 600k steps (~1.5 h on 2 cores), save OUT/ckpt/latest
+    python gamengen/agent.py --out runs/doom_agent             # train 600k steps, save OUT/ckpt/latest
     python gamengen/agent.py --out runs/doom_agent --record data/doom         # ... and record all episodes
-    python gamengen/agent.py --out runs/doom_agent --eval 50 --gif play.gif   # ... then compare with random, GIF of its play
+    python gamengen/agent.py --out runs/doom_agent --eval 50 --gif play.gif   # compare with random play
     python gamengen/agent.py --checkpoint runs/doom_agent/ckpt/latest --eval 10              # evaluate only
     python gamengen/collect.py --policy runs/doom_agent/ckpt/latest --steps 20000 --out data/doom_agent
 
@@ -13,6 +13,7 @@ Observation: the padded (3, 128, 160) RGB frame average-pooled 2x to (3, 64, 80)
 policy is a plain function of the frame, as collect.py expects). Action repeat 4 and sticky actions come from
 DoomEnv. Logs one JSON line per update to OUT/metrics.jsonl (and stdout): mean shaped return of recent episodes.
 """
+
 import argparse
 import json
 import random
@@ -28,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import ckpt
+from common import ckpt, runtime
 from gamengen.doom import ACTIONS, DoomEnv
 
 
@@ -54,7 +55,7 @@ class Args:
     heldout: float = 0.1  # fraction of recorded episodes held out (seeded, whole episodes)
     shard_steps: int = 2000  # a recorded shard is written once it holds this many steps
     save_every: int = 20  # updates between checkpoints (OUT/ckpt/latest: weights, optimizer, progress)
-    resume: bool = False  # continue an interrupted run from OUT/ckpt/latest (the games restart; unfinished episodes are lost)
+    resume: bool = False  # continue an interrupted run from OUT/ckpt/latest (games restart, open episodes are lost)
     checkpoint: str = None  # load this agent checkpoint (skips training unless --total-steps is given)
     eval: int = 0  # after training, play N episodes with the agent and with a random policy; print both means
     gif: str = None  # with --eval: write the agent's first evaluation episode (up to 300 steps) to this GIF
@@ -66,15 +67,23 @@ class Agent(nn.Module):
     def __init__(self, n_actions=len(ACTIONS)):
         super().__init__()
         self.trunk = nn.Sequential(
-            nn.Conv2d(3, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 4 * 6, 512), nn.ReLU())
+            nn.Conv2d(3, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 6, 512),
+            nn.ReLU(),
+        )
         self.actor, self.critic = nn.Linear(512, n_actions), nn.Linear(512, 1)
-        nn.init.orthogonal_(self.actor.weight, 0.01)    # near-uniform initial policy
+        nn.init.orthogonal_(self.actor.weight, 0.01)  # near-uniform initial policy
         nn.init.zeros_(self.actor.bias)
 
     def forward(self, frames):
         """uint8 frames (B, 3, 128, 160) -> (action logits (B, A), values (B,))."""
-        x = F.adaptive_avg_pool2d(frames.float() / 255.0, (64, 80))     # 128x160 (or 256x320) -> 64x80
+        x = F.adaptive_avg_pool2d(frames.float() / 255.0, (64, 80))  # 128x160 (or 256x320) -> 64x80
         h = self.trunk(x)
         return self.actor(h), self.critic(h).squeeze(-1)
 
@@ -108,6 +117,7 @@ def policy_fn(agent, seed=0):
     def act(frame):
         logits, _ = agent(torch.from_numpy(frame)[None])
         return int(torch.multinomial(logits.softmax(-1), 1, generator=g))
+
     return act
 
 
@@ -120,6 +130,7 @@ class Recorder:
 
     def __init__(self, out, args, env_shape):
         from gamengen import collect as C
+
         self.C, self.args = C, args
         Path(out).mkdir(parents=True, exist_ok=True)
         for stale in Path(out).glob("*.tmp"):
@@ -154,7 +165,7 @@ class Recorder:
 
     def close(self):
         for i in range(len(self.eps)):
-            self.end(i, False)      # episodes still running when training stops: recorded, marked cut short
+            self.end(i, False)  # episodes still running when training stops: recorded, marked cut short
         self.flush()
 
 
@@ -186,23 +197,30 @@ def train(args, agent=None):
 
     def save(update, name=None):
         """OUT/ckpt/step_<update> (and latest), or OUT/ckpt/<name>."""
-        if rec:     # finished episodes reach the disk with the checkpoint that played them
+        if rec:  # finished episodes reach the disk with the checkpoint that played them
             rec.flush()
-        meta = {"args": asdict(args), "update": update, "steps": step, "episodes": len(returns_log),
-                "returns": [round(r, 4) for r in returns_log], "actions": list(ACTIONS)}
+        meta = {
+            "args": asdict(args),
+            "update": update,
+            "steps": step,
+            "episodes": len(returns_log),
+            "returns": [round(r, 4) for r in returns_log],
+            "actions": list(ACTIONS),
+        }
         state = {"optimizer": opt.state_dict(), "rng": ckpt.rng_state()}
         if name is None:
             return ckpt.save_step(out / "ckpt", update, agent.state_dict(), state, meta)
         return ckpt.save(out / "ckpt", name, agent.state_dict(), state, meta)
+
     for update in range(start, n_updates):
         for g in opt.param_groups:
             g["lr"] = args.lr * (1 - update / n_updates)
-        for t in range(T):                                  # rollout
+        for t in range(T):  # rollout
             obs[t], dones[t] = frames, done_now
             with torch.no_grad():
                 logits, v = agent(frames)
             dist = torch.distributions.Categorical(logits=logits)
-            a = dist.sample()       # the policy's choice; DoomEnv may repeat the previous action instead (sticky)
+            a = dist.sample()  # the policy's choice; DoomEnv may repeat the previous action instead (sticky)
             actions[t], logps[t], values[t] = a, dist.log_prob(a), v
             new = []
             for i, env in enumerate(envs):
@@ -215,7 +233,7 @@ def train(args, agent=None):
                     ep_ret[i], frame = 0.0, env.reset()
                 new.append(frame)
             frames, step = torch.from_numpy(np.stack(new)), step + N
-        with torch.no_grad():                               # GAE
+        with torch.no_grad():  # GAE
             next_v = agent(frames)[1]
             adv, last = torch.zeros((T, N)), torch.zeros(N)
             for t in reversed(range(T)):
@@ -227,19 +245,25 @@ def train(args, agent=None):
             rets = adv + values
         b_obs, b_act, b_logp = obs.reshape(batch, *obs.shape[2:]), actions.reshape(-1).long(), logps.reshape(-1)
         b_adv, b_ret = adv.reshape(-1), rets.reshape(-1)
-        for _ in range(args.update_epochs):                 # minibatch epochs
+        for _ in range(args.update_epochs):  # minibatch epochs
             perm = torch.randperm(batch)
             for s in range(0, batch, mb):
-                idx = perm[s:s + mb]
+                idx = perm[s : s + mb]
                 loss, stats = ppo_loss(agent, args, b_obs[idx], b_act[idx], b_logp[idx], b_adv[idx], b_ret[idx])
                 opt.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 opt.step()
         recent = returns_log[-20:]
-        line = {"update": update + 1, "step": step, "time_s": round(time.time() - t0, 1), "episodes": len(returns_log),
-                "mean_return": round(float(np.mean(recent)), 3) if recent else None, "sps": round(step / (time.time() - t0)),
-                **{k: round(v, 4) for k, v in stats.items()}}
+        line = {
+            "update": update + 1,
+            "step": step,
+            "time_s": round(time.time() - t0, 1),
+            "episodes": len(returns_log),
+            "mean_return": round(float(np.mean(recent)), 3) if recent else None,
+            "sps": round(step / (time.time() - t0)),
+            **{k: round(v, 4) for k, v in stats.items()},
+        }
         metrics.write(json.dumps(line) + "\n")
         metrics.flush()
         print(json.dumps(line), flush=True)
@@ -271,20 +295,27 @@ def evaluate(act, n, seed=10_000, sticky=0.25, gif=None):
     env.close()
     if gif:
         from common.images import save_gif
-        save_gif(frames, gif, fps=9)        # 35 tics/s / action repeat 4 ~ 9 agent steps/s: real time
+
+        save_gif(frames, gif, fps=9)  # 35 tics/s / action repeat 4 ~ 9 agent steps/s: real time
     return float(np.mean(returns)), returns, kills
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Args):       # one flag per Args field; its help is the field's comment
-        comment = next(ln.split("# ", 1)[1] for ln in Path(__file__).read_text().splitlines() if ln.strip().startswith(f"{f.name}:"))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    comments = runtime.field_comments(Args)
+    for f in fields(Args):  # one flag per Args field; its help is the field's comment
+        comment = comments.get(f.name, "")
         kind = type(f.default) if f.default is not None else str
         if kind is bool:
             p.add_argument("--" + f.name.replace("_", "-"), action="store_true", default=None, help=comment)
         else:
-            p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f"{comment} (default: {f.default})")
+            p.add_argument(
+                "--" + f.name.replace("_", "-"), type=kind, default=None, help=f"{comment} (default: {f.default})"
+            )
     ns = p.parse_args()
     args = Args(**{k: v for k, v in vars(ns).items() if v is not None})
     torch.set_num_threads(args.threads)
@@ -294,6 +325,7 @@ def main():
             agent = load_agent(args.checkpoint)[0]
         except ckpt.CheckpointError as e:
             from common.runtime import fail
+
             fail(str(e))
     if agent is None or ns.total_steps:
         agent = train(args, agent).eval()
@@ -301,11 +333,22 @@ def main():
         trained, tr, tk = evaluate(policy_fn(agent, args.seed), args.eval, sticky=args.sticky, gif=args.gif)
         rng = random.Random(args.seed)
         rand, rr, rk = evaluate(lambda frame: rng.randrange(len(ACTIONS)), args.eval, sticky=args.sticky)
-        se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")     # noqa: E731
-        print(json.dumps({"eval_episodes": args.eval, "trained_mean_return": round(trained, 3), "trained_se": round(se(tr), 3),
-                          "random_mean_return": round(rand, 3), "random_se": round(se(rr), 3),
-                          "trained_mean_kills": float(np.mean(tk)), "random_mean_kills": float(np.mean(rk)),
-                          "trained": [round(x, 3) for x in tr], "random": [round(x, 3) for x in rr]}))
+        se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
+        print(
+            json.dumps(
+                {
+                    "eval_episodes": args.eval,
+                    "trained_mean_return": round(trained, 3),
+                    "trained_se": round(se(tr), 3),
+                    "random_mean_return": round(rand, 3),
+                    "random_se": round(se(rr), 3),
+                    "trained_mean_kills": float(np.mean(tk)),
+                    "random_mean_kills": float(np.mean(rk)),
+                    "trained": [round(x, 3) for x in tr],
+                    "random": [round(x, 3) for x in rr],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ then index.json is replaced: an interrupted collection keeps every completed sha
 running the same command again continues after the last complete shard (the episode in progress is replayed
 from its start with a new episode id).
 """
+
 import argparse
 import json
 import os
@@ -36,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from common.log import progress as progress_bar
 
+from common.log import progress as progress_bar
 from common.runtime import fail
 from gamengen.doom import ACTIONS, DoomEnv
 
@@ -81,10 +82,13 @@ class ShardWriter:
             for e in dict.fromkeys(ep.tolist()):
                 rows = np.nonzero(ep == e)[0]
                 segments.append([int(e), int(st[rows[0]]), int(len(rows))])
-            tensors = {"frames": torch.from_numpy(np.stack(self.buf["frames"])),
-                       "actions": torch.tensor(self.buf["actions"], dtype=torch.int64),
-                       "rewards": torch.tensor(self.buf["rewards"], dtype=torch.float32),
-                       "episode": torch.from_numpy(ep.astype(np.int64)), "step": torch.from_numpy(st.astype(np.int64))}
+            tensors = {
+                "frames": torch.from_numpy(np.stack(self.buf["frames"])),
+                "actions": torch.tensor(self.buf["actions"], dtype=torch.int64),
+                "rewards": torch.tensor(self.buf["rewards"], dtype=torch.float32),
+                "episode": torch.from_numpy(ep.astype(np.int64)),
+                "step": torch.from_numpy(st.astype(np.int64)),
+            }
             tmp = self.out / (name + ".tmp")
             save_file(tensors, str(tmp))
             with open(tmp, "rb") as f:
@@ -103,7 +107,9 @@ def new_index(resolution):
 
 
 def next_episode_id(index):
-    return 1 + max([int(e) for e in index["episodes"]] + [s[0] for sh in index["shards"] for s in sh["segments"]] + [-1])
+    return 1 + max(
+        [int(e) for e in index["episodes"]] + [s[0] for sh in index["shards"] for s in sh["segments"]] + [-1]
+    )
 
 
 def split_of(seed, heldout, episode):
@@ -115,23 +121,24 @@ def random_policy(rng):
     return lambda frame: rng.randrange(len(ACTIONS))
 
 
-def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, resolution="160x120", sticky=0.25,
-            progress=True):
+def collect(
+    out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, resolution="160x120", sticky=0.25, progress=True
+):
     """Play until OUT holds `steps` recorded steps (continuing an earlier collection). -> the index."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.tmp"):       # a shard being written when the last run was killed
+    for stale in out.glob("*.tmp"):  # a shard being written when the last run was killed
         stale.unlink()
     index = load_index(out) or new_index(resolution)
     done_steps = sum(s["steps"] for s in index["shards"])
     next_episode = next_episode_id(index)
     if done_steps >= steps:
         return index
-    rng = random.Random(f"{seed}/{next_episode}")     # a resumed run does not replay the same random game
+    rng = random.Random(f"{seed}/{next_episode}")  # a resumed run does not replay the same random game
     env = DoomEnv(seed=seed * 100_003 + next_episode, resolution=resolution, sticky=sticky)
     index["frame_shape"] = list(env.shape)
     act = random_policy(rng) if policy == "random" else policy
-    name = policy if isinstance(policy, str) else getattr(policy, "name", "agent")     # recorded per episode in the index
+    name = policy if isinstance(policy, str) else getattr(policy, "name", "agent")  # recorded per episode in the index
     writer = ShardWriter(out, index, shard_steps)
     finished = {}
     bar = progress_bar(total=steps, initial=done_steps, desc="collect", unit="step", disable=not progress)
@@ -145,11 +152,21 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
         frame = next_frame
         last = done_steps + writer.steps() >= steps
         if done or last:
-            finished[str(episode)] = {"split": split_of(seed, heldout, episode), "length": t, "done": bool(done), "policy": name}
+            finished[str(episode)] = {
+                "split": split_of(seed, heldout, episode),
+                "length": t,
+                "done": bool(done),
+                "policy": name,
+            }
             episode, t, frame = episode + 1, 0, env.reset()
         if writer.steps() >= shard_steps or last:
-            if t:       # the episode in progress continues in the next shard; if the run dies first, it stays truncated
-                finished[str(episode)] = {"split": split_of(seed, heldout, episode), "length": t, "done": False, "policy": name}
+            if t:  # the episode in progress continues in the next shard; if the run dies first, it stays truncated
+                finished[str(episode)] = {
+                    "split": split_of(seed, heldout, episode),
+                    "length": t,
+                    "done": False,
+                    "policy": name,
+                }
             done_steps += writer.steps()
             writer.flush(finished)
             finished = {}
@@ -159,22 +176,35 @@ def collect(out, steps, policy="random", seed=0, heldout=0.1, shard_steps=2000, 
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="random",
-                   help="random (uniform over the 8 actions) or a gamengen/agent.py checkpoint (e.g. runs/doom_agent/ckpt/latest)")
-    p.add_argument("--steps", type=int, required=True, help="total recorded steps in OUT (an existing collection is continued)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--policy",
+        default="random",
+        help="random (uniform over the 8 actions) or a gamengen/agent.py checkpoint (e.g. runs/doom_agent/ckpt/latest)",
+    )
+    p.add_argument(
+        "--steps", type=int, required=True, help="total recorded steps in OUT (an existing collection is continued)"
+    )
     p.add_argument("--out", required=True, help="output folder (index.json + shard_XXXXX.safetensors)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the games, the random policy and the train/held-out split")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the games, the random policy and the train/held-out split"
+    )
     p.add_argument("--heldout", type=float, default=0.1, help="fraction of episodes held out (whole episodes)")
     p.add_argument("--shard-steps", type=int, default=2000, help="steps per shard (a shard is written when it is full)")
-    p.add_argument("--resolution", default="160x120", choices=["160x120", "320x240"], help="game screen (padded to 128 / 256 rows)")
+    p.add_argument(
+        "--resolution", default="160x120", choices=["160x120", "320x240"], help="game screen (padded to 128 / 256 rows)"
+    )
     p.add_argument("--sticky", type=float, default=0.25, help="probability of repeating the previous action instead")
     args = p.parse_args()
     policy = args.policy
-    if policy != "random":      # a PPO agent checkpoint (gamengen/agent.py): actions sampled from its policy
+    if policy != "random":  # a PPO agent checkpoint (gamengen/agent.py): actions sampled from its policy
         from common.ckpt import CheckpointError
         from gamengen.agent import load_policy
+
         try:
             torch.set_num_threads(1)
             policy = load_policy(args.policy, args.seed)
@@ -183,12 +213,17 @@ def main():
             fail(f"--policy {args.policy}: {e}")
     try:
         t0 = time.time()
-        index = collect(args.out, args.steps, policy, args.seed, args.heldout, args.shard_steps, args.resolution, args.sticky)
+        index = collect(
+            args.out, args.steps, policy, args.seed, args.heldout, args.shard_steps, args.resolution, args.sticky
+        )
     except ValueError as e:
         fail(str(e))
     eps = index["episodes"].values()
-    print(f"{sum(s['steps'] for s in index['shards'])} steps in {len(index['shards'])} shards, {len(index['episodes'])} episodes "
-          f"({sum(e['split'] == 'heldout' for e in eps)} held out) in {args.out} ({time.time() - t0:.0f}s this run)")
+    print(
+        f"{sum(s['steps'] for s in index['shards'])} steps in {len(index['shards'])} shards, "
+        f"{len(index['episodes'])} episodes "
+        f"({sum(e['split'] == 'heldout' for e in eps)} held out) in {args.out} ({time.time() - t0:.0f}s this run)"
+    )
 
 
 if __name__ == "__main__":

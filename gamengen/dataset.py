@@ -13,6 +13,7 @@ until a sample touches it, and a sample reads only its own N+1 rows); latents ar
 `scale` (1 / std of the train latents, as Stable Diffusion's 0.18215) unless scaled=False.
 Any problem with an index or a shard (recorded episodes or latents) is a DataError naming the file.
 """
+
 import argparse
 import json
 import math
@@ -52,7 +53,7 @@ def mmap_safetensors(path):
         mm = np.memmap(path, dtype=np.uint8, mode="r")
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    except ValueError as e:    # JSONDecodeError, UnicodeDecodeError
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise DataError(f"{path}: corrupt safetensors header ({str(e).splitlines()[0]})") from None
     if not isinstance(header, dict):
         raise DataError(f"{path}: corrupt safetensors header (not a JSON object)")
@@ -69,7 +70,7 @@ def mmap_safetensors(path):
             ok = False
         if not ok:
             raise DataError(f"{path}: '{name}': header entry {v!r:.100} does not fit the file ({size} bytes)")
-        out[name] = mm[8 + n + a: 8 + n + b].view(dtype).reshape(shape)
+        out[name] = mm[8 + n + a : 8 + n + b].view(dtype).reshape(shape)
     return out
 
 
@@ -86,9 +87,13 @@ def read_shards(root, keys):
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: not a GameNGen index ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise DataError(
+            f"{path}: not a GameNGen index ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if bad or not names:
-        raise DataError(f"{path}: " + (f"episode {bad[0]!r}: expected an id with a 'split'" if bad else "lists no shards"))
+        raise DataError(
+            f"{path}: " + (f"episode {bad[0]!r}: expected an id with a 'split'" if bad else "lists no shards")
+        )
     shards = []
     for sh, name in zip(index["shards"], names):
         if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
@@ -97,7 +102,7 @@ def read_shards(root, keys):
         missing = [k for k in keys if k not in s]
         if missing:
             raise DataError(f"{root / name}: missing '{missing[0]}' (a shard holds {', '.join(keys)})")
-        rows = {k: a.shape[0] if a.ndim else -1 for k, a in s.items()}          # every key holds one row per step
+        rows = {k: a.shape[0] if a.ndim else -1 for k, a in s.items()}  # every key holds one row per step
         if len(set(rows.values())) != 1 or rows[keys[0]] != sh.get("steps", rows[keys[0]]):
             raise DataError(f"{root / name}: rows per key {rows} differ (index.json says {sh.get('steps')} steps)")
         if any(s[k].ndim != 1 or s[k].dtype != np.int64 for k in ("actions", "episode", "step")):
@@ -116,7 +121,9 @@ def recorded_path(data, path, marker):
     for cand in [p, *(base / p for base in (root, *root.parents))]:
         if (cand / marker).exists():
             return cand
-    raise ValueError(f"{path!r}, named in {data}/index.json, not found (looked beside the latents and in their parents)")
+    raise ValueError(
+        f"{path!r}, named in {data}/index.json, not found (looked beside the latents and in their parents)"
+    )
 
 
 class LatentSequences(torch.utils.data.Dataset):
@@ -131,18 +138,20 @@ class LatentSequences(torch.utils.data.Dataset):
             raise DataError(f"{root / 'index.json'}: 'scale' {self.scale!r} is not a positive number")
         shapes = {tuple(s["latents"].shape[1:]) for s in self.shards}
         if len(shapes) != 1 or any(s["latents"].dtype.kind != "f" or s["latents"].ndim != 4 for s in self.shards):
-            raise DataError(f"{root}: 'latents' must be float (N, C, h, w) of one shape in every shard, found {sorted(shapes)}")
+            raise DataError(
+                f"{root}: 'latents' must be float (N, C, h, w) of one shape in every shard, found {sorted(shapes)}"
+            )
         ep = np.concatenate([s["episode"] for s in self.shards]).astype(np.int64)
         st = np.concatenate([s["step"] for s in self.shards]).astype(np.int64)
         self.shard_of = np.concatenate([np.full(len(s["episode"]), i) for i, s in enumerate(self.shards)])
         self.row_of = np.concatenate([np.arange(len(s["episode"])) for s in self.shards])
-        self.order = np.lexsort((st, ep))            # sorted position -> global row; an episode is a contiguous run
+        self.order = np.lexsort((st, ep))  # sorted position -> global row; an episode is a contiguous run
         ep_s, st_s = ep[self.order], st[self.order]
-        first = np.r_[True, ep_s[1:] != ep_s[:-1]]    # where each episode starts in sorted order
+        first = np.r_[True, ep_s[1:] != ep_s[:-1]]  # where each episode starts in sorted order
         start = np.maximum.accumulate(np.where(first, np.arange(len(ep_s)), 0))
         if len(ep_s) and not np.array_equal(st_s, np.arange(len(ep_s)) - start):
             raise DataError(f"{root}: an episode's steps are not contiguous from 0 (missing or duplicated shard?)")
-        self.n_valid = np.minimum(np.arange(len(ep_s)) - start, context)     # real context frames before each
+        self.n_valid = np.minimum(np.arange(len(ep_s)) - start, context)  # real context frames before each
         splits = self.index["episodes"]
         keep = np.array([splits.get(str(e), {}).get("split") == split for e in ep_s], dtype=bool)
         self.targets = np.nonzero(keep)[0]
@@ -157,23 +166,32 @@ class LatentSequences(torch.utils.data.Dataset):
         """Sorted positions [p0, p1) -> array; one slice when they lie in one shard (nearly always)."""
         rows, shards = self.row_of[self.order[p0:p1]], self.shard_of[self.order[p0:p1]]
         if len(rows) and shards[0] == shards[-1] and rows[-1] - rows[0] == len(rows) - 1:
-            return np.asarray(self.shards[shards[0]][name][rows[0]: rows[-1] + 1])
+            return np.asarray(self.shards[shards[0]][name][rows[0] : rows[-1] + 1])
         return np.stack([self.shards[s][name][r] for s, r in zip(shards, rows)]) if len(rows) else None
 
     def __getitem__(self, i):
         p, n, N = int(self.targets[i]), int(self.n_valid[self.targets[i]]), self.context
         lat = torch.from_numpy(self._rows("latents", p - n, p + 1).astype(np.float32)) * self.scale
         if not torch.isfinite(lat).all():
-            raise DataError(f"{self.root}: 'latents' of episode {self.ep_sorted[p]} has NaN or inf values near step {self.st_sorted[p]}")
+            raise DataError(
+                f"{self.root}: 'latents' of episode {self.ep_sorted[p]} has NaN or inf values near step "
+                f"{self.st_sorted[p]}"
+            )
         ctx = torch.zeros((N,) + tuple(lat.shape[1:]))
-        actions = torch.zeros(N, dtype=torch.int64)    # 0 = noop
+        actions = torch.zeros(N, dtype=torch.int64)  # 0 = noop
         valid = torch.zeros(N, dtype=torch.bool)
         if n:
-            ctx[N - n:] = lat[:n]
-            actions[N - n:] = torch.from_numpy(self._rows("actions", p - n, p).astype(np.int64))
-            valid[N - n:] = True
-        return {"target": lat[n], "context": ctx, "actions": actions, "valid": valid,
-                "episode": int(self.ep_sorted[p]), "step": int(self.st_sorted[p])}
+            ctx[N - n :] = lat[:n]
+            actions[N - n :] = torch.from_numpy(self._rows("actions", p - n, p).astype(np.int64))
+            valid[N - n :] = True
+        return {
+            "target": lat[n],
+            "context": ctx,
+            "actions": actions,
+            "valid": valid,
+            "episode": int(self.ep_sorted[p]),
+            "step": int(self.st_sorted[p]),
+        }
 
 
 class TinyUNet(nn.Module):
@@ -184,9 +202,13 @@ class TinyUNet(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(actions, width)
         self.inp = nn.Conv2d(ch * (context + 1), width, 3, padding=1)
-        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.SiLU(), nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU())
+        self.down = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, 2, 1), nn.SiLU(), nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU()
+        )
         self.up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(2 * width, width, 3, padding=1), nn.SiLU())
-        self.out = nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, ch, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.Conv2d(2 * width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, ch, 3, padding=1)
+        )
 
     def forward(self, x, actions):
         h = F.silu(self.inp(x) + self.emb(actions).mean(1)[:, :, None, None])
@@ -212,14 +234,17 @@ def bench(root, context=8, batch=16, steps=20, workers=0):
         loss.backward()
         opt.step()
         t2 = time.perf_counter()
-        if i >= 2:                                   # warm-up
+        if i >= 2:  # warm-up
             t_data, t_step = t_data + t1 - t0, t_step + t2 - t1
     return t_data / steps, t_step / steps
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--latents", required=True, help="folder written by `gamengen/autoencoder.py encode`")
     p.add_argument("--context", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
@@ -228,8 +253,10 @@ def main():
     a = p.parse_args()
     torch.manual_seed(0)
     d, s = bench(a.latents, a.context, a.batch, a.steps, a.workers)
-    print(f"data {d * 1e3:.2f} ms/batch, step {s * 1e3:.1f} ms (TinyUNet fwd+bwd, batch {a.batch}, context {a.context}): "
-          f"data-loading share {100 * d / (d + s):.1f}%")
+    print(
+        f"data {d * 1e3:.2f} ms/batch, step {s * 1e3:.1f} ms (TinyUNet fwd+bwd, batch {a.batch}, context {a.context}): "
+        f"data-loading share {100 * d / (d + s):.1f}%"
+    )
 
 
 if __name__ == "__main__":

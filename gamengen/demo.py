@@ -5,12 +5,13 @@ one denoising step and the decoder (.pte, .vgf) -> play the model headless from 
 shipped weights (gamengen/weights) evaluated on the same held-out episodes, beside the demo's own model.
 
     python gamengen/demo.py --out runs/demo/gamengen [--steps 20000] [--ae-steps 1000] [--max-steps 2000]
-    python gamengen/play.py --model-path runs/demo/gamengen/diffusion/ckpt/best --data runs/demo/gamengen/latents  # then play it
+    python gamengen/play.py --model-path runs/demo/gamengen/diffusion/ckpt/best --data runs/demo/gamengen/latents
 
 Each step is the real command line (printed), so you can rerun any of them by hand. The data is random play
 (`--policy random`); train gamengen/agent.py and pass `--policy runs/doom_agent/ckpt/latest` for agent play,
 which the paper found gives a better model.
 """
+
 import argparse
 import json
 import sys
@@ -33,9 +34,14 @@ attack 3
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo/gamengen", help="run directory (episodes, latents, checkpoints, GIFs, exports)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--out", default="runs/demo/gamengen", help="run directory (episodes, latents, checkpoints, GIFs, exports)"
+    )
     p.add_argument("--policy", default="random", help="random, or a gamengen/agent.py checkpoint that plays")
     p.add_argument("--steps", type=int, default=20000, help="recorded game steps")
     p.add_argument("--ae-steps", type=int, default=1000, help="autoencoder training steps")
@@ -44,36 +50,111 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
     t = {}
-    t["collect"] = run_step(["gamengen/collect.py", "--policy", args.policy, "--steps", str(args.steps), "--out", str(out / "doom")])
-    ae = ["gamengen/train.py", "ae", "--data", str(out / "doom"), "--out", str(out / "ae"), "--steps", str(args.ae_steps)]
+    t["collect"] = run_step(
+        ["gamengen/collect.py", "--policy", args.policy, "--steps", str(args.steps), "--out", str(out / "doom")]
+    )
+    ae = [
+        "gamengen/train.py",
+        "ae",
+        "--data",
+        str(out / "doom"),
+        "--out",
+        str(out / "ae"),
+        "--steps",
+        str(args.ae_steps),
+    ]
     t["autoencoder"] = run_step(ae + (["--resume"] if (out / "ae" / "ckpt" / "latest").exists() else []))
     if not (out / "latents" / "index.json").exists():
-        t["encode"] = run_step(["gamengen/train.py", "encode", "--data", str(out / "doom"), "--ckpt", str(out / "ae" / "ckpt" / "best"),
-                                "--out", str(out / "latents")])
-    diffusion = ["gamengen/train.py", "diffusion", "--data", str(out / "latents"), "--out", str(out / "diffusion"),
-                 "--max-steps", str(args.max_steps), "--device", args.device]
+        t["encode"] = run_step(
+            [
+                "gamengen/train.py",
+                "encode",
+                "--data",
+                str(out / "doom"),
+                "--ckpt",
+                str(out / "ae" / "ckpt" / "best"),
+                "--out",
+                str(out / "latents"),
+            ]
+        )
+    diffusion = [
+        "gamengen/train.py",
+        "diffusion",
+        "--data",
+        str(out / "latents"),
+        "--out",
+        str(out / "diffusion"),
+        "--max-steps",
+        str(args.max_steps),
+        "--device",
+        args.device,
+    ]
     t["diffusion"] = run_step(diffusion + (["--resume"] if (out / "diffusion" / "ckpt" / "latest").exists() else []))
     best = str(out / "diffusion" / "ckpt" / "best")
-    t["evaluate"] = run_step(["gamengen/evaluate.py", "--model-path", best, "--data", str(out / "latents"), "--out", str(out / "eval")])
-    t["export"] = run_step(["gamengen/export.py", "--model-path", best, "--data", str(out / "latents"), "--out", str(out / "export")])
+    t["evaluate"] = run_step(
+        ["gamengen/evaluate.py", "--model-path", best, "--data", str(out / "latents"), "--out", str(out / "eval")]
+    )
+    t["export"] = run_step(
+        ["gamengen/export.py", "--model-path", best, "--data", str(out / "latents"), "--out", str(out / "export")]
+    )
     (out / "walk.txt").write_text(SCRIPT)
-    t["play"] = run_step(["gamengen/play.py", "--model-path", best, "--data", str(out / "latents"), "--headless",
-                          "--actions", str(out / "walk.txt"), "--out", str(out / "play.gif")])
+    t["play"] = run_step(
+        [
+            "gamengen/play.py",
+            "--model-path",
+            best,
+            "--data",
+            str(out / "latents"),
+            "--headless",
+            "--actions",
+            str(out / "walk.txt"),
+            "--out",
+            str(out / "play.gif"),
+        ]
+    )
     shipped = Path(__file__).resolve().parent / "weights"
-    if (shipped / "denoiser").is_dir():      # the shipped model on the same held-out frames: its own autoencoder and scale
+    if (shipped / "denoiser").is_dir():  # the shipped model on the same held-out frames: its own autoencoder and scale
         scale = json.loads((shipped / "start" / "index.json").read_text())["scale"]
-        t["encode for shipped"] = run_step(["gamengen/train.py", "encode", "--data", str(out / "doom"), "--ckpt", str(shipped / "autoencoder"),
-                                            "--scale", str(scale), "--out", str(out / "latents_shipped")])
-        t["evaluate shipped"] = run_step(["gamengen/evaluate.py", "--model-path", str(shipped / "denoiser"), "--data",
-                                          str(out / "latents_shipped"), "--out", str(out / "eval_shipped")])
+        t["encode for shipped"] = run_step(
+            [
+                "gamengen/train.py",
+                "encode",
+                "--data",
+                str(out / "doom"),
+                "--ckpt",
+                str(shipped / "autoencoder"),
+                "--scale",
+                str(scale),
+                "--out",
+                str(out / "latents_shipped"),
+            ]
+        )
+        t["evaluate shipped"] = run_step(
+            [
+                "gamengen/evaluate.py",
+                "--model-path",
+                str(shipped / "denoiser"),
+                "--data",
+                str(out / "latents_shipped"),
+                "--out",
+                str(out / "eval_shipped"),
+            ]
+        )
     res = json.loads((out / "eval" / "results.json").read_text())
     print("\nthis demo's model, trained from scratch:\n" + table(res))
     if (out / "eval_shipped" / "results.json").exists():
-        print(f"\nthe shipped weights ({shipped}, model card: README.md there) on the same held-out episodes:\n"
-              + table(json.loads((out / "eval_shipped" / "results.json").read_text())))
+        print(
+            f"\nthe shipped weights ({shipped}, model card: README.md there) on the same held-out episodes:\n"
+            + table(json.loads((out / "eval_shipped" / "results.json").read_text()))
+        )
     print("\ntime: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in t.items()))
-    print(f"GIFs: {out / 'eval' / 'rollout.gif'} (recorded | model, 32 steps), {out / 'play.gif'} (played from walk.txt)")
-    print(f"play it: python gamengen/play.py --model-path {best} --data {out / 'latents'}   (pip install -r gamengen/requirements-play.txt)")
+    print(
+        f"GIFs: {out / 'eval' / 'rollout.gif'} (recorded | model, 32 steps), {out / 'play.gif'} (played from walk.txt)"
+    )
+    print(
+        f"play it: python gamengen/play.py --model-path {best} --data {out / 'latents'}   (pip install -r "
+        "gamengen/requirements-play.txt)"
+    )
 
 
 if __name__ == "__main__":

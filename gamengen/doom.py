@@ -25,16 +25,28 @@ Frames: RGB uint8 (3, H, W), 160x120 (or 320x240) padded with black rows to a mu
     frame = env.reset()                       # (3, 128, 160) uint8
     frame, reward, done, info = env.step(2)   # forward for 4 tics (or the previous action: sticky)
 """
+
 import random
 
 import numpy as np
 
 BUTTONS = ("ATTACK", "MOVE_FORWARD", "MOVE_BACKWARD", "MOVE_LEFT", "MOVE_RIGHT", "TURN_LEFT", "TURN_RIGHT")
 ACTIONS = ("noop", "attack", "forward", "backward", "strafe_left", "strafe_right", "turn_left", "turn_right")
-VARIABLES = ("KILLCOUNT", "HITCOUNT", "HITS_TAKEN", "ITEMCOUNT", "SECRETCOUNT", "HEALTH", "ARMOR",
-             "SELECTED_WEAPON_AMMO", "POSITION_X", "POSITION_Y", "DEAD")
+VARIABLES = (
+    "KILLCOUNT",
+    "HITCOUNT",
+    "HITS_TAKEN",
+    "ITEMCOUNT",
+    "SECRETCOUNT",
+    "HEALTH",
+    "ARMOR",
+    "SELECTED_WEAPON_AMMO",
+    "POSITION_X",
+    "POSITION_Y",
+    "DEAD",
+)
 RESOLUTIONS = {"160x120": "RES_160X120", "320x240": "RES_320X240"}
-AREA = 128.0     # map units per exploration cell (a Doom corridor is ~128 wide)
+AREA = 128.0  # map units per exploration cell (a Doom corridor is ~128 wide)
 
 
 def padded_height(h):
@@ -46,7 +58,7 @@ def visible(x):
     black padding rows above and below left out, so that metrics measure only what the game drew."""
     h = x.shape[-1] * 3 // 4
     pad = (x.shape[-2] - h) // 2
-    return x[..., pad:pad + h, :] if pad > 0 else x
+    return x[..., pad : pad + h, :] if pad > 0 else x
 
 
 class DoomEnv:
@@ -57,6 +69,7 @@ class DoomEnv:
 
     def __init__(self, seed=0, resolution="160x120", repeat=4, sticky=0.25, hud=False, scenario="deathmatch"):
         import vizdoom as vzd
+
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution {resolution!r}: expected one of {', '.join(RESOLUTIONS)}")
         self.repeat, self.sticky, self.rng = repeat, sticky, random.Random(seed)
@@ -82,7 +95,7 @@ class DoomEnv:
         state = self.game.get_state()
         out = np.zeros(self.shape, np.uint8)
         if state is not None:
-            out[:, self.pad_top:self.pad_top + state.screen_buffer.shape[0]] = state.screen_buffer.transpose(2, 0, 1)
+            out[:, self.pad_top : self.pad_top + state.screen_buffer.shape[0]] = state.screen_buffer.transpose(2, 0, 1)
         return out
 
     def _vars(self):
@@ -115,7 +128,12 @@ class DoomEnv:
                 self.visited.add(cell)
                 dist = abs(cell[0] - int(self.start[0] // AREA)) + abs(cell[1] - int(self.start[1] // AREA))
                 reward += 0.02 * (1 + 0.5 * dist)
-        info = {"action": action, "kills": self.vars["KILLCOUNT"], "health": self.vars["HEALTH"], "areas": len(self.visited)}
+        info = {
+            "action": action,
+            "kills": self.vars["KILLCOUNT"],
+            "health": self.vars["HEALTH"],
+            "areas": len(self.visited),
+        }
         return self._frame(), reward, done, info
 
     @staticmethod
@@ -124,8 +142,17 @@ class DoomEnv:
             return -5.0 if dead else 0.0
         d = {k: new[k] - old[k] for k in VARIABLES}
         ammo = d["SELECTED_WEAPON_AMMO"]
-        return (-0.1 * d["HITS_TAKEN"] + 0.3 * d["HITCOUNT"] + 1.0 * d["KILLCOUNT"] + 0.1 * d["ITEMCOUNT"]
-                + 0.5 * d["SECRETCOUNT"] + 0.01 * d["HEALTH"] + 0.01 * d["ARMOR"] + 0.01 * max(0, ammo) + 0.001 * min(0, ammo))
+        return (
+            -0.1 * d["HITS_TAKEN"]
+            + 0.3 * d["HITCOUNT"]
+            + 1.0 * d["KILLCOUNT"]
+            + 0.1 * d["ITEMCOUNT"]
+            + 0.5 * d["SECRETCOUNT"]
+            + 0.01 * d["HEALTH"]
+            + 0.01 * d["ARMOR"]
+            + 0.01 * max(0, ammo)
+            + 0.001 * min(0, ammo)
+        )
 
     def close(self):
         self.game.close()

@@ -13,6 +13,7 @@
 Metrics are on the 160x120 visible rows (the black padding rows are left out). Writes OUT/results.json,
 OUT/rollout.gif and OUT/teacher_forced.png (previous | model | recorded) with OUT = the checkpoint's run/eval.
 """
+
 import argparse
 import json
 import sys
@@ -41,7 +42,9 @@ class Frames:
 
     def __init__(self, ds, source):
         self.ds = ds
-        self.shards = [mmap_safetensors(Path(source) / sh["file"].replace("latents_", "shard_")) for sh in ds.index["shards"]]
+        self.shards = [
+            mmap_safetensors(Path(source) / sh["file"].replace("latents_", "shard_")) for sh in ds.index["shards"]
+        ]
 
     def at(self, positions):
         """Sorted dataset positions -> float frames (B, 3, H, W) in [0, 1]."""
@@ -53,15 +56,15 @@ class Frames:
 def teacher_forced(model, ae, ds, frames, n, steps, guidance, ctx_noise, seed=0, batch=32):
     """-> ({model, copy_last, autoencoder}: {psnr, ssim}, example rows for a grid)."""
     N = model.cfg.context
-    full = [i for i in range(len(ds)) if ds.n_valid[ds.targets[i]] == N]      # windows with N real context frames
+    full = [i for i in range(len(ds)) if ds.n_valid[ds.targets[i]] == N]  # windows with N real context frames
     pick = [full[k] for k in np.linspace(0, len(full) - 1, min(n, len(full))).astype(int)]
     g = torch.Generator().manual_seed(seed)
     sums, count, examples = {}, 0, []
     for k in range(0, len(pick), batch):
-        items = [ds[i] for i in pick[k:k + batch]]
+        items = [ds[i] for i in pick[k : k + batch]]
         ctx, act = torch.stack([it["context"] for it in items]), torch.stack([it["actions"] for it in items])
         target = torch.stack([it["target"] for it in items])
-        pos = [int(ds.targets[i]) for i in pick[k:k + batch]]
+        pos = [int(ds.targets[i]) for i in pick[k : k + batch]]
         real, prev = frames.at(pos), frames.at([p - 1 for p in pos])
         pred = ae.decode(sample(model, ctx, act, steps, guidance, ctx_noise, generator=g) / ds.scale).clamp(0, 1)
         ceiling = ae.decode(target / ds.scale).clamp(0, 1)
@@ -80,10 +83,14 @@ def autoregressive(model, ae, ds, frames, horizon, episodes, steps, guidance, ct
     """Roll out `horizon` steps from the first N real frames of up to `episodes` held-out episodes, driven by
     their recorded actions. -> (per-step PSNR of model and copy-last-frame, GIF frames of the first episode)."""
     N = model.cfg.context
-    starts = []                    # dataset index of the window whose target is step N, in episodes long enough
+    starts = []  # dataset index of the window whose target is step N, in episodes long enough
     for i in range(len(ds)):
         p = int(ds.targets[i])
-        if ds.st_sorted[p] == N and p + horizon - 1 < len(ds.ep_sorted) and ds.ep_sorted[p + horizon - 1] == ds.ep_sorted[p]:
+        if (
+            ds.st_sorted[p] == N
+            and p + horizon - 1 < len(ds.ep_sorted)
+            and ds.ep_sorted[p + horizon - 1] == ds.ep_sorted[p]
+        ):
             starts.append(i)
     starts = starts[:episodes]
     if not starts:
@@ -96,8 +103,10 @@ def autoregressive(model, ae, ds, frames, horizon, episodes, steps, guidance, ct
     curve = {"model": [], "copy_last": []}
     gif = []
     for k in range(horizon):
-        if k:          # the recorded action after frame N + k - 1 (dataset rows of the same episodes)
-            act = torch.cat([act[:, 1:], torch.from_numpy(np.stack([ds._rows("actions", p + k - 1, p + k) for p in pos]))], 1)
+        if k:  # the recorded action after frame N + k - 1 (dataset rows of the same episodes)
+            act = torch.cat(
+                [act[:, 1:], torch.from_numpy(np.stack([ds._rows("actions", p + k - 1, p + k) for p in pos]))], 1
+            )
         z = sample(model, ctx, act, steps, guidance, ctx_noise, generator=g)
         pred, real = ae.decode(z / ds.scale).clamp(0, 1), frames.at(pos + k)
         curve["model"].append(psnr(visible(pred), visible(real)).item())
@@ -124,12 +133,23 @@ def frames_per_second(model, ae, context, actions, steps, guidance, repeats=20):
     return 1 / tot, 1e3 * float(np.median(dn)), 1e3 * float(np.median(dc))
 
 
-def evaluate(model_path, data, decoder=None, out=None, windows=256, horizon=32, episodes=8, steps=None, guidance=None,
-             ctx_noise=0.0, log=print):
+def evaluate(
+    model_path,
+    data,
+    decoder=None,
+    out=None,
+    windows=256,
+    horizon=32,
+    episodes=8,
+    steps=None,
+    guidance=None,
+    ctx_noise=0.0,
+    log=print,
+):
     model, meta = load_denoiser(model_path)
     ds = LatentSequences(data, "heldout", model.cfg.context)
     ae = load_ae(decoder_path(argparse.Namespace(decoder=decoder, data=data)))[0].eval()
-    source = recorded_path(data, ds.index.get("source", "?"), "index.json")      # the recorded frames
+    source = recorded_path(data, ds.index.get("source", "?"), "index.json")  # the recorded frames
     frames = Frames(ds, source)
     out = Path(out) if out else Path(model_path).resolve().parent.parent / "eval"
     steps, guidance = steps or model.cfg.sample_steps, model.cfg.guidance if guidance is None else guidance
@@ -138,9 +158,17 @@ def evaluate(model_path, data, decoder=None, out=None, windows=256, horizon=32, 
     ar, gif = autoregressive(model, ae, ds, frames, horizon, episodes, steps, guidance, ctx_noise)
     it = ds[0]
     fps, dn, dc = frames_per_second(model, ae, it["context"][None], it["actions"][None], steps, guidance)
-    res = {"checkpoint": str(model_path), "step": meta["step"], "context": model.cfg.context, "steps": steps, "guidance": guidance,
-           "ctx_noise": ctx_noise, "teacher_forced": tf, "autoregressive": ar,
-           "speed": {"fps": fps, "denoise_ms": dn, "decode_ms": dc, "threads": torch.get_num_threads()}}
+    res = {
+        "checkpoint": str(model_path),
+        "step": meta["step"],
+        "context": model.cfg.context,
+        "steps": steps,
+        "guidance": guidance,
+        "ctx_noise": ctx_noise,
+        "teacher_forced": tf,
+        "autoregressive": ar,
+        "speed": {"fps": fps, "denoise_ms": dn, "decode_ms": dc, "threads": torch.get_num_threads()},
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     if gif:
@@ -153,28 +181,47 @@ def evaluate(model_path, data, decoder=None, out=None, windows=256, horizon=32, 
 
 def table(res):
     tf = res["teacher_forced"]
-    lines = [f"teacher-forced next frame, {tf['windows']} held-out windows ({res['steps']} DDIM steps, w={res['guidance']}):",
-             "| method | PSNR | SSIM |", "|---|---|---|"]
+    lines = [
+        f"teacher-forced next frame, {tf['windows']} held-out windows ({res['steps']} DDIM steps, "
+        f"w={res['guidance']}):",
+        "| method | PSNR | SSIM |",
+        "|---|---|---|",
+    ]
     lines += [f"| {m} | {tf[m]['psnr']:.2f} | {tf[m]['ssim']:.4f} |" for m in ("copy_last", "model", "autoencoder")]
     ar = res["autoregressive"]
     if ar:
         ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= len(ar["model"])]
-        lines += ["", f"autoregressive PSNR per step ({ar['episodes']} held-out episodes):",
-                  "| step | " + " | ".join(map(str, ks)) + " |", "|---" * (len(ks) + 1) + "|"]
+        lines += [
+            "",
+            f"autoregressive PSNR per step ({ar['episodes']} held-out episodes):",
+            "| step | " + " | ".join(map(str, ks)) + " |",
+            "|---" * (len(ks) + 1) + "|",
+        ]
         lines += [f"| {m} | " + " | ".join(f"{ar[m][k - 1]:.2f}" for k in ks) + " |" for m in ("model", "copy_last")]
     s = res["speed"]
-    lines += ["", f"speed: {s['fps']:.1f} frames/s ({s['denoise_ms']:.1f} ms denoise + {s['decode_ms']:.1f} ms decode, "
-                  f"{s['threads']} threads)"]
+    lines += [
+        "",
+        f"speed: {s['fps']:.1f} frames/s ({s['denoise_ms']:.1f} ms denoise + {s['decode_ms']:.1f} ms decode, "
+        f"{s['threads']} threads)",
+    ]
     return "\n".join(lines)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True, help="diffusion checkpoint directory (e.g. runs/gg/diffusion/ckpt/best)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model-path", required=True, help="diffusion checkpoint directory (e.g. runs/gg/diffusion/ckpt/best)"
+    )
     p.add_argument("--data", required=True, help="latents folder (its index names the frames and the autoencoder)")
-    p.add_argument("--decoder", help="autoencoder checkpoint whose decoder to use (default: the one in the latents index; "
-                                     "give the decoder-finetune run's ckpt/best to use the fine-tuned decoder)")
+    p.add_argument(
+        "--decoder",
+        help="autoencoder checkpoint whose decoder to use (default: the one in the latents index; "
+        "give the decoder-finetune run's ckpt/best to use the fine-tuned decoder)",
+    )
     p.add_argument("--out", help="output folder (default: the run's eval/)")
     p.add_argument("--windows", type=int, default=256, help="held-out windows for teacher forcing")
     p.add_argument("--horizon", type=int, default=32, help="autoregressive steps")
@@ -187,7 +234,9 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        evaluate(a.model_path, a.data, a.decoder, a.out, a.windows, a.horizon, a.episodes, a.steps, a.guidance, a.ctx_noise)
+        evaluate(
+            a.model_path, a.data, a.decoder, a.out, a.windows, a.horizon, a.episodes, a.steps, a.guidance, a.ctx_noise
+        )
     except (ckpt.CheckpointError, OSError, ValueError, KeyError) as e:
         fail(str(e))
 

@@ -1,15 +1,16 @@
 """GameNGen's denoiser: an action-conditioned latent diffusion U-Net that predicts the next frame's latent.
 
-    model = Denoiser(PRESETS["cpu"])
-    v = model(x_t, t, context, actions, bucket)      # (B,4,16,20), (B,), (B,N,4,16,20), (B,N) int, (B,) int -> (B,4,16,20)
+    model = Denoiser(MODELS["cpu"])
+    v = model(x_t, t, context, actions, bucket)  # (B,4,16,20), (B,), (B,N,4,16,20), (B,N), (B,) -> (B,4,16,20)
     z = sample(model, context, actions)              # DDIM, 4 steps, CFG w=1.5 on the context -> next latent
     loss = training_loss(model, target, context, actions, valid)
 
 Input: [noisy target latent || N context latents] concatenated in channels (4 * (N + 1) channels at 16x20),
 as the paper does; a finer latent (the cpu autoencoder's 4x32x40) is first pixel-unshuffled by `patch` (2:
 16 * (N + 1) channels at 16x20) and the output shuffled back, so the U-Net's cost does not depend on the
-autoencoder's factor (train.py sets latent shape and patch from the latents it trains on). U-Net: three levels (16x20, 8x10, 4x5), residual blocks conditioned by adaptive group norm
-(per-channel scale and shift from one conditioning vector), self-attention at 8x10 and 4x5.
+autoencoder's factor (train.py sets latent shape and patch from the latents it trains on). U-Net: three levels
+(16x20, 8x10, 4x5), residual blocks conditioned by adaptive group norm (per-channel scale and shift from one
+conditioning vector), self-attention at 8x10 and 4x5.
 
 Conditioning vector = time embedding + context-noise bucket embedding + action embedding. Actions are summed
 into the conditioning, not given as cross-attention tokens: N is 8 on CPU and the most recent actions are what
@@ -29,6 +30,7 @@ latents by zeros with p = 0.1 (actions stay); sampling mixes v = v_uncond + w (v
 the unconditional branch has every context frame zeroed (`drop_context`; the open reproduction zeroed only the
 first 16 of 64 there).
 """
+
 import math
 from dataclasses import dataclass
 
@@ -39,16 +41,16 @@ import torch.nn.functional as F
 
 @dataclass
 class DiffusionConfig:
-    context: int = 8                        # N past frames (and actions)
+    context: int = 8  # N past frames (and actions)
     latent_channels: int = 4
     latent_size: tuple = (16, 20)
-    patch: int = 1                          # the U-Net sees the latent pixel-unshuffled by this (2: a 4x32x40 latent as 16x16x20)
-    channels: tuple = (32, 64, 128)         # per U-Net level (16x20, 8x10, 4x5)
-    blocks: int = 1                         # residual blocks per level (encoder; the decoder has blocks + 1)
+    patch: int = 1  # the U-Net sees the latent pixel-unshuffled by this (2: a 4x32x40 latent as 16x16x20)
+    channels: tuple = (32, 64, 128)  # per U-Net level (16x20, 8x10, 4x5)
+    blocks: int = 1  # residual blocks per level (encoder; the decoder has blocks + 1)
     attention: tuple = (False, True, True)  # self-attention per level
     heads: int = 4
     cond_dim: int = 256
-    action_dim: int = 32                    # embedding per (position, action)
+    action_dim: int = 32  # embedding per (position, action)
     n_actions: int = 8
     noise_buckets: int = 10
     max_ctx_noise: float = 0.7
@@ -57,7 +59,7 @@ class DiffusionConfig:
     sample_steps: int = 4
 
 
-PRESETS = {
+MODELS = {  # the denoiser architectures train.py diffusion --model and export.py --preset pick from
     "tiny": DiffusionConfig(context=2, channels=(16, 32), attention=(False, True), heads=2, cond_dim=32, action_dim=4),
     "cpu": DiffusionConfig(),
     "paper": DiffusionConfig(context=64, channels=(128, 256, 512), blocks=2, heads=8, cond_dim=512),
@@ -84,7 +86,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.norm2, self.conv2 = nn.GroupNorm(groups(cout), cout, affine=False), nn.Conv2d(cout, cout, 3, padding=1)
-        self.film = nn.Linear(cond_dim, 2 * cout)            # adaptive group norm: scale and shift per channel
+        self.film = nn.Linear(cond_dim, 2 * cout)  # adaptive group norm: scale and shift per channel
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
@@ -109,7 +111,7 @@ class Attention(nn.Module):
     def forward(self, x):
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
-        attn = torch.softmax(q.transpose(-1, -2) @ k * (C // self.heads) ** -0.5, -1)    # (B, h, HW, HW)
+        attn = torch.softmax(q.transpose(-1, -2) @ k * (C // self.heads) ** -0.5, -1)  # (B, h, HW, HW)
         out = (v @ attn.transpose(-1, -2)).reshape(B, C, H, W)
         return x + self.proj(out)
 
@@ -125,13 +127,18 @@ class Denoiser(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        C, ch, d = cfg.latent_channels * cfg.patch ** 2, cfg.channels, cfg.cond_dim
+        C, ch, d = cfg.latent_channels * cfg.patch**2, cfg.channels, cfg.cond_dim
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.bucket = nn.Embedding(cfg.noise_buckets, d)
-        self.action = nn.Embedding(cfg.context * cfg.n_actions, cfg.action_dim)     # one table row per (position, action)
+        self.action = nn.Embedding(cfg.context * cfg.n_actions, cfg.action_dim)  # one table row per (position, action)
         self.action_proj = nn.Sequential(nn.Linear(cfg.context * cfg.action_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.inp = nn.Conv2d(C * (cfg.context + 1), ch[0], 3, padding=1)
-        self.down, self.downsample, self.up, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.down, self.downsample, self.up, self.upsample = (
+            nn.ModuleList(),
+            nn.ModuleList(),
+            nn.ModuleList(),
+            nn.ModuleList(),
+        )
         skips = [ch[0]]
         for i, c in enumerate(ch):
             self.down.append(Level([skips[-1]] + [c] * (cfg.blocks - 1), c, d, cfg.attention[i], cfg.heads))
@@ -156,14 +163,17 @@ class Denoiser(nn.Module):
         self.register_buffer("positions", torch.arange(cfg.context) * cfg.n_actions, persistent=False)
 
     def condition(self, t, actions, bucket):
-        a = self.action(actions + self.positions).flatten(1)                    # (B, N * action_dim)
+        a = self.action(actions + self.positions).flatten(1)  # (B, N * action_dim)
         return self.time(timestep_embedding(t, self.cfg.cond_dim)) + self.bucket(bucket) + self.action_proj(a)
 
     def forward(self, x_t, t, context, actions, bucket):
         """x_t (B,C,H,W) noisy target, t (B,) in [0,1], context (B,N,C,H,W), actions (B,N) int, bucket (B,) int -> v."""
         c, p = self.condition(t, actions, bucket), self.cfg.patch
-        if p > 1:                    # space to depth: the U-Net's top level stays 16x20 whatever the autoencoder's factor
-            x_t, context = F.pixel_unshuffle(x_t, p), F.pixel_unshuffle(context.flatten(0, 1), p).unflatten(0, context.shape[:2])
+        if p > 1:  # space to depth: the U-Net's top level stays 16x20 whatever the autoencoder's factor
+            x_t, context = (
+                F.pixel_unshuffle(x_t, p),
+                F.pixel_unshuffle(context.flatten(0, 1), p).unflatten(0, context.shape[:2]),
+            )
         h = self.inp(torch.cat([x_t, context.flatten(1, 2)], 1))
         hs = [h]
         for i, level in enumerate(self.down):
@@ -197,10 +207,10 @@ def drop_context(context):
 def training_loss(model, target, context, actions, valid=None, generator=None):
     """v-prediction MSE for one batch; context noise augmentation and context dropout included.
     target (B,C,H,W), context (B,N,C,H,W), actions (B,N), valid (B,N) bool (False = left padding, kept at zero)."""
-    cfg, B = getattr(model, "module", model).cfg, target.shape[0]     # (model may be DDP-wrapped)
+    cfg, B = getattr(model, "module", model).cfg, target.shape[0]  # (model may be DDP-wrapped)
     dev = target.device
-    rand = lambda *s: torch.rand(*s, generator=generator).to(dev)                     # noqa: E731
-    randn = lambda *s: torch.randn(*s, generator=generator).to(dev)                   # noqa: E731
+    rand = lambda *s: torch.rand(*s, generator=generator).to(dev)  # noqa: E731
+    randn = lambda *s: torch.randn(*s, generator=generator).to(dev)  # noqa: E731
     t, eps = rand(B), randn(*target.shape)
     a, s = (v.view(B, 1, 1, 1) for v in alpha_sigma(t))
     x_t, v_target = a * target + s * eps, a * eps - s * target
@@ -225,8 +235,13 @@ class DenoiseStep(nn.Module):
     def forward(self, x, t, s, context, actions, bucket):
         """x (B,C,H,W), t and s (B,) with s < t, context (B,N,C,H,W), actions (B,N), bucket (B,) -> x at s."""
         if self.guidance != 1.0:
-            v = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, drop_context(context)]),
-                           torch.cat([actions, actions]), torch.cat([bucket, bucket]))
+            v = self.model(
+                torch.cat([x, x]),
+                torch.cat([t, t]),
+                torch.cat([context, drop_context(context)]),
+                torch.cat([actions, actions]),
+                torch.cat([bucket, bucket]),
+            )
             v_c, v_u = v.chunk(2)
             v = v_u + self.guidance * (v_c - v_u)
         else:
@@ -249,7 +264,11 @@ def sample(model, context, actions, steps=None, guidance=None, ctx_noise=0.0, ge
     if ctx_noise:
         context = context + ctx_noise * torch.randn(context.shape, generator=generator).to(dev)
     bucket = bucket_of(torch.full((B,), float(ctx_noise), device=dev), cfg)
-    x = noise if noise is not None else torch.randn((B, cfg.latent_channels, *cfg.latent_size), generator=generator).to(dev)
+    x = (
+        noise
+        if noise is not None
+        else torch.randn((B, cfg.latent_channels, *cfg.latent_size), generator=generator).to(dev)
+    )
     step = step or DenoiseStep(model, guidance)
     ts = torch.linspace(1, 0, steps + 1, device=dev)
     for i in range(steps):

@@ -36,6 +36,7 @@ Layout, metadata, material names and PNG headers are checked when the dataset is
 A sample folder (in a chosen source) missing from the metadata is an error, and so is a metadata entry with
 no folder in clean/ nor dirty/ (an entry found only in the source you did not choose is simply not used).
 """
+
 import copy
 import io
 import json
@@ -46,8 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_png
 
 SOURCES = {0: ("clean",), 1: ("clean", "dirty"), 2: ("dirty",)}
@@ -55,7 +56,9 @@ VIEWS = ("0.png", "1.png", "2.png")
 MAPS = ("albedo", "roughness", "metallic", "normal")
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 # torchvision 0.29 warns on every decode that its image I/O is deprecated; PNG decoding works, keep logs clean
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 
 class DataError(ValueError):
@@ -64,10 +67,20 @@ class DataError(ValueError):
 
 def check_name(name, what):
     """Reject a name that could leave its folder, by looking at the string only (no file access)."""
-    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
-           or ":" in name or name != name.strip() or Path(name).is_absolute())
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or ":" in name
+        or name != name.strip()
+        or Path(name).is_absolute()
+    )
     if bad:
-        raise DataError(f"{what} {name!r}: not a plain folder name (no path separators, '..', absolute paths or drive letters)")
+        raise DataError(
+            f"{what} {name!r}: not a plain folder name (no path separators, '..', absolute paths or drive letters)"
+        )
 
 
 def png_size(path):
@@ -95,13 +108,13 @@ def read_png(path, mode):
             if im.format != "PNG":
                 raise ValueError(f"{im.format or 'unknown'} data")
             im.load()
-            if data[24] == 16 and data[25] in (2, 6):          # IHDR bit depth 16, RGB or RGBA
+            if data[24] == 16 and data[25] in (2, 6):  # IHDR bit depth 16, RGB or RGBA
                 img = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode)
                 return img.float() / 65535.0
-            if im.mode.startswith("I"):                         # 16-bit gray
+            if im.mode.startswith("I"):  # 16-bit gray
                 img = torch.from_numpy(np.asarray(im).astype(np.float32) / 65535.0)[None]
                 return img.expand(3, -1, -1).contiguous() if mode == ImageReadMode.RGB else img
-            if im.mode not in ("L", "LA", "RGB", "RGBA"):      # palette, 1-bit: as libpng expands them
+            if im.mode not in ("L", "LA", "RGB", "RGBA"):  # palette, 1-bit: as libpng expands them
                 im = im.convert("RGBA" if "transparency" in im.info else "L" if im.mode == "1" else "RGB")
             a = np.asarray(im.convert("RGB") if mode == ImageReadMode.RGB else im, dtype=np.float32) / 255.0
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, zlib errors... for corrupt data
@@ -115,7 +128,9 @@ def resize(x, size):
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     lead = x.shape[:-3]
-    y = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    y = F.interpolate(
+        x.reshape(-1, *x.shape[-3:]), size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+    )
     return y.reshape(*lead, *y.shape[-3:])
 
 
@@ -133,15 +148,29 @@ def split_materials(materials, val_fraction=0.1, seed=42):
 class PBRDataset(Dataset):
     """Items (source, sample) of a NeuroPBR layout; see the module docstring."""
 
-    def __init__(self, input_dir, output_dir, render_curriculum=0, image_size=None, augment=False, seed=0,
-                 subset=None, val_fraction=0.1, split_seed=42):
+    def __init__(
+        self,
+        input_dir,
+        output_dir,
+        render_curriculum=0,
+        image_size=None,
+        augment=False,
+        seed=0,
+        subset=None,
+        val_fraction=0.1,
+        split_seed=42,
+    ):
         self.input_dir, self.output_dir = Path(input_dir), Path(output_dir)
         if render_curriculum not in SOURCES:
-            raise ValueError(f"render_curriculum must be 0 (clean), 1 (clean + dirty) or 2 (dirty), got {render_curriculum!r}")
+            raise ValueError(
+                f"render_curriculum must be 0 (clean), 1 (clean + dirty) or 2 (dirty), got {render_curriculum!r}"
+            )
         if subset not in (None, "train", "val"):
             raise ValueError(f"subset must be None, 'train' or 'val', got {subset!r}")
         self.render_curriculum, self.augment, self.seed, self.epoch = render_curriculum, augment, seed, 0
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
+        self.image_size = (
+            (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
+        )
         self.metadata = self._read_metadata()
         self.items = self._find_items()
         if subset is not None:
@@ -168,7 +197,9 @@ class PBRDataset(Dataset):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(meta, dict):
-            raise DataError(f"{path}: must be a flat JSON object {{\"sample_0000\": \"material\", ...}}, got {type(meta).__name__}")
+            raise DataError(
+                f'{path}: must be a flat JSON object {{"sample_0000": "material", ...}}, got {type(meta).__name__}'
+            )
         for k, v in meta.items():
             if not isinstance(v, str):
                 raise DataError(f"{path}: sample {k!r} maps to {type(v).__name__}, expected a material name string")
@@ -185,10 +216,15 @@ class PBRDataset(Dataset):
         on_disk = {}
         for src in ("clean", "dirty"):
             d = self.input_dir / src
-            on_disk[src] = {p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")} if d.is_dir() else set()
+            on_disk[src] = (
+                {p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")} if d.is_dir() else set()
+            )
         for name in sorted(self.metadata):
             if not any(name in found for found in on_disk.values()):
-                raise DataError(f"{meta_path}: sample {name!r} has no folder in {self.input_dir / 'clean'} or {self.input_dir / 'dirty'}")
+                raise DataError(
+                    f"{meta_path}: sample {name!r} has no folder in {self.input_dir / 'clean'} or "
+                    f"{self.input_dir / 'dirty'}"
+                )
         items = []
         for src in SOURCES[self.render_curriculum]:
             for name in sorted(on_disk[src]):
@@ -198,8 +234,10 @@ class PBRDataset(Dataset):
         if not items:
             folders = " and ".join(str(self.input_dir / s) for s in SOURCES[self.render_curriculum])
             other = {0: "2 (dirty only) or 1", 1: "none", 2: "0 (clean only) or 1"}[self.render_curriculum]
-            raise DataError(f"no samples for render_curriculum={self.render_curriculum}: no sample folders in {folders}"
-                            + (f"; try render_curriculum {other}" if other != "none" else ""))
+            raise DataError(
+                f"no samples for render_curriculum={self.render_curriculum}: no sample folders in {folders}"
+                + (f"; try render_curriculum {other}" if other != "none" else "")
+            )
         return sorted(items)
 
     def _check_files(self):
@@ -251,7 +289,7 @@ class PBRDataset(Dataset):
             "normal": F.normalize(resize(normal, size), dim=0, eps=1e-6),
         }
         if self.augment:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 65_537 + i) % (2 ** 63))
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 65_537 + i) % (2**63))
             if torch.rand((), generator=g).item() < 0.5:
                 out = {k: v.flip(-1) for k, v in out.items()}
                 out["normal"][0] = -out["normal"][0]  # x points the other way on the mirrored surface
@@ -260,5 +298,12 @@ class PBRDataset(Dataset):
 
 def loader(dataset, batch_size, shuffle=True, seed=0, num_workers=0, drop_last=False):
     """A DataLoader over `dataset` whose shuffling is seeded (the default collate stacks the dicts)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0,
+    )

@@ -7,14 +7,22 @@ plus image grids per sample: the input views, then per map pred | GT | error hea
 
     from neuropbr.evaluate import evaluate, table
     res = evaluate(generator, val_set, train_set, "cpu", out_dir="runs/pbr/eval")
+
+    python neuropbr/evaluate.py [--model-path CKPT] [--data DIR] --out OUT   # = python neuropbr/train.py --evaluate
+
+takes train.py's flags (default: the shipped weights on the built-in held-out materials).
 """
+
 import json
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
-from common.log import progress as progress_bar
 
 from common.images import grid
+from common.log import progress as progress_bar
 from common.metrics import normal_angle_deg, psnr, ssim
 
 MAPS = ("albedo", "roughness", "metallic", "normal")
@@ -29,7 +37,7 @@ def mean_material(dataset, max_samples=64):
         for k in MAPS:
             acc[k] = acc[k] + item[k].mean(dim=(-2, -1))
     acc = {k: v / n for k, v in acc.items()}
-    acc["normal"] = torch.tensor([0.0, 0.0, 1.0])            # flat
+    acc["normal"] = torch.tensor([0.0, 0.0, 1.0])  # flat
     return acc
 
 
@@ -58,12 +66,19 @@ def scores(pred, gt):
     res = {}
     for k in MAPS:
         p, g = (pred[k] * 0.5 + 0.5, gt[k] * 0.5 + 0.5) if k == "normal" else (pred[k], gt[k])
-        d = (p.float() - g.float())
-        res[k] = {"psnr": float(psnr(p.clamp(0, 1), g)), "ssim": float(ssim(p.clamp(0, 1), g)),
-                  "mae": float(d.abs().mean()), "rmse": float(d.pow(2).mean().sqrt())}
+        d = p.float() - g.float()
+        res[k] = {
+            "psnr": float(psnr(p.clamp(0, 1), g)),
+            "ssim": float(ssim(p.clamp(0, 1), g)),
+            "mae": float(d.abs().mean()),
+            "rmse": float(d.pow(2).mean().sqrt()),
+        }
     ang = normal_angle_deg(pred["normal"], gt["normal"]).flatten()
-    res["normal"].update(angle_mean=float(ang.mean()), angle_median=float(ang.median()),
-                         angle_p95=float(torch.quantile(ang, 0.95)) if ang.numel() < 16_000_000 else float("nan"))
+    res["normal"].update(
+        angle_mean=float(ang.mean()),
+        angle_median=float(ang.median()),
+        angle_p95=float(torch.quantile(ang, 0.95)) if ang.numel() < 16_000_000 else float("nan"),
+    )
     return res
 
 
@@ -91,15 +106,27 @@ def evaluate(gen, val_set, train_set, device, out_dir=None, max_samples=None, pr
         if out_dir is not None and i < grids:
             p = preds["model"]
             views_row = [v.cpu() for v in item["views"]] + [torch.zeros(3, *views.shape[-2:])]
-            map_rows = [[show(k, p[k][0].cpu()), show(k, gt[k][0].cpu()),
-                         heat((show(k, p[k][0]) - show(k, gt[k][0])).abs().mean(0, keepdim=True).cpu()),
-                         torch.zeros(3, *views.shape[-2:])] for k in MAPS]
-            grid([views_row] + map_rows, ["view 0 | pred", "view 1 | GT", "view 2 | |error|", ""],
-                 out_dir / f"sample_{i:02d}_{item['material']}.png", zoom=1)
+            map_rows = [
+                [
+                    show(k, p[k][0].cpu()),
+                    show(k, gt[k][0].cpu()),
+                    heat((show(k, p[k][0]) - show(k, gt[k][0])).abs().mean(0, keepdim=True).cpu()),
+                    torch.zeros(3, *views.shape[-2:]),
+                ]
+                for k in MAPS
+            ]
+            grid(
+                [views_row] + map_rows,
+                ["view 0 | pred", "view 1 | GT", "view 2 | |error|", ""],
+                out_dir / f"sample_{i:02d}_{item['material']}.png",
+                zoom=1,
+            )
     res = {name: average(r) for name, r in rows.items()}
     m = res["model"]
     # one number for "best": albedo PSNR minus the normal angle / 2, plus the roughness/metallic MAE terms
-    res["score"] = m["albedo"]["psnr"] - m["normal"]["angle_mean"] / 2 - 20 * (m["roughness"]["mae"] + m["metallic"]["mae"])
+    res["score"] = (
+        m["albedo"]["psnr"] - m["normal"]["angle_mean"] / 2 - 20 * (m["roughness"]["mae"] + m["metallic"]["mae"])
+    )
     res["flat"] = {f"{k}_{mk}": v for k, d in m.items() for mk, v in d.items()}
     res["samples"] = n
     if out_dir is not None:
@@ -109,14 +136,35 @@ def evaluate(gen, val_set, train_set, device, out_dir=None, max_samples=None, pr
 
 
 def table(res):
-    lines = [f"NeuroPBR on {res['samples']} held-out samples (unseen materials)", "",
-             "| method | albedo PSNR | albedo SSIM | rough MAE | metal MAE | normal PSNR | normal angle mean / median / p95 (°) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"NeuroPBR on {res['samples']} held-out samples (unseen materials)",
+        "",
+        "| method | albedo PSNR | albedo SSIM | rough MAE | metal MAE | normal PSNR | normal angle mean / median "
+        "/ p95 (°) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in ("mean_material", "view_average", "model"):
         if name in res:
             r = res[name]
             n = r["normal"]
-            lines.append(f"| {name} | {r['albedo']['psnr']:.2f} | {r['albedo']['ssim']:.4f} | {r['roughness']['mae']:.4f} | "
-                         f"{r['metallic']['mae']:.4f} | {n['psnr']:.2f} | {n['angle_mean']:.2f} / {n['angle_median']:.2f} / "
-                         f"{n['angle_p95']:.2f} |")
+            lines.append(
+                f"| {name} | {r['albedo']['psnr']:.2f} | {r['albedo']['ssim']:.4f} | {r['roughness']['mae']:.4f} | "
+                f"{r['metallic']['mae']:.4f} | {n['psnr']:.2f} | {n['angle_mean']:.2f} / {n['angle_median']:.2f} / "
+                f"{n['angle_p95']:.2f} |"
+            )
     return "\n".join(lines)
+
+
+def evaluate_checkpoint(gen, test_set, train_set, rt, out, logger):
+    """train.py --evaluate: a trained generator (default: the shipped weights) on the held-out set vs the mean
+    material and the view average -> OUT/eval (results.json, picture grids) and the table in the log."""
+    res = evaluate(gen.to(rt.device), test_set, train_set, rt.device, out / "eval")  # writes results.json
+    logger.info(table(res))
+    return res
+
+
+if __name__ == "__main__":  # the same flags as train.py, evaluation only
+    from neuropbr import train
+
+    sys.argv.insert(1, "--evaluate")
+    train.main()

@@ -11,6 +11,7 @@ Views are rectified photos or renders of a flat sample (pixel (i, j) of each vie
 (neuropbr/weights/neuropbr) are used. The network learned materials at the scale of its training renders (the
 checkpoint's image size for a whole sample): much larger inputs can do better with --work-size near that size.
 """
+
 import argparse
 import resource
 import sys
@@ -72,28 +73,48 @@ def predict(gen, views, tile=1024):
         for x0 in range(0, Wp, tile):
             y1, x1 = min(Hp, y0 + tile), min(Wp, x0 + tile)
             a, c = max(0, y0 - m), max(0, x0 - m)
-            part = gen(x[..., a:min(Hp, y1 + m), c:min(Wp, x1 + m)])
+            part = gen(x[..., a : min(Hp, y1 + m), c : min(Wp, x1 + m)])
             for k, v in part.items():
-                out.setdefault(k, v.new_empty(v.shape[1], Hp, Wp))[:, y0:y1, x0:x1] = v[0, :, y0 - a:y1 - a, x0 - c:x1 - c]
+                out.setdefault(k, v.new_empty(v.shape[1], Hp, Wp))[:, y0:y1, x0:x1] = v[
+                    0, :, y0 - a : y1 - a, x0 - c : x1 - c
+                ]
     return {k: v[:, :H, :W] for k, v in out.items()}
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", default=str(SHIPPED), help="checkpoint directory (default: the shipped weights)")
     p.add_argument("--input-dir", help="a folder with the three views 0.png, 1.png, 2.png")
     p.add_argument("--data", help="a dataset root (input/, output/) to take --sample-idx from")
     p.add_argument("--sample-idx", type=int, help="index of a sample of --data (clean renders, sorted)")
     p.add_argument("--out", required=True, help="output folder for the four maps and the inputs")
-    p.add_argument("--work-size", type=int, default=0, help="run the network at this square size and resize the maps "
-                   "back to the input's size (default 0: at the input's own resolution)")
-    p.add_argument("--tile", type=int, default=1024, help="largest tile side, in pixels, the network runs on (memory "
-                   "grows with its square; the result does not depend on it)")
+    p.add_argument(
+        "--work-size",
+        type=int,
+        default=0,
+        help="run the network at this square size and resize the maps "
+        "back to the input's size (default 0: at the input's own resolution)",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=1024,
+        help="largest tile side, in pixels, the network runs on (memory "
+        "grows with its square; the result does not depend on it)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
     args = p.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     if args.work_size < 0 or args.tile < 32:
         fail("--work-size >= 0 and --tile >= 32")
     try:
@@ -125,9 +146,11 @@ def main():
         save_png(v * 0.5 + 0.5 if k == "normal" else v, out / f"{k}.png")
     for i, v in enumerate(work):
         save_png(v, out / f"input_{i}.png")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20       # Linux: KiB
-    print(f"{name}: albedo, roughness, metallic, normal ({size[1]}x{size[0]}, + input_0..2) written to {out} | "
-          f"network {dt:.1f} s at {work.shape[-1]}x{work.shape[-2]} | peak RSS {rss:.2f} GiB")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    print(
+        f"{name}: albedo, roughness, metallic, normal ({size[1]}x{size[0]}, + input_0..2) written to {out} | "
+        f"network {dt:.1f} s at {work.shape[-1]}x{work.shape[-2]} | peak RSS {rss:.2f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ normal maps (the structure of MultiViewPBRGenerator in josephHelfenbein/NeuroPBR
 
     PatchGAN(n_layers, ndf) judges the 8-channel stack of the four maps, patch by patch.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -29,28 +30,28 @@ MAPS = {"albedo": 3, "roughness": 1, "metallic": 1, "normal": 3}
 
 @dataclass
 class ModelConfig:
-    encoder: str = "resnet18"        # resnet18 | resnet34 | resnet50 | resnet101
-    encoder_stride: int = 1          # conv1 stride: 1 = latent at H/16 (reference default), 2 = H/32, cheaper
-    photometric: bool = False        # stacked: also feed log(luma of each view) - its mean over the views (3 channels,
-                                     # albedo cancels: what the flash and the relief change from view to view)
-    views_in: str = "shared"         # shared: the encoder runs on each view (reference) | stacked: once, on the
-                                     # three registered views stacked as 9 channels (every layer compares them)
-    use_transformer: bool = True     # False: fuse the views by concat + 1x1 conv
+    encoder: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
+    encoder_stride: int = 1  # conv1 stride: 1 = latent at H/16 (reference default), 2 = H/32, cheaper
+    photometric: bool = False  # stacked: also feed log(luma of each view) - its mean over the views (3 channels,
+    # albedo cancels: what the flash and the relief change from view to view)
+    views_in: str = "shared"  # shared: the encoder runs on each view (reference) | stacked: once, on the
+    # three registered views stacked as 9 channels (every layer compares them)
+    use_transformer: bool = True  # False: fuse the views by concat + 1x1 conv
     transformer_dim: int = 256
     transformer_depth: int = 2
     transformer_heads: int = 8
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    decoder_min_ch: int = 32         # decoder width floor (reference: 64)
-    attention: str = "global"        # global: all views' tokens attend to each other (reference) | local: per location
-    skip_fusion: str = "mean"        # mean: skips averaged over the views (reference) | concat: the three views'
-                                     # skips concatenated -> 1x1 conv-BN-ReLU (keeps what differs between views)
-    normal_head: str = "vector"      # vector: 3 outputs, L2-normalised (reference) | slope: 2 outputs (sx, sy),
-                                     # n = normalize(sx, sy, 1): z > 0 always, and no free length that grows
-                                     # and shrinks the gradient of the tilt (a flat start learns slopes faster)
-    input_skip: int = 0              # > 0: a full-resolution branch of two 3x3 convs of this width on the three
-                                     # views, concatenated before the last conv (stride-2 encoders have no
-                                     # full-resolution skip, and fine normals need pixel-level shading cues)
+    decoder_min_ch: int = 32  # decoder width floor (reference: 64)
+    attention: str = "global"  # global: all views' tokens attend to each other (reference) | local: per location
+    skip_fusion: str = "mean"  # mean: skips averaged over the views (reference) | concat: the three views'
+    # skips concatenated -> 1x1 conv-BN-ReLU (keeps what differs between views)
+    normal_head: str = "vector"  # vector: 3 outputs, L2-normalised (reference) | slope: 2 outputs (sx, sy),
+    # n = normalize(sx, sy, 1): z > 0 always, and no free length that grows
+    # and shrinks the gradient of the tilt (a flat start learns slopes faster)
+    input_skip: int = 0  # > 0: a full-resolution branch of two 3x3 convs of this width on the three
+    # views, concatenated before the last conv (stride-2 encoders have no
+    # full-resolution skip, and fine normals need pixel-level shading cues)
 
 
 def conv_bn_relu(cin, cout):
@@ -69,7 +70,13 @@ class Encoder(nn.Module):
         if in_channels != 3:
             r.conv1 = nn.Conv2d(in_channels, 64, 7, stride, 3, bias=False)
         self.stem = nn.Sequential(r.conv1, r.bn1, r.relu)
-        self.pool, self.layer1, self.layer2, self.layer3, self.layer4 = r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4
+        self.pool, self.layer1, self.layer2, self.layer3, self.layer4 = (
+            r.maxpool,
+            r.layer1,
+            r.layer2,
+            r.layer3,
+            r.layer4,
+        )
         width = 4 if name in ("resnet50", "resnet101") else 1
         self.skip_channels = [64, 64 * width, 128 * width, 256 * width]
         self.latent_channels = 512 * width
@@ -113,19 +120,20 @@ class Fusion(nn.Module):
         if cfg.attention not in ("global", "local"):
             raise ValueError(f"unknown attention {cfg.attention!r} (global | local)")
         if cfg.use_transformer:
-            self.blocks = nn.Sequential(*[Block(dim, cfg.transformer_heads, cfg.mlp_ratio, cfg.dropout)
-                                          for _ in range(cfg.transformer_depth)])
+            self.blocks = nn.Sequential(
+                *[Block(dim, cfg.transformer_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.transformer_depth)]
+            )
             self.merge, self.norm = nn.Linear(views * dim, dim), nn.LayerNorm(dim)
         else:
             self.merge_conv = nn.Conv2d(views * dim, dim, 1)
 
     def forward(self, z):
         B, V = z.shape[:2]
-        z = self.inp(z.flatten(0, 1))                                   # (B*V, C, h, w)
+        z = self.inp(z.flatten(0, 1))  # (B*V, C, h, w)
         C, h, w = z.shape[1:]
         if not self.use_transformer:
             return self.merge_conv(z.reshape(B, V * C, h, w))
-        if self.local:      # (B * h * w, V, C): each location's V view tokens attend to each other
+        if self.local:  # (B * h * w, V, C): each location's V view tokens attend to each other
             t = self.blocks(z.reshape(B, V, C, h * w).permute(0, 3, 1, 2).reshape(B * h * w, V, C))
             t = t.reshape(B, h * w, V * C)
         else:
@@ -165,15 +173,25 @@ class Generator(nn.Module):
         self.ups = nn.ModuleList(ups)
         if cfg.skip_fusion not in ("mean", "concat"):
             raise ValueError(f"unknown skip_fusion {cfg.skip_fusion!r} (mean | concat)")
-        self.skip_merge = nn.ModuleList([nn.Sequential(nn.Conv2d(3 * c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
-                                         for c in self.encoder.skip_channels]) if cfg.skip_fusion == "concat" and not self.stacked else None
+        self.skip_merge = (
+            nn.ModuleList(
+                [
+                    nn.Sequential(nn.Conv2d(3 * c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+                    for c in self.encoder.skip_channels
+                ]
+            )
+            if cfg.skip_fusion == "concat" and not self.stacked
+            else None
+        )
         w = cfg.input_skip
-        self.skip0 = nn.Sequential(conv_bn_relu(9 + self.extra, w), conv_bn_relu(w, w)) if w else None   # the views
-        self.final = conv_bn_relu(cin + w, cin)   # at input resolution
+        self.skip0 = nn.Sequential(conv_bn_relu(9 + self.extra, w), conv_bn_relu(w, w)) if w else None  # the views
+        self.final = conv_bn_relu(cin + w, cin)  # at input resolution
         if cfg.normal_head not in ("vector", "slope"):
             raise ValueError(f"unknown normal_head {cfg.normal_head!r} (vector | slope)")
         self.slope = cfg.normal_head == "slope"
-        self.heads = nn.ModuleDict({k: nn.Conv2d(cin, 2 if k == "normal" and self.slope else c, 1) for k, c in MAPS.items()})
+        self.heads = nn.ModuleDict(
+            {k: nn.Conv2d(cin, 2 if k == "normal" and self.slope else c, 1) for k, c in MAPS.items()}
+        )
 
     def forward(self, views):
         """views (B, 3, 3, H, W) in [0, 1], H and W multiples of 16 (32 with encoder_stride 2) -> dict of maps."""
@@ -182,14 +200,17 @@ class Generator(nn.Module):
         if self.extra:
             luma = torch.log((views * torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 1, 3, 1, 1)).sum(2) + 1 / 64)
             x0 = torch.cat([x0, (luma - luma.mean(1, keepdim=True)) * 4], 1)
-        if self.stacked:                                                    # one pass over the 9-channel stack
+        if self.stacked:  # one pass over the 9-channel stack
             skips, latent = self.encoder(x0)
             V = 1
-        else:                                                               # each view alone, then merged
+        else:  # each view alone, then merged
             skips, latent = self.encoder(x0.reshape(B * V, 3, H, W))
             skips = [s.reshape(B, V, *s.shape[1:]) for s in skips]
-            skips = [m(s.flatten(1, 2)) for m, s in zip(self.skip_merge, skips)] if self.skip_merge else \
-                [s.mean(1) for s in skips]
+            skips = (
+                [m(s.flatten(1, 2)) for m, s in zip(self.skip_merge, skips)]
+                if self.skip_merge
+                else [s.mean(1) for s in skips]
+            )
         x = self.fusion(latent.reshape(B, V, *latent.shape[1:]))
         for up, skip in zip(self.ups, reversed(skips)):
             x = up(x, skip)
@@ -200,7 +221,7 @@ class Generator(nn.Module):
         n = self.heads["normal"](x)
         if self.slope:
             n = torch.cat([n, torch.ones_like(n[:, :1])], 1)
-        out["normal"] = n * torch.rsqrt(n.pow(2).sum(1, keepdim=True) + 1e-12)   # F.normalize, in ops int8 VGF takes
+        out["normal"] = n * torch.rsqrt(n.pow(2).sum(1, keepdim=True) + 1e-12)  # F.normalize, in ops int8 VGF takes
         return out
 
 
@@ -215,13 +236,13 @@ def receptive_radius(gen):
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
             k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
             s = m.stride if isinstance(m.stride, int) else m.stride[0]
-            if k > 1:                         # 1x1 downsample branches run beside a 3x3 of the same stride
+            if k > 1:  # 1x1 downsample branches run beside a 3x3 of the same stride
                 r += (k - 1) // 2 * jump
                 jump *= s
     for _ in gen.ups:
-        r += jump                             # bilinear x2 reads one coarse pixel around
+        r += jump  # bilinear x2 reads one coarse pixel around
         jump //= 2
-        r += 3 * jump                         # conv + 2 convs, 3x3, at this level
+        r += 3 * jump  # conv + 2 convs, 3x3, at this level
     return r + (jump if jump > 1 else 0) + 1  # the last x2 (stride 2) and the final 3x3
 
 
@@ -256,12 +277,16 @@ class PatchGAN(nn.Module):
         layers = [nn.Conv2d(cin, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         ch = ndf
         for n in range(1, n_layers):
-            nxt = ndf * min(2 ** n, 8)
+            nxt = ndf * min(2**n, 8)
             layers += [nn.Conv2d(ch, nxt, 4, 2, 1, bias=False), nn.BatchNorm2d(nxt), nn.LeakyReLU(0.2, True)]
             ch = nxt
-        nxt = ndf * min(2 ** n_layers, 8)
-        layers += [nn.Conv2d(ch, nxt, 4, 1, 1, bias=False), nn.BatchNorm2d(nxt), nn.LeakyReLU(0.2, True),
-                   nn.Conv2d(nxt, 1, 4, 1, 1)]
+        nxt = ndf * min(2**n_layers, 8)
+        layers += [
+            nn.Conv2d(ch, nxt, 4, 1, 1, bias=False),
+            nn.BatchNorm2d(nxt),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(nxt, 1, 4, 1, 1),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):

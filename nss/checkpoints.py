@@ -22,6 +22,7 @@ with a message (use Arm's fp32 checkpoint and this project's `train.py --qat`).
     python nss/export.py --model-path nss_v1_high_fp32.pt --out runs/arm/export         # Arm's weights in
     python nss/export.py --model-path runs/nss/ckpt/best --arm-checkpoint runs/nss.pt   # Arm's layout out
 """
+
 from pathlib import Path
 
 import torch
@@ -34,10 +35,20 @@ SHIPPED = Path(__file__).resolve().parent / "weights" / "nss_v1_high"
 
 # (this project's module, Arm's module) in AutoEncoderV1's forward order
 ARM_NAMES = [
-    ("e0.0", "conv2d_0"), ("e0.2", "conv2d_1"), ("e1.0", "conv2d_2"), ("e1.2", "conv2d_3"),
-    ("e2.0", "conv2d_4"), ("e2.2", "conv2d_5"), ("bottleneck.0", "conv2d_6"), ("up2.0", "conv2d_7"),
-    ("d2.0", "conv2d_8"), ("kpn_head", "kpn_params"), ("up1.0", "conv2d_9"), ("d1.0", "conv2d_10"),
-    ("d1.2", "conv2d_11"), ("temporal_head", "temporal_params_out_conv"),
+    ("e0.0", "conv2d_0"),
+    ("e0.2", "conv2d_1"),
+    ("e1.0", "conv2d_2"),
+    ("e1.2", "conv2d_3"),
+    ("e2.0", "conv2d_4"),
+    ("e2.2", "conv2d_5"),
+    ("bottleneck.0", "conv2d_6"),
+    ("up2.0", "conv2d_7"),
+    ("d2.0", "conv2d_8"),
+    ("kpn_head", "kpn_params"),
+    ("up1.0", "conv2d_9"),
+    ("d1.0", "conv2d_10"),
+    ("d1.2", "conv2d_11"),
+    ("temporal_head", "temporal_params_out_conv"),
 ]
 TO_ARM = {f"{ours}.{p}": f"autoencoder.{arm}.conv2d.{p}" for ours, arm in ARM_NAMES for p in ("weight", "bias")}
 FROM_ARM = {v: k for k, v in TO_ARM.items()}
@@ -57,12 +68,16 @@ def from_arm(state_dict, source="checkpoint"):
     """Arm's `model_state_dict` -> this project's AutoEncoder state dict (fp32). Strict: every one of Arm's 28
     keys, nothing else. Raises CheckpointError naming missing or unexpected keys."""
     if any("_param_constant" in k for k in state_dict):
-        raise ckpt.CheckpointError(f"{source}: an Arm QAT int8 checkpoint (traced '_param_constantN' tensors, named by "
-                                   f"graph order): not supported; load Arm's fp32 checkpoint (nss_v1_high_fp32.pt) "
-                                   f"and quantize with train.py --qat or --model-type ptq_int8")
+        raise ckpt.CheckpointError(
+            f"{source}: an Arm QAT int8 checkpoint (traced '_param_constantN' tensors, named by "
+            f"graph order): not supported; load Arm's fp32 checkpoint (nss_v1_high_fp32.pt) "
+            f"and quantize with train.py --qat or --model-type ptq_int8"
+        )
     missing, unexpected = set(FROM_ARM) - set(state_dict), set(state_dict) - set(FROM_ARM)
     if missing or unexpected:
-        parts = ([f"missing {_names(missing)}"] if missing else []) + ([f"unexpected {_names(unexpected)}"] if unexpected else [])
+        parts = ([f"missing {_names(missing)}"] if missing else []) + (
+            [f"unexpected {_names(unexpected)}"] if unexpected else []
+        )
         raise ckpt.CheckpointError(f"{source}: not Arm's NSS v1 layout: {'; '.join(parts)}")
     out = {}
     for k, v in state_dict.items():
@@ -88,13 +103,19 @@ def read_arm(path):
     if "model_state_dict" in sd:
         sd = sd["model_state_dict"]
     if not isinstance(sd, dict):
-        raise ckpt.CheckpointError(f"{path}: 'model_state_dict' holds a {type(sd).__name__}, expected a dict of tensors")
+        raise ckpt.CheckpointError(
+            f"{path}: 'model_state_dict' holds a {type(sd).__name__}, expected a dict of tensors"
+        )
     weights = from_arm(sd, source=str(path))
     kpn = weights["kpn_head.bias"].numel()
     if kpn not in (16, 36):
         raise ckpt.CheckpointError(f"{path}: KPN head has {kpn} channels, NSS v1 has 36 (high) or 16 (mid/low)")
-    return weights, {"step": 0, "model_type": "fp32", "model": {"quality": "high" if kpn == 36 else "mid"},
-                     "source": f"Arm Model Gym checkpoint {Path(path).name}"}
+    return weights, {
+        "step": 0,
+        "model_type": "fp32",
+        "model": {"quality": "high" if kpn == 36 else "mid"},
+        "source": f"Arm Model Gym checkpoint {Path(path).name}",
+    }
 
 
 def write_arm(path, weights, epoch=0):
@@ -103,8 +124,15 @@ def write_arm(path, weights, epoch=0):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
-    torch.save({"epoch": int(epoch), "model_state_dict": to_arm(weights), "optimizer_state_dict": {},
-                "lr_scheduler_state_dict": {}}, tmp)
+    torch.save(
+        {
+            "epoch": int(epoch),
+            "model_state_dict": to_arm(weights),
+            "optimizer_state_dict": {},
+            "lr_scheduler_state_dict": {},
+        },
+        tmp,
+    )
     tmp.replace(path)
     return path
 
@@ -126,10 +154,13 @@ def for_quality(weights, meta, quality=None):
     kpn = weights["kpn_head.bias"].numel() if "kpn_head.bias" in weights else None
     if quality != "high" and kpn == 36:
         if meta.get("model_type", "fp32") != "fp32":
-            raise ckpt.CheckpointError(f"a {meta['model_type']} high-quality checkpoint cannot be pruned to {quality}: "
-                                       f"prune its fp32 weights, then quantize")
+            raise ckpt.CheckpointError(
+                f"a {meta['model_type']} high-quality checkpoint cannot be pruned to {quality}: "
+                f"prune its fp32 weights, then quantize"
+            )
         return prune_kpn(weights), quality
     if quality == "high" and kpn == 16:
-        raise ckpt.CheckpointError(f"a {have}-quality checkpoint (16-channel KPN) cannot run as high quality: "
-                                   f"use --quality mid or low")
+        raise ckpt.CheckpointError(
+            f"a {have}-quality checkpoint (16-channel KPN) cannot run as high quality: use --quality mid or low"
+        )
     return weights, quality

@@ -16,6 +16,7 @@ written as <DST>/<basename(SRC)>/<seq>/<crop_id:04d>/<seq>.safetensors, the layo
 training set. Existing outputs are skipped unless -overwrite. Frames without an `Exposure` field get
 exposure 0 (= ln 1); the key is always written. Errors a user can fix print one line and exit 2.
 """
+
 import argparse
 import datetime
 import hashlib
@@ -32,16 +33,16 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from common.log import progress as progress_bar
 
 from common import log
+from common.log import progress as progress_bar
 
 try:
     import OpenEXR
 except ImportError:
     OpenEXR = None
 
-SCALE = 2.0                    # Arm's reader is fixed at the x2 ratio folder
+SCALE = 2.0  # Arm's reader is fixed at the x2 ratio folder
 READER_CLASS = "NSSEXRDatasetReader"  # file metadata "Version", as in Arm's files
 # image -> (folder under SRC, EXR channels, stored dtype)
 IMAGES = {
@@ -101,8 +102,10 @@ def frame_files(src, seq):
         d = src / folder / seq
         files[name] = sorted(d.glob("*.exr")) if d.is_dir() else []
         if not files[name]:
-            raise ConvertError(f"{d}: missing or empty folder (a capture needs ground_truth, motion_gt, "
-                               f"x2/color, x2/depth and x2/motion)")
+            raise ConvertError(
+                f"{d}: missing or empty folder (a capture needs ground_truth, motion_gt, "
+                f"x2/color, x2/depth and x2/motion)"
+            )
     n = min(len(f) for f in files.values())
     return {k: v[:n] for k, v in files.items()}, n
 
@@ -154,11 +157,15 @@ def frame_fields(fr, meta, h, w, where):
         raise ConvertError(f"{where}: Exposure {exposure} is not a positive multiplier")
     return {
         "jitter": [[[jy * h]], [[jx * w]]],  # (2, 1, 1) low-res pixels, (y, x)
-        "X": [jx], "Y": [-jy],  # -y: Arm's historic Y-orientation correction
+        "X": [jx],
+        "Y": [-jy],  # -y: Arm's historic Y-orientation correction
         "exposure": [math.log(exposure) if exposure is not None else 0.0],  # absent: ln 1
-        "zNear": [z_near], "zFar": [z_far], "infinite_zFar": [infinite],  # bool
-        "FovX": [need(fr, "FovX", where)], "FovY": [fov_y],
-        "viewProj": [[view_proj[r * 4:r * 4 + 4] for r in range(4)]],  # (1, 4, 4) row-major, no transpose
+        "zNear": [z_near],
+        "zFar": [z_far],
+        "infinite_zFar": [infinite],  # bool
+        "FovX": [need(fr, "FovX", where)],
+        "FovY": [fov_y],
+        "viewProj": [[view_proj[r * 4 : r * 4 + 4] for r in range(4)]],  # (1, 4, 4) row-major, no transpose
         "camera_cut": [bool(fr.get("CameraCut", False))],  # bool
         "depth_params": depth_params(z_near, z_far, infinite, fov_y, h, w),
     }
@@ -248,13 +255,15 @@ def crop_capture(job):
     if not overwrite and all(o.exists() for o in outs):
         return "skipped"
     n = tensors["colour_linear"].shape[0]
-    for k, (iy, y, ix, x) in enumerate(progress_bar(tiles, desc=path.stem, leave=False, disable=None if progress else True)):
+    for k, (iy, y, ix, x) in enumerate(
+        progress_bar(tiles, desc=path.stem, leave=False, disable=None if progress else True)
+    ):
         out = {}
         for key, t in tensors.items():
             if t.dim() >= 2 and tuple(t.shape[-2:]) == (H, W):
-                t = t[..., y:y + crop, x:x + crop]
+                t = t[..., y : y + crop, x : x + crop]
             elif t.dim() >= 2 and tuple(t.shape[-2:]) == (h, w):
-                t = t[..., y // scale:(y + crop) // scale, x // scale:(x + crop) // scale]
+                t = t[..., y // scale : (y + crop) // scale, x // scale : (x + crop) // scale]
             out[key] = t.contiguous()
         crop_id = first_id + k
         out["seq_id"] = torch.full((n, 1), stable_id(f"{path.stem}/{crop_id:04d}"), dtype=torch.int64)
@@ -298,8 +307,9 @@ def exr_jobs(src, dst, args):
     for seq in seqs:  # check layout and metadata up front, before hours of conversion
         frame_files(src, seq)
         load_meta(src, seq)
-    return [(src, seq, dst / f"{seq}.safetensors", args.overwrite, args.linear_truth, args.threads == 1)
-            for seq in seqs]
+    return [
+        (src, seq, dst / f"{seq}.safetensors", args.overwrite, args.linear_truth, args.threads == 1) for seq in seqs
+    ]
 
 
 def run_all(work, jobs, threads):
@@ -313,22 +323,42 @@ def run_all(work, jobs, threads):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-src", required=True,
-                   help="capture root (EXR layout), or a folder of converter output for -reader cropper")
-    p.add_argument("-dst", default="./output/safetensors",
-                   help="output root; files go into DST/<basename(SRC)>/ (default ./output/safetensors)")
+    p.add_argument(
+        "-src", required=True, help="capture root (EXR layout), or a folder of converter output for -reader cropper"
+    )
+    p.add_argument(
+        "-dst",
+        default="./output/safetensors",
+        help="output root; files go into DST/<basename(SRC)>/ (default ./output/safetensors)",
+    )
     p.add_argument("-threads", type=int, default=1, help="worker processes, one capture at a time each (default 1)")
-    p.add_argument("-extension", choices=["exr", "safetensors"], default=None,
-                   help="input file type; default: exr for NSSv1_0_1, safetensors for cropper")
+    p.add_argument(
+        "-extension",
+        choices=["exr", "safetensors"],
+        default=None,
+        help="input file type; default: exr for NSSv1_0_1, safetensors for cropper",
+    )
     p.add_argument("-overwrite", action="store_true", help="rewrite existing outputs instead of skipping them")
-    p.add_argument("-linear-truth", dest="linear_truth", action="store_true", default=True,
-                   help="ground truth EXRs are linear HDR, as spec 1.0.1 requires (the default)")
-    p.add_argument("-no-linear-truth", dest="linear_truth", action="store_false",
-                   help="ground truth EXRs are Karis-tonemapped c/(1+max(rgb)); invert with c/(1-max(rgb))")
+    p.add_argument(
+        "-linear-truth",
+        dest="linear_truth",
+        action="store_true",
+        default=True,
+        help="ground truth EXRs are linear HDR, as spec 1.0.1 requires (the default)",
+    )
+    p.add_argument(
+        "-no-linear-truth",
+        dest="linear_truth",
+        action="store_false",
+        help="ground truth EXRs are Karis-tonemapped c/(1+max(rgb)); invert with c/(1-max(rgb))",
+    )
     p.add_argument("-logging_output_dir", default="./output", help="folder for output.log (default ./output)")
-    p.add_argument("-reader", choices=["NSSv1_0_1", "EXRv101", "cropper"], default="NSSv1_0_1",
-                   help="NSSv1_0_1 (default; old name EXRv101): EXR captures -> safetensors; "
-                        "cropper: safetensors -> crops")
+    p.add_argument(
+        "-reader",
+        choices=["NSSv1_0_1", "EXRv101", "cropper"],
+        default="NSSv1_0_1",
+        help="NSSv1_0_1 (default; old name EXRv101): EXR captures -> safetensors; cropper: safetensors -> crops",
+    )
     p.add_argument("-crop_size", type=int, default=256, help="cropper: crop side in high-res pixels (default 256)")
     args = p.parse_args(argv)
     want = "safetensors" if args.reader == "cropper" else "exr"
@@ -345,8 +375,10 @@ def main(argv=None):
     dst = Path(args.dst) / src.resolve().name
     cropper = args.reader == "cropper"
     if not cropper and OpenEXR is None:
-        print("error: OpenEXR is not installed; pip install -r nss/requirements.txt (the optional NSS extra)",
-              file=sys.stderr)
+        print(
+            "error: OpenEXR is not installed; pip install -r nss/requirements.txt (the optional NSS extra)",
+            file=sys.stderr,
+        )
         return 2
     logger = log.setup(args.logging_output_dir, name="nss.convert")
     try:
@@ -357,8 +389,10 @@ def main(argv=None):
     except ConvertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logger.info(f"{dst}: wrote {done.count('wrote')} capture(s), skipped {done.count('skipped')} existing"
-                f"{'' if args.overwrite else ' (-overwrite rewrites them)'}")
+    logger.info(
+        f"{dst}: wrote {done.count('wrote')} capture(s), skipped {done.count('skipped')} existing"
+        f"{'' if args.overwrite else ' (-overwrite rewrites them)'}"
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 """Readers for Arm's NSS safetensors layout (one file per capture, tensors stacked over frames).
 
-Layout (Arm's, written by Model Gym's `safetensors_writer.py`): `colour_linear` f16 (F,3,h,w) jittered low-res linear HDR,
+Layout (Arm's, written by Model Gym's `safetensors_writer.py`):
+`colour_linear` f16 (F,3,h,w) jittered low-res linear HDR,
 `ground_truth_linear` f16 (F,3,H,W), `depth` f32 (F,1,h,w) forward-Z, `motion_lr` f16 (F,2,h,w) and
 `motion` f16 (F,2,H,W) in pixels, (y, x) order, pointing previous -> current, `jitter` f32 (F,2,1,1)
 low-res pixels (y, x), `exposure` f32 (F,1) = ln(multiplier), `depth_params` f32 (F,4), `render_size`
@@ -10,6 +11,7 @@ Training samples are windows of `recurrent_samples` consecutive frames that neve
 randomly cropped and flipped/rotated with the motion and jitter signs fixed up. Evaluation streams whole
 captures frame by frame. Any problem with a file is a DataError naming the file and the key.
 """
+
 import json
 import math
 import struct
@@ -24,19 +26,30 @@ SPEC = {
     "ground_truth_linear": ("float", (3, "H", "W"), True),
     "depth": ("float", (1, "h", "w"), True),
     "motion": ("float", (2, "H", "W"), True),
-    "motion_lr": ("float", (2, "h", "w"), False),   # absent: nearest-downsampled `motion` * 0.5
+    "motion_lr": ("float", (2, "h", "w"), False),  # absent: nearest-downsampled `motion` * 0.5
     "jitter": ("float", (2, 1, 1), True),
-    "exposure": ("float", (1,), False),             # absent: ln(1) = 0
+    "exposure": ("float", (1,), False),  # absent: ln(1) = 0
     "depth_params": ("float", (4,), True),
     "render_size": ("int", (2,), True),
     "zNear": ("float", (1,), True),
     "zFar": ("float", (1,), True),
-    "camera_cut": ("bool", (1,), False),            # absent: no cuts
+    "camera_cut": ("bool", (1,), False),  # absent: no cuts
 }
-KINDS = {"float": (torch.float16, torch.float32, torch.bfloat16, torch.float64),
-         "int": (torch.int32, torch.int64, torch.int16), "bool": (torch.bool,)}
-ST_DTYPES = {"F16": torch.float16, "F32": torch.float32, "BF16": torch.bfloat16, "F64": torch.float64,
-             "I32": torch.int32, "I64": torch.int64, "I16": torch.int16, "BOOL": torch.bool}
+KINDS = {
+    "float": (torch.float16, torch.float32, torch.bfloat16, torch.float64),
+    "int": (torch.int32, torch.int64, torch.int16),
+    "bool": (torch.bool,),
+}
+ST_DTYPES = {
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "I16": torch.int16,
+    "BOOL": torch.bool,
+}
 
 
 class DataError(ValueError):
@@ -84,7 +97,9 @@ def capture_header(path, keys=None):
     names = [k for k in header if k != "__metadata__"]
     missing = [k for k in keys or SPEC if SPEC[k][2] and k not in names]
     if missing:
-        raise DataError(f"{path}: missing key '{missing[0]}' (NSS safetensors spec) — found {', '.join(sorted(names)) or 'none'}")
+        raise DataError(
+            f"{path}: missing key '{missing[0]}' (NSS safetensors spec) — found {', '.join(sorted(names)) or 'none'}"
+        )
     return header
 
 
@@ -101,7 +116,9 @@ def read_capture(path, keys=None):
                 if k in names:
                     out[k] = f.get_tensor(k)
     except Exception as e:  # safetensors raises its own error types for corrupt payloads
-        raise DataError(f"{path}: unreadable safetensors data ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise DataError(
+            f"{path}: unreadable safetensors data ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     for k in ("colour_linear", "ground_truth_linear"):
         if out[k].dim() != 4:
             raise DataError(f"{path}: key '{k}': shape {tuple(out[k].shape)}, expected (frames, 3, height, width)")
@@ -210,8 +227,10 @@ class NSSWindows:
             for a, b in sequences(cap["camera_cut"]):
                 self.windows += [(ci, t) for t in range(a, b - frames + 1)]
         if not self.windows:
-            raise DataError(f"{root}: no camera-cut-free run of {frames} frames in {len(self.files)} file(s); "
-                            f"lower --recurrent-samples")
+            raise DataError(
+                f"{root}: no camera-cut-free run of {frames} frames in {len(self.files)} file(s); "
+                f"lower --recurrent-samples"
+            )
         cap = self.captures[0]
         self.lr_size = tuple(cap["colour_linear"].shape[-2:])
         self.scale = cap["ground_truth_linear"].shape[-1] // self.lr_size[1]
@@ -230,9 +249,16 @@ class NSSWindows:
             sc = self.scale
             crop_lr = (slice(y, y + c), slice(x, x + r))
             crop_hr = (slice(y * sc, (y + c) * sc), slice(x * sc, (x + r) * sc))
-            cap = {k: (v[t0:t0 + self.frames, :, crop_lr[0], crop_lr[1]] if k in ("colour_linear", "depth", "motion_lr")
-                       else v[t0:t0 + self.frames, :, crop_hr[0], crop_hr[1]] if k in ("ground_truth_linear", "motion")
-                       else v[t0:t0 + self.frames]) for k, v in cap.items()}
+            cap = {
+                k: (
+                    v[t0 : t0 + self.frames, :, crop_lr[0], crop_lr[1]]
+                    if k in ("colour_linear", "depth", "motion_lr")
+                    else v[t0 : t0 + self.frames, :, crop_hr[0], crop_hr[1]]
+                    if k in ("ground_truth_linear", "motion")
+                    else v[t0 : t0 + self.frames]
+                )
+                for k, v in cap.items()
+            }
             s = to_float(cap, 0, self.frames, self.exposure)
         else:
             s = to_float(cap, t0, t0 + self.frames, self.exposure)

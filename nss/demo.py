@@ -5,6 +5,7 @@ bilinear, bicubic and TAA on held-out sequences -> export (.vgf, .pte) and check
 
 Each step is the real command line (printed), so you can rerun any of them by hand.
 """
+
 import argparse
 import json
 import sys
@@ -35,9 +36,11 @@ def main():
     print("\n" + table(res))
     gain = res["nss"]["psnr"] - res["bicubic"]["psnr"]
     print(f"\nNSS - bicubic: {gain:+.2f} dB PSNR   ({'beats' if gain > 0 else 'does NOT beat'} bicubic)")
-    print(f"export: .pte vs eager max-abs-error {rep['checks']['pte_max_abs_error']:.2e} "
-          f"({'PASS' if rep['pte_matches_eager'] else 'FAIL'}), VGF delegated fraction "
-          f"{rep.get('vgf', {}).get('delegated_fraction', 'n/a')}")
+    print(
+        f"export: .pte vs eager max-abs-error {rep['checks']['pte_max_abs_error']:.2e} "
+        f"({'PASS' if rep['pte_matches_eager'] else 'FAIL'}), VGF delegated fraction "
+        f"{rep.get('vgf', {}).get('delegated_fraction', 'n/a')}"
+    )
     print(f"time: train+eval {t_train / 60:.1f} min, export {t_export / 60:.1f} min")
     print(f"images: {out / 'eval' / 'comparison.png'}  (Bilinear | TAA | NSS | GT, zoomed crops below)")
     print(f"exports: {out / 'export'} (model.vgf, model.tosa, model_vgf.pte, model.pte, export_report.json)")

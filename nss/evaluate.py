@@ -1,22 +1,36 @@
 """Evaluation of NSS on whole held-out captures, frame by frame with persistent history (reset at camera
 cuts), against the non-learned baselines: bilinear, bicubic and TAA upsampling. Metrics in tonemapped
 space (exposure, then the dataset tonemapper): PSNR, SSIM, tPSNR. Writes a comparison grid PNG
-(Bilinear | TAA | NSS | GT with zoomed crops). Called by `python nss/train.py --evaluate --model-path CKPT`.
+(Bilinear | TAA | NSS | GT with zoomed crops).
+
+    python nss/evaluate.py [--model-path CKPT] [--eval-data DIR] --out OUT   # = python nss/train.py --evaluate ...
+
+takes train.py's flags (default: the shipped weights on the built-in held-out set); `evaluate_checkpoint` is that
+evaluation-only entry point, `evaluate` the loop over captures that training's validation and report use too.
 """
+
 import json
 import math
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
-from common.log import progress as progress_bar
 
-from common.images import grid, karis, reinhard, srgb
-from common.metrics import mean_finite, psnr, ssim, temporal_psnr
+from common.images import grid, srgb
+from common.log import progress as progress_bar
+from common.metrics import psnr, ssim, temporal_psnr
 from nss.dataset import list_captures, stream
 from nss.model import taa_upsample
+from nss.post_process import karis
 
 METHODS = ["bilinear", "bicubic", "taa", "nss"]
+
+
+def reinhard(x):
+    return x / (1 + x)
 
 
 def tonemap(x, name="reinhard"):
@@ -34,9 +48,24 @@ def tonemap(x, name="reinhard"):
     return y.clamp(0, 1)
 
 
+def mean_finite(values):
+    """Mean of the finite entries (identical frames give PSNR = inf)."""
+    v = [float(x) for x in values if math.isfinite(float(x))]
+    return sum(v) / len(v) if v else float("nan")
+
+
 @torch.no_grad()
-def evaluate(model, data, device, tonemapper="reinhard", exposure=None, out_dir=None, max_frames=None,
-             methods=METHODS, progress=True):
+def evaluate(
+    model,
+    data,
+    device,
+    tonemapper="reinhard",
+    exposure=None,
+    out_dir=None,
+    max_frames=None,
+    methods=METHODS,
+    progress=True,
+):
     """Stream every capture under `data`; returns {method: {psnr, ssim, tpsnr}} (means over frames;
     tPSNR over consecutive frames of the same sequence)."""
     model.eval()
@@ -60,7 +89,9 @@ def evaluate(model, data, device, tonemapper="reinhard", exposure=None, out_dir=
             if "bilinear" in methods:
                 preds["bilinear"] = F.interpolate(f["colour"], size=(H, W), mode="bilinear", align_corners=False)
             if "bicubic" in methods:
-                preds["bicubic"] = F.interpolate(f["colour"], size=(H, W), mode="bicubic", align_corners=False).clamp_min(0)
+                preds["bicubic"] = F.interpolate(
+                    f["colour"], size=(H, W), mode="bicubic", align_corners=False
+                ).clamp_min(0)
             if "taa" in methods:
                 preds["taa"], taa_state = taa_upsample(f, taa_state, model.cfg.scale)
             if "nss" in methods:
@@ -88,17 +119,65 @@ def evaluate(model, data, device, tonemapper="reinhard", exposure=None, out_dir=
             cols = [c for c in ("bilinear", "taa", "nss") if c in shown] + ["gt"]
             H, W = shown["gt"].shape[-2:]
             s = max(16, min(H, W) // 4)
-            grid([[srgb(shown[c]) for c in cols]], [c.upper() if c != "nss" else "NSS" for c in cols],
-                 out_dir / "comparison.png", crop=(H // 2 - s // 2, W // 2 - s // 2, s), zoom=max(1, W // (2 * s)))
+            grid(
+                [[srgb(shown[c]) for c in cols]],
+                [c.upper() if c != "nss" else "NSS" for c in cols],
+                out_dir / "comparison.png",
+                crop=(H // 2 - s // 2, W // 2 - s // 2, s),
+                zoom=max(1, W // (2 * s)),
+            )
     return results
 
 
 def table(results, title="NSS vs baselines (held-out, tonemapped)"):
     """A Markdown table of the results (also fine in a terminal)."""
-    lines = [f"{title}: {results.get('frames', '?')} frames", "",
-             "| method | PSNR (dB) | SSIM | tPSNR (dB) |", "|---|---|---|---|"]
+    lines = [
+        f"{title}: {results.get('frames', '?')} frames",
+        "",
+        "| method | PSNR (dB) | SSIM | tPSNR (dB) |",
+        "|---|---|---|---|",
+    ]
     for m in METHODS:
         if m in results:
             r = results[m]
             lines.append(f"| {m} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['tpsnr']:.2f} |")
     return "\n".join(lines)
+
+
+def evaluate_checkpoint(args, cfg, rt, out, logger, resolve_data):
+    """train.py --evaluate: --model-path (default: the shipped weights; an Arm .pt too) as --model-type (fp32,
+    ptq_int8 calibrated on training frames, qat_int8) on --eval-data (default: the held-out part of --data or of the
+    built-in set, which resolve_data generates) vs the baselines -> OUT/eval/results.json, comparison.png, a table."""
+    from common import runtime
+    from nss.checkpoints import SHIPPED
+    from nss.checkpoints import load as load_weights
+    from nss.quantize import inference_model
+
+    args.model_path = args.model_path or str(SHIPPED)
+    if args.eval_data and args.model_type != "ptq_int8":  # no training frames needed: generate nothing
+        train_dir, test_dir = None, Path(args.eval_data)
+    else:
+        train_dir, test_dir = resolve_data(args, cfg, rt, logger)
+    try:
+        weights, meta = load_weights(args.model_path)  # a checkpoint directory or an Arm .pt
+        model, model_type = inference_model(
+            weights, meta, args.model_type, train_dir, args.calibration_frames, args.model_path, args.quality
+        )
+    except (RuntimeError, KeyError) as e:
+        runtime.fail(f"{args.model_path}: not an NSS checkpoint ({str(e).splitlines()[0]})")
+    res = evaluate(
+        model.to(rt.device), test_dir, rt.device, cfg.tonemapper, cfg.exposure, out / "eval", args.eval_frames
+    )
+    res["model_type"] = model_type
+    (out / "eval" / "results.json").write_text(json.dumps(res, indent=2))
+    logger.info(
+        table(res, f"NSS ({model_type}) vs baselines (held-out, tonemapped)")
+        + f"\n\ncomparison grid: {out / 'eval' / 'comparison.png'}"
+    )
+
+
+if __name__ == "__main__":  # the same flags as train.py, evaluation only
+    from nss import train
+
+    sys.argv.insert(1, "--evaluate")
+    train.main()

@@ -60,6 +60,7 @@ Example (runs as is):
     total.backward(); print({k: round(v.item(), 5) for k, v in terms.items()})
 Or: python nss/loss.py [--lpips-weights FILE]; python nss/loss.py --convert LIN_PTH ALEXNET_PTH OUT.safetensors
 """
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,36 +75,37 @@ from common import ckpt
 @dataclass
 class LossConfig:
     # Field names are Arm's loss_args keys, so LossConfig(**arm_config["train"]["loss_args"]) works.
-    alpha: float = 4.0                    # temporal term sharpness: exp(alpha * |dy - dy_hat|) - 1
-    lpips_weight: float = 0.157           # LPIPS share of the spatial term (and of the first-frame term)
-    lpips_net: str = "alex"               # LPIPS trunk; only "alex" is implemented here
-    filtered_weight: float = 0.1          # L1 of out_filtered vs y over all frames (keeps the KPN anti-aliasing)
-    min_weight: float = 0.1               # spatial weight w_t at the start of the cosine ramp (t -> 0)
-    max_weight: float = 0.9               # spatial weight w_t at the last frame (t = T-1)
-    theta_reg_weight: float = 0.02        # pull the history-trust parameter towards its target
-    theta_reg_channel: int = 0            # temporal_params channel of theta (raw, before the sharpening)
-    theta_reg_target: float = 1.0         # target of theta: trust the history
-    alpha_reg_weight: float = 1e-4        # pull the accumulation parameter towards its target
-    alpha_reg_channel: int = 1            # temporal_params channel of alpha
-    alpha_reg_target: float = 0.0         # target of alpha: blend in as little of the current frame as possible
-    temporal_reg_weight: float = 0.7      # flicker penalty on the temporal params
-    temporal_reg_channels: int = 1        # how many leading temporal_params channels the flicker penalty sees
-    flicker_threshold: float = 0.02       # both frame-to-frame changes must exceed this to count as a flip
-    change_pred_weight: float = 0.7       # change-prediction (temporal consistency) penalty
-    change_pred_sigma: float = 0.06       # w = exp(-|y_t - warped past| / sigma)
-    change_pred_eps: float = 1e-3         # charbonnier epsilon (also the penalty's floor)
-    change_pred_use_mask: bool = False    # also weight by (1 - disocclusion_mask) resized to high res
-    change_pred_detach_w: bool = True     # no gradient through the weight w (it comes from the prediction too)
-    change_pred_timesteps: int = 0        # frames used by the change-prediction penalty; 0 = the whole window
-    first_frame_weight: float = 0.5       # (L1 + lpips_weight * LPIPS) of out_filtered[0] vs y[0]
+    alpha: float = 4.0  # temporal term sharpness: exp(alpha * |dy - dy_hat|) - 1
+    lpips_weight: float = 0.157  # LPIPS share of the spatial term (and of the first-frame term)
+    lpips_net: str = "alex"  # LPIPS trunk; only "alex" is implemented here
+    filtered_weight: float = 0.1  # L1 of out_filtered vs y over all frames (keeps the KPN anti-aliasing)
+    min_weight: float = 0.1  # spatial weight w_t at the start of the cosine ramp (t -> 0)
+    max_weight: float = 0.9  # spatial weight w_t at the last frame (t = T-1)
+    theta_reg_weight: float = 0.02  # pull the history-trust parameter towards its target
+    theta_reg_channel: int = 0  # temporal_params channel of theta (raw, before the sharpening)
+    theta_reg_target: float = 1.0  # target of theta: trust the history
+    alpha_reg_weight: float = 1e-4  # pull the accumulation parameter towards its target
+    alpha_reg_channel: int = 1  # temporal_params channel of alpha
+    alpha_reg_target: float = 0.0  # target of alpha: blend in as little of the current frame as possible
+    temporal_reg_weight: float = 0.7  # flicker penalty on the temporal params
+    temporal_reg_channels: int = 1  # how many leading temporal_params channels the flicker penalty sees
+    flicker_threshold: float = 0.02  # both frame-to-frame changes must exceed this to count as a flip
+    change_pred_weight: float = 0.7  # change-prediction (temporal consistency) penalty
+    change_pred_sigma: float = 0.06  # w = exp(-|y_t - warped past| / sigma)
+    change_pred_eps: float = 1e-3  # charbonnier epsilon (also the penalty's floor)
+    change_pred_use_mask: bool = False  # also weight by (1 - disocclusion_mask) resized to high res
+    change_pred_detach_w: bool = True  # no gradient through the weight w (it comes from the prediction too)
+    change_pred_timesteps: int = 0  # frames used by the change-prediction penalty; 0 = the whole window
+    first_frame_weight: float = 0.5  # (L1 + lpips_weight * LPIPS) of out_filtered[0] vs y[0]
     temporal_disocclusion_threshold: float = 0.01  # a low-res pixel is valid where disocclusion_mask < this
-    temporal_mask_min_coverage: float = 0.5        # read but unused by Arm's LossV1 at ef328bf (config parity)
-    temporal_mask_interp: str = "nearest"          # resize mode of the mask when its size differs from the params
-    temporal_mask_use_abs_diff: bool = False       # read but unused by Arm's LossV1 at ef328bf (config parity)
+    temporal_mask_min_coverage: float = 0.5  # read but unused by Arm's LossV1 at ef328bf (config parity)
+    temporal_mask_interp: str = "nearest"  # resize mode of the mask when its size differs from the params
+    temporal_mask_use_abs_diff: bool = False  # read but unused by Arm's LossV1 at ef328bf (config parity)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
+
 
 def backward_warp(img, mv):
     """img (B, C, h, w) sampled at pos - mv, mv (B, 2, h, w) in pixels of img, (y, x); bilinear, zero outside."""
@@ -112,7 +114,7 @@ def backward_warp(img, mv):
     xs = torch.arange(w, device=img.device, dtype=img.dtype).view(1, 1, w) + 0.5
     py = ys - mv[:, 0].to(img.dtype)
     px = xs - mv[:, 1].to(img.dtype)
-    grid = torch.stack([px / w * 2 - 1, py / h * 2 - 1], -1)                      # (B, h, w, 2), (x, y)
+    grid = torch.stack([px / w * 2 - 1, py / h * 2 - 1], -1)  # (B, h, w, 2), (x, y)
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -137,7 +139,7 @@ def valid_mask(outs, n, t, size, cfg, device):
     mask = torch.ones(n * (t - 1), 1, *size, device=device)
     disocc = outs.get("disocclusion_mask")
     if disocc is not None:
-        if disocc.ndim == 4:                                             # (N, T, h, w) -> (N, T, 1, h, w)
+        if disocc.ndim == 4:  # (N, T, h, w) -> (N, T, 1, h, w)
             disocc = disocc.unsqueeze(2)
         if disocc.shape[:2] != (n, t):
             raise ValueError(f"disocclusion_mask must be (N={n}, T={t}, 1, h, w), got {tuple(disocc.shape)}")
@@ -158,6 +160,7 @@ def _masked_mean(x, mask, eps=1e-6):
 
 # ----------------------------------------------------------------------------------------------------------
 # the terms
+
 
 def temporal_term(pred, y, motion, alpha):
     """exp(alpha * |dy - dy_hat|) - 1 per step -> (T-1,) (losses.py:268-290); d = frame t - warp(frame t-1)."""
@@ -183,7 +186,7 @@ def flicker_term(params, motion, mask, cfg):
     flow = flow * torch.tensor([h / H, w / W], device=flow.device).view(1, 2, 1, 1)
     flow = flow.view(n, t, 2, h, w)
     p = params[:, :, :ch]
-    prev, cur, nxt = (p[:, a:t - 2 + a].reshape(-1, ch, h, w) for a in range(3))   # frames (k, k+1, k+2)
+    prev, cur, nxt = (p[:, a : t - 2 + a].reshape(-1, ch, h, w) for a in range(3))  # frames (k, k+1, k+2)
     d1 = cur - backward_warp(prev, flow[:, 1:-1].reshape(-1, 2, h, w))
     d2 = nxt - backward_warp(cur, flow[:, 2:].reshape(-1, 2, h, w))
     thr = cfg.flicker_threshold
@@ -191,7 +194,7 @@ def flicker_term(params, motion, mask, cfg):
     flicker = torch.minimum(d1.abs(), d2.abs()) * flip
     # centre and next frame must both be valid; Arm also always drops the first triple (frames 0, 1, 2),
     # presumably because its first change, frame 0 -> 1, follows the reset that starts every window.
-    centre = mask[:, 1:] * mask[:, :-1]                                  # (N, T-2, 1, h, w)
+    centre = mask[:, 1:] * mask[:, :-1]  # (N, T-2, 1, h, w)
     centre = torch.cat([torch.zeros_like(centre[:, :1]), centre[:, 1:]], 1).reshape(-1, 1, h, w)
     return (flicker.pow(2) * centre).sum() / (centre.sum() * ch).clamp_min(1e-6)
 
@@ -204,7 +207,7 @@ def change_pred_term(pred, y, motion, cfg, disocc=None):
     if steps <= 1:
         return pred.new_zeros(())
     valid = None
-    if cfg.change_pred_use_mask and disocc is not None:                 # soft 1 - disocclusion, at high res
+    if cfg.change_pred_use_mask and disocc is not None:  # soft 1 - disocclusion, at high res
         d = disocc if disocc.ndim == 5 else disocc.unsqueeze(2)
         d = d[:, :steps, :1]
         d = F.interpolate(d.reshape(-1, 1, *d.shape[-2:]), size=(h, w), mode="nearest")
@@ -212,7 +215,7 @@ def change_pred_term(pred, y, motion, cfg, disocc=None):
     total, count, past = pred.new_zeros(()), 0, []
     for s in range(1, steps):
         mv = motion[:, s]
-        past = [backward_warp(a, mv) for a in past]                      # older predictions, one more hop each
+        past = [backward_warp(a, mv) for a in past]  # older predictions, one more hop each
         past.append(backward_warp(pred[:, s - 1], mv))
         for a in past:
             wgt = torch.exp(-(y[:, s] - a).abs() / cfg.change_pred_sigma)
@@ -220,13 +223,14 @@ def change_pred_term(pred, y, motion, cfg, disocc=None):
                 wgt = wgt.detach()
             if valid is not None:
                 wgt = wgt * valid[:, s]
-            total = total + torch.sqrt((wgt * (pred[:, s] - a)).pow(2) + cfg.change_pred_eps ** 2).mean()
+            total = total + torch.sqrt((wgt * (pred[:, s] - a)).pow(2) + cfg.change_pred_eps**2).mean()
             count += 1
     return total / count
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the loss
+
 
 def loss_v1(outs, y, motion, cfg=None, lpips=None):
     """Arm's NSS v1 loss -> (total, terms). terms holds each term unweighted (detached, for logging) plus
@@ -237,8 +241,9 @@ def loss_v1(outs, y, motion, cfg=None, lpips=None):
         raise ValueError(f"output must be (N, T>1, C, H, W), got {tuple(pred.shape)}")
     n, t, c, h, w = pred.shape
     if y.shape != pred.shape or filt.shape != pred.shape:
-        raise ValueError(f"y {tuple(y.shape)} and out_filtered {tuple(filt.shape)} must match output "
-                         f"{tuple(pred.shape)}")
+        raise ValueError(
+            f"y {tuple(y.shape)} and out_filtered {tuple(filt.shape)} must match output {tuple(pred.shape)}"
+        )
     if tuple(motion.shape) != (n, t, 2, h, w):
         raise ValueError(f"motion must be (N, T, 2, H, W) = {(n, t, 2, h, w)} (high res), got {tuple(motion.shape)}")
     if params.ndim != 5 or params.shape[:2] != (n, t):
@@ -247,9 +252,9 @@ def loss_v1(outs, y, motion, cfg=None, lpips=None):
     zero = pred.new_zeros(())
 
     # spatial <-> temporal blend over frames 1..T-1
-    temporal = temporal_term(pred, y, motion, cfg.alpha)                           # (T-1,)
-    l1 = (pred[:, 1:] - y[:, 1:]).abs().mean((0, 2, 3, 4))                        # (T-1,)
-    if use_lpips:                                                                  # (N*(T-1),) -> (T-1,)
+    temporal = temporal_term(pred, y, motion, cfg.alpha)  # (T-1,)
+    l1 = (pred[:, 1:] - y[:, 1:]).abs().mean((0, 2, 3, 4))  # (T-1,)
+    if use_lpips:  # (N*(T-1),) -> (T-1,)
         lp = lpips(pred[:, 1:].reshape(-1, c, h, w), y[:, 1:].reshape(-1, c, h, w)).view(n, t - 1).mean(0)
     else:
         lp = torch.zeros_like(l1)
@@ -266,38 +271,56 @@ def loss_v1(outs, y, motion, cfg=None, lpips=None):
     theta_reg = alpha_reg = flicker = change = zero
     if cfg.theta_reg_weight > 0 and 0 <= cfg.theta_reg_channel < params.shape[2]:
         k = cfg.theta_reg_channel
-        theta_reg = _masked_mean((params[:, 1:, k:k + 1] - cfg.theta_reg_target).pow(2), mask)
+        theta_reg = _masked_mean((params[:, 1:, k : k + 1] - cfg.theta_reg_target).pow(2), mask)
     if cfg.alpha_reg_weight > 0 and 0 <= cfg.alpha_reg_channel < params.shape[2]:
         k = cfg.alpha_reg_channel
-        alpha_reg = _masked_mean((params[:, 1:, k:k + 1] - cfg.alpha_reg_target).pow(2), mask)
+        alpha_reg = _masked_mean((params[:, 1:, k : k + 1] - cfg.alpha_reg_target).pow(2), mask)
     if cfg.temporal_reg_weight > 0:
         flicker = flicker_term(params, motion, mask, cfg)
     if cfg.change_pred_weight > 0:
         change = change_pred_term(pred, y, motion, cfg, outs.get("disocclusion_mask"))
 
-    total = (spatial_temporal + cfg.filtered_weight * filtered + cfg.first_frame_weight * first_frame
-             + cfg.theta_reg_weight * theta_reg + cfg.alpha_reg_weight * alpha_reg
-             + cfg.temporal_reg_weight * flicker + cfg.change_pred_weight * change)
-    terms = {"temporal": temporal.mean(), "spatial_l1": l1.mean(), "lpips": lp.mean(),
-             "spatial_temporal": spatial_temporal, "filtered": filtered, "first_frame": first_frame,
-             "theta_reg": theta_reg, "alpha_reg": alpha_reg, "flicker": flicker, "change_pred": change,
-             "total": total}
+    total = (
+        spatial_temporal
+        + cfg.filtered_weight * filtered
+        + cfg.first_frame_weight * first_frame
+        + cfg.theta_reg_weight * theta_reg
+        + cfg.alpha_reg_weight * alpha_reg
+        + cfg.temporal_reg_weight * flicker
+        + cfg.change_pred_weight * change
+    )
+    terms = {
+        "temporal": temporal.mean(),
+        "spatial_l1": l1.mean(),
+        "lpips": lp.mean(),
+        "spatial_temporal": spatial_temporal,
+        "filtered": filtered,
+        "first_frame": first_frame,
+        "theta_reg": theta_reg,
+        "alpha_reg": alpha_reg,
+        "flicker": flicker,
+        "change_pred": change,
+        "total": total,
+    }
     return total, {k: v.detach() for k, v in terms.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # LPIPS (AlexNet, v0.1), from a local file only
 
+
 class LPIPS(nn.Module):
     """LPIPS distance of the `lpips` package (net="alex", version 0.1, spatial=False), inputs in [0, 1]
     (its normalize=True). Frozen; images need >= 32 px per side. forward(a, b): (B, 3, H, W) x2 -> (B,)."""
-    channels = (64, 192, 384, 256, 256)    # channels of relu1..relu5
-    taps = (1, 4, 7, 9, 11)                # indices of those ReLUs in torchvision's alexnet().features
+
+    channels = (64, 192, 384, 256, 256)  # channels of relu1..relu5
+    taps = (1, 4, 7, 9, 11)  # indices of those ReLUs in torchvision's alexnet().features
 
     def __init__(self):
         super().__init__()
         from torchvision.models import alexnet
-        self.features = alexnet(weights=None).features[:12]             # conv1 .. relu5 (keys features.0-11)
+
+        self.features = alexnet(weights=None).features[:12]  # conv1 .. relu5 (keys features.0-11)
         self.lins = nn.ModuleList(nn.Conv2d(ch, 1, 1, bias=False) for ch in self.channels)
         # lpips' ScalingLayer: ImageNet-ish statistics of [-1, 1] inputs
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
@@ -306,17 +329,17 @@ class LPIPS(nn.Module):
         self.eval()
 
     def forward(self, a, b):
-        x = torch.cat([a, b]) * 2 - 1                                    # [0, 1] -> [-1, 1]
+        x = torch.cat([a, b]) * 2 - 1  # [0, 1] -> [-1, 1]
         x = (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
         dist = 0
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i in self.taps:
                 fa, fb = x.chunk(2)
-                fa = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)   # unit length over channels
+                fa = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # unit length over channels
                 fb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
                 lin = self.lins[self.taps.index(i)]
-                dist = dist + lin((fa - fb).pow(2)).mean((2, 3))        # (B, 1)
+                dist = dist + lin((fa - fb).pow(2)).mean((2, 3))  # (B, 1)
         return dist.flatten()
 
 
@@ -327,12 +350,12 @@ def _canonical(sd):
     for k, v in sd.items():
         parts = k.split(".")
         if k.startswith("scaling_layer."):
-            continue                                                    # constants, fixed here
-        if parts[0] == "net" and parts[1].startswith("slice"):          # net.slice2.3.weight -> features.3.weight
+            continue  # constants, fixed here
+        if parts[0] == "net" and parts[1].startswith("slice"):  # net.slice2.3.weight -> features.3.weight
             k = ".".join(["features"] + parts[2:])
-        elif parts[0].startswith("lin") and parts[0][3:].isdigit():     # lin2.model.1.weight -> lins.2.weight
+        elif parts[0].startswith("lin") and parts[0][3:].isdigit():  # lin2.model.1.weight -> lins.2.weight
             k = f"lins.{parts[0][3:]}.{parts[-1]}"
-        elif parts[0] == "lins" and "model" in parts:                   # its ModuleList alias lins.2.model.1.weight
+        elif parts[0] == "lins" and "model" in parts:  # its ModuleList alias lins.2.model.1.weight
             k = f"lins.{parts[1]}.{parts[-1]}"
         out[k] = v
     return out
@@ -353,19 +376,23 @@ def load_lpips(path, device="cpu"):
     try:
         sd = ckpt.read_state_dict(path)
     except ckpt.CheckpointError as e:
-        raise ValueError(f"cannot read LPIPS weights {path}: expected a .safetensors file or a weights-only torch "
-                         f"state dict ({e})") from None
+        raise ValueError(
+            f"cannot read LPIPS weights {path}: expected a .safetensors file or a weights-only torch state dict ({e})"
+        ) from None
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"LPIPS weights {path}: expected a flat dict of tensors")
     net = LPIPS()
     sd = _canonical(sd)
     want = net.state_dict()
     missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
-    bad = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
-           for k, v in want.items() if k in sd and sd[k].shape != v.shape]
+    bad = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in want.items() if k in sd and sd[k].shape != v.shape
+    ]
     if missing or extra or bad:
-        raise ValueError(f"LPIPS weights {path} do not match AlexNet-LPIPS: missing {missing}, unexpected {extra}, "
-                         f"wrong shapes {bad}")
+        raise ValueError(
+            f"LPIPS weights {path} do not match AlexNet-LPIPS: missing {missing}, unexpected {extra}, "
+            f"wrong shapes {bad}"
+        )
     net.load_state_dict(sd)
     return net.to(device)
 
@@ -374,17 +401,19 @@ def convert_lpips(lin_path, alexnet_path, out_path):
     """Merge the lpips package's alex.pth (lin0..lin4) and a torchvision AlexNet state dict (features.* [and
     classifier.*, dropped]) into one safetensors file for load_lpips."""
     from safetensors.torch import save_file
+
     lin = torch.load(lin_path, map_location="cpu", weights_only=True)
     alex = torch.load(alexnet_path, map_location="cpu", weights_only=True)
     sd = {k: v for k, v in _canonical(lin).items() if k.startswith("lins.")}
     sd.update({k: v for k, v in alex.items() if k.startswith("features.")})
     save_file({k: v.contiguous() for k, v in sd.items()}, str(out_path))
-    load_lpips(out_path)                                                # fail now, not at training time
+    load_lpips(out_path)  # fail now, not at training time
     return out_path
 
 
 if __name__ == "__main__":
     import argparse
+
     ap = argparse.ArgumentParser(description="NSS v1 loss demo / LPIPS weight conversion")
     ap.add_argument("--lpips-weights", help="LPIPS file for load_lpips (default: LPIPS terms off)")
     ap.add_argument("--convert", nargs=3, metavar=("LIN_PTH", "ALEXNET_PTH", "OUT"), help="write an LPIPS file")
@@ -395,11 +424,13 @@ if __name__ == "__main__":
         torch.manual_seed(0)
         n, t, H, W = 1, 4, 64, 64
         y = torch.rand(n, t, 3, H, W)
-        outs = {"output": (y + 0.05 * torch.randn_like(y)).clamp(0, 1).requires_grad_(),
-                "out_filtered": (y + 0.1 * torch.randn_like(y)).clamp(0, 1),
-                "temporal_params": torch.rand(n, t, 4, H // 2, W // 2, requires_grad=True),
-                "disocclusion_mask": torch.zeros(n, t, 1, H // 2, W // 2),
-                "reset": torch.zeros(n, t, dtype=torch.bool)}
+        outs = {
+            "output": (y + 0.05 * torch.randn_like(y)).clamp(0, 1).requires_grad_(),
+            "out_filtered": (y + 0.1 * torch.randn_like(y)).clamp(0, 1),
+            "temporal_params": torch.rand(n, t, 4, H // 2, W // 2, requires_grad=True),
+            "disocclusion_mask": torch.zeros(n, t, 1, H // 2, W // 2),
+            "reset": torch.zeros(n, t, dtype=torch.bool),
+        }
         lp = load_lpips(args.lpips_weights) if args.lpips_weights else None
         total, terms = loss_v1(outs, y, torch.zeros(n, t, 2, H, W), LossConfig(), lpips=lp)
         total.backward()

@@ -65,20 +65,27 @@ Example (a static grey image whose pixel (1, 1) flashes bright):
 >>> round(inst[0, 0, 1, 1].item(), 4), inst.sum().item() == inst[0, 0, 1, 1].item()
 (0.1478, True)
 """
+
 import math
 
 import torch
 import torch.nn.functional as F
 
-from nss.post_process import bilinear   # Arm's sample_tensor (tensor.slang:85-114)
+from nss.post_process import bilinear  # Arm's sample_tensor (tensor.slang:85-114)
 
-__all__ = ["luma_derivative", "luma_derivative_legacy", "sample_derivative_tm1", "rgb_to_ycocg",
-           "derivative_colour", "pixel_centres"]
+__all__ = [
+    "luma_derivative",
+    "luma_derivative_legacy",
+    "sample_derivative_tm1",
+    "rgb_to_ycocg",
+    "derivative_colour",
+    "pixel_centres",
+]
 
 QUALITIES = ("high", "mid", "low")
-DIS_THRESH = 0.01          # ps:542, disocclusion above this resets
-CHROMA_WEIGHT = 1.25       # ps:543
-UNINIT_EPS = 1e-4          # ps:769
+DIS_THRESH = 0.01  # ps:542, disocclusion above this resets
+CHROMA_WEIGHT = 1.25  # ps:543
+UNINIT_EPS = 1e-4  # ps:769
 
 
 def pixel_centres(n, h, w, device=None):
@@ -149,8 +156,9 @@ def _layout(n_state, n_in, n_proc, device):
     return ref, max(int(inv_scale + 0.5), 1), p < n_proc
 
 
-def luma_derivative(colour, exposure, derivative_tm1, prev_pos, disocclusion, quality="high", *,
-                    process_size=None, detach=True):
+def luma_derivative(
+    colour, exposure, derivative_tm1, prev_pos, disocclusion, quality="high", *, process_size=None, detach=True
+):
     """Arm NSS v1 instability detector for one frame.
 
     colour (N, 3, H, W): current jittered low-res linear colour as stored (exposure not applied).
@@ -169,7 +177,8 @@ def luma_derivative(colour, exposure, derivative_tm1, prev_pos, disocclusion, qu
         raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
     if detach:
         colour, derivative_tm1, prev_pos, disocclusion = (
-            t.detach() for t in (colour, derivative_tm1, prev_pos, disocclusion))
+            t.detach() for t in (colour, derivative_tm1, prev_pos, disocclusion)
+        )
         exposure = exposure.detach() if torch.is_tensor(exposure) else exposure
     H, W = colour.shape[-2:]
     h, w = derivative_tm1.shape[-2:]
@@ -177,24 +186,28 @@ def luma_derivative(colour, exposure, derivative_tm1, prev_pos, disocclusion, qu
     proc = process_size if process_size is not None else (None, None)
     ref_r, step_r, rows_written = _layout(h, H, proc[0], dev)
     ref_c, step_c, cols_written = _layout(w, W, proc[1], dev)
-    ycc = derivative_colour(colour, exposure)                                        # (N, 3, H, W)
-    if (h, w) == (H, W) and step_r == step_c == 1 and bool((ref_r == torch.arange(h, device=dev)).all()
-                                                          and (ref_c == torch.arange(w, device=dev)).all()):
-        padded = F.pad(ycc, (1, 1, 1, 1), mode="replicate")   # = ReflectIndex for offsets of one pixel
+    ycc = derivative_colour(colour, exposure)  # (N, 3, H, W)
+    if (
+        (h, w) == (H, W)
+        and step_r == step_c == 1
+        and bool((ref_r == torch.arange(h, device=dev)).all() and (ref_c == torch.arange(w, device=dev)).all())
+    ):
+        padded = F.pad(ycc, (1, 1, 1, 1), mode="replicate")  # = ReflectIndex for offsets of one pixel
 
         def tap(dy, dx):
-            return padded[..., 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+            return padded[..., 1 + dy : 1 + dy + H, 1 + dx : 1 + dx + W]
     else:
-        def tap(dy, dx):   # colour at the reference pixel + (dy, dx) colour pixels, reflected at the edges
+
+        def tap(dy, dx):  # colour at the reference pixel + (dy, dx) colour pixels, reflected at the edges
             return ycc.index_select(2, _reflect(ref_r + dy, H)).index_select(3, _reflect(ref_c + dx, W))
 
     c = tap(0, 0)
-    prev = sample_derivative_tm1(derivative_tm1, prev_pos)                          # (N, 4, h, w)
+    prev = sample_derivative_tm1(derivative_tm1, prev_pos)  # (N, 4, h, w)
     p = prev[:, 3:4]
     d_center = _delta(c, prev[:, :3])
     d_nb = torch.cat([_delta(c, tap(dy, dx)) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))], 1)
     spatial = (d_nb.sum(1, keepdim=True) - d_nb.amax(1, keepdim=True)).clamp_min(0.0) * (1.0 / 3.0)
-    s = _lerp(d_center, spatial, 0.30) * 0.75                                        # supported instability
+    s = _lerp(d_center, spatial, 0.30) * 0.75  # supported instability
 
     # entry (ps:677-694)
     recall = _ramp(s, 0.065, 0.420)
@@ -235,9 +248,9 @@ def _low_mid_terms(c, d_center, tap, derivative_tm1, prev_pos, step_r, step_c):
     """NSS_V1_LOW_MID_LUMA_DERIVATIVE ignition terms (ps:611-639, 654-676): max(moire entry, flat flicker)."""
     temporal, ranges = [d_center], []
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        t = tap(dy * step_r, dx * step_c)                                            # wide cross, colour pixels
+        t = tap(dy * step_r, dx * step_c)  # wide cross, colour pixels
         off = torch.tensor([dy, dx], dtype=prev_pos.dtype, device=prev_pos.device).view(1, 2, 1, 1)
-        prev_t = sample_derivative_tm1(derivative_tm1, prev_pos + off)              # one state pixel away
+        prev_t = sample_derivative_tm1(derivative_tm1, prev_pos + off)  # one state pixel away
         temporal.append(_delta(t, prev_t[:, :3]))
         ranges.append(_delta(c, t))
     temporal, ranges = torch.cat(temporal, 1), torch.cat(ranges, 1)
@@ -247,7 +260,7 @@ def _low_mid_terms(c, d_center, tap, derivative_tm1, prev_pos, step_r, step_c):
     y, co, cg = c[:, 0:1], c[:, 1:2], c[:, 2:3]
     blue = _ramp(-0.75 * co - 0.5 * cg, 0.220, 0.300)
     luma = ((y - 0.450) / 0.10).clamp(0, 1) * (1 - ((y - 1.050) / 0.20).clamp(0, 1))
-    b = y - 0.5 * (co + cg)                                                          # = B of sqrt(colour)
+    b = y - 0.5 * (co + cg)  # = B of sqrt(colour)
     rgb_b = ((b - 0.800) / 0.10).clamp(0, 1) * (1 - ((b - 1.400) / 0.20).clamp(0, 1))
     surface = (1 - _ramp(c_range, 0.040, 0.120)) * blue * luma * rgb_b
     flat = _ramp(t_min, 0.015, 0.030) * surface * 0.75

@@ -69,15 +69,16 @@ jitter_x); forward-Z device depth; view depth z = p1 / (d - p0) with p = depth_p
     x, aux = pre_process(frame, state)   # x: (N, 12, H8, W8); aux: disocclusion_mask, nearest_depth_offset, ...
     x, aux = pre_process(frame, state, quality="mid")   # x: (N, 12, padded(h // 2), padded(w // 2))
 """
+
 import torch
 import torch.nn.functional as F
 
 from nss.luma_derivative import luma_derivative, pixel_centres
-from nss.post_process import bilinear, karis   # Arm's sample_tensor and Karis tonemap, shared by both passes
+from nss.post_process import bilinear, karis  # Arm's sample_tensor and Karis tonemap, shared by both passes
 
 INT_MAX = 2**31 - 1
-DEPTH_SCALE = 2147483648.0   # float(0x7FFFFFFF) in fp32: the scatter's fixed-point scale
-MV_ZERO = 0.1                # |mv| <= 0.1 px counts as no motion, everywhere in Arm's shaders
+DEPTH_SCALE = 2147483648.0  # float(0x7FFFFFFF) in fp32: the scatter's fixed-point scale
+MV_ZERO = 0.1  # |mv| <= 0.1 px counts as no motion, everywhere in Arm's shaders
 
 
 def gather_px(img, iy, ix):
@@ -94,8 +95,12 @@ def bilinear_taps(pos):
     base = torch.floor(p)
     fy, fx = (p - base).unbind(1)
     by, bx = base.long().unbind(1)
-    return [(by, bx, (1 - fy) * (1 - fx)), (by + 1, bx, fy * (1 - fx)),
-            (by, bx + 1, (1 - fy) * fx), (by + 1, bx + 1, fy * fx)]
+    return [
+        (by, bx, (1 - fy) * (1 - fx)),
+        (by + 1, bx, fy * (1 - fx)),
+        (by, bx + 1, (1 - fy) * fx),
+        (by + 1, bx + 1, fy * fx),
+    ]
 
 
 def length(v):
@@ -117,13 +122,13 @@ def depth_scatter(depth, motion):
     y0 = torch.floor((torch.arange(oh, device=dev, dtype=torch.float32) + 0.5) * (1.0 / oh) * h - 0.5).long()
     x0 = torch.floor((torch.arange(ow, device=dev, dtype=torch.float32) + 0.5) * (1.0 / ow) * w - 0.5).long()
     y0, x0 = (t.expand(n, oh, ow) for t in torch.meshgrid(y0, x0, indexing="ij"))
-    both = torch.cat([depth, motion], 1)                                    # (N, 3, h, w): depth, mv_y, mv_x
-    best = gather_px(both, y0, x0)                                          # top-left first
-    for dy, dx in ((0, 1), (1, 0), (1, 1)):                                 # then tr, bl, br; '<=' (later wins ties)
+    both = torch.cat([depth, motion], 1)  # (N, 3, h, w): depth, mv_y, mv_x
+    best = gather_px(both, y0, x0)  # top-left first
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):  # then tr, bl, br; '<=' (later wins ties)
         cand = gather_px(both, y0 + dy, x0 + dx)
         best = torch.where(cand[:, :1] <= best[:, :1], cand, best)
     scale = torch.tensor([oh / h, ow / w], device=dev).view(1, 2, 1, 1)
-    mv = zero_small(best[:, 1:] * scale)                                    # half-res px
+    mv = zero_small(best[:, 1:] * scale)  # half-res px
     pos = pixel_centres(n, oh, ow, dev) - mv
     return reconstruct_prev_depth(best[:, 0], pos)
 
@@ -133,7 +138,7 @@ def reconstruct_prev_depth(depth, pos):
     bilinear neighbour of pos (N, 2, oh, ow) (pixels of the (oh, ow) output) whose weight is > 0.1."""
     n, oh, ow = depth.shape
     value = (depth * DEPTH_SCALE).to(torch.int64).clamp(max=INT_MAX).view(n, -1)
-    out = torch.full((n, oh * ow + 1), INT_MAX, dtype=torch.int64, device=depth.device)   # last slot: no store
+    out = torch.full((n, oh * ow + 1), INT_MAX, dtype=torch.int64, device=depth.device)  # last slot: no store
     for iy, ix, wt in bilinear_taps(pos):
         store = (wt > 0.1) & (iy >= 0) & (iy < oh) & (ix >= 0) & (ix < ow)
         idx = torch.where(store, iy * ow + ix, oh * ow).view(n, -1)
@@ -155,8 +160,9 @@ def _gather2(img, rows, cols):
 
 
 # the 4x4 block of the quarter-res scatter in visiting order (ds:118-142): quad by quad, each tl, tr, bl, br
-QUARTER_ORDER = tuple((qy + a, qx + b) for qy, qx in ((0, 0), (0, 2), (2, 0), (2, 2))
-                      for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)))
+QUARTER_ORDER = tuple(
+    (qy + a, qx + b) for qy, qx in ((0, 0), (0, 2), (2, 0), (2, 2)) for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))
+)
 
 
 def depth_scatter_quarter(depth, motion):
@@ -166,33 +172,42 @@ def depth_scatter_quarter(depth, motion):
     would in the shader (up to the GPU's fused multiply-adds)."""
     n, _, h, w = depth.shape
     dev = depth.device
-    both = torch.cat([depth, motion], 1)                                    # (N, 3, h, w): depth, mv_y, mv_x
+    both = torch.cat([depth, motion], 1)  # (N, 3, h, w): depth, mv_y, mv_x
     axes = []
     for size_in in (h, w):
         size_out = size_in // 4
-        s = _f32(size_in, dev) / _f32(size_out, dev)                         # _Scale (ds:64)
+        s = _f32(size_in, dev) / _f32(size_out, dev)  # _Scale (ds:64)
         inv_s, inv_out = 1.0 / s, 1.0 / _f32(size_out, dev)
         src_size = torch.round(_f32(size_out, dev) * s).long()
-        src_base = torch.floor(_arange(size_out, dev) * s).long()            # int(): i >= 0
+        src_base = torch.floor(_arange(size_out, dev) * s).long()  # int(): i >= 0
         inv_src = inv_out * inv_s
         # texture_gather (nc:94-134) at the uv of src_base + 0 | 2: its 2x2 starts at floor(uv * size - 0.5)
         g0 = [torch.floor(((src_base + k).float() + 0.5) * inv_src * float(size_in) - 0.5).long() for k in (0, 2)]
-        axes.append({"read": [(g0[m // 2] + m % 2).clamp(0, size_in - 1) for m in range(4)],   # row/col m
-                     "ok": [(src_base + m >= 0) & (src_base + m < src_size) for m in range(4)],
-                     "inv_s": inv_s, "inv_out": inv_out, "size": size_out})
+        axes.append(
+            {
+                "read": [(g0[m // 2] + m % 2).clamp(0, size_in - 1) for m in range(4)],  # row/col m
+                "ok": [(src_base + m >= 0) & (src_base + m < src_size) for m in range(4)],
+                "inv_s": inv_s,
+                "inv_out": inv_out,
+                "size": size_out,
+            }
+        )
     ay, ax = axes
-    best = _gather2(both, ay["read"][0], ax["read"][0])                      # quad 00's tl, not tested on-screen
+    best = _gather2(both, ay["read"][0], ax["read"][0])  # quad 00's tl, not tested on-screen
     for my, mx in QUARTER_ORDER[1:]:
         cand = _gather2(both, ay["read"][my], ax["read"][mx])
         onscreen = ay["ok"][my].view(1, 1, -1, 1) & ax["ok"][mx].view(1, 1, 1, -1)
-        best = torch.where(onscreen & (cand[:, :1] <= best[:, :1]), cand, best)    # step(d, nearest): '<='
+        best = torch.where(onscreen & (cand[:, :1] <= best[:, :1]), cand, best)  # step(d, nearest): '<='
     raw = best[:, 1:]
     inv_s = torch.stack([ay["inv_s"], ax["inv_s"]]).view(1, 2, 1, 1)
     inv_out = torch.stack([ay["inv_out"], ax["inv_out"]]).view(1, 2, 1, 1)
-    mv_uv = raw * inv_s * (length(raw) > MV_ZERO) * inv_out                  # threshold on the LR motion
+    mv_uv = raw * inv_s * (length(raw) > MV_ZERO) * inv_out  # threshold on the LR motion
     oh, ow = ay["size"], ax["size"]
-    uv = torch.stack(torch.meshgrid((_arange(oh, dev) + 0.5) * ay["inv_out"], (_arange(ow, dev) + 0.5) * ax["inv_out"],
-                                    indexing="ij")).expand(n, 2, oh, ow)
+    uv = torch.stack(
+        torch.meshgrid(
+            (_arange(oh, dev) + 0.5) * ay["inv_out"], (_arange(ow, dev) + 0.5) * ax["inv_out"], indexing="ij"
+        )
+    ).expand(n, 2, oh, ow)
     size = torch.tensor([float(oh), float(ow)], device=dev).view(1, 2, 1, 1)
     return reconstruct_prev_depth(best[:, 0], (uv - mv_uv) * size)
 
@@ -202,8 +217,24 @@ def nearest_depth(depth, motion):
     (dy, dx) (N, 2, h, w) long, the motion there (N, 2, h, w)). Centre first, strict '<', off-screen taps
     skipped (an off-screen tap reads +inf, which is never nearer)."""
     n, _, h, w = depth.shape
-    offsets = ((0, 0), (1, 0), (0, 1), (0, -1), (-1, 0), (-1, 1), (1, 1), (-1, -1), (1, -1),
-               (-1, 2), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (2, -1))   # Arm's visiting order
+    offsets = (
+        (0, 0),
+        (1, 0),
+        (0, 1),
+        (0, -1),
+        (-1, 0),
+        (-1, 1),
+        (1, 1),
+        (-1, -1),
+        (1, -1),
+        (-1, 2),
+        (0, 2),
+        (1, 2),
+        (2, 2),
+        (2, 1),
+        (2, 0),
+        (2, -1),
+    )  # Arm's visiting order
     dp = F.pad(depth, (1, 2, 1, 2), value=float("inf"))
     mp = F.pad(motion, (1, 2, 1, 2))
     best, best_mv = depth, motion
@@ -218,8 +249,23 @@ def nearest_depth(depth, motion):
 
 
 # FindNearestDepth_4x4_FromPixel's visiting order (pp:242-260), (dy, dx); the centre is the start
-LQ_OFFSETS = ((0, -1), (-1, 0), (-1, -1), (0, 1), (-1, 1), (-1, 2), (0, 2), (1, 0), (1, -1), (2, 0), (2, -1),
-              (1, 1), (1, 2), (2, 1), (2, 2))
+LQ_OFFSETS = (
+    (0, -1),
+    (-1, 0),
+    (-1, -1),
+    (0, 1),
+    (-1, 1),
+    (-1, 2),
+    (0, 2),
+    (1, 0),
+    (1, -1),
+    (2, 0),
+    (2, -1),
+    (1, 1),
+    (1, 2),
+    (2, 1),
+    (2, 2),
+)
 
 
 def nearest_depth_lq(depth, motion):
@@ -228,11 +274,11 @@ def nearest_depth_lq(depth, motion):
     its own order and '<=' (step(sample, nearest): later taps win ties); off-screen taps skipped."""
     n, _, h, w = depth.shape
     dev = depth.device
-    dp = F.pad(depth, (1, 2, 1, 2), value=float("nan"))                  # NaN <= x is false: off-screen skipped
+    dp = F.pad(depth, (1, 2, 1, 2), value=float("nan"))  # NaN <= x is false: off-screen skipped
     best = depth
     off = torch.zeros(n, 2, h, w, dtype=torch.long, device=dev)
     for dy, dx in LQ_OFFSETS:
-        cand = dp[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        cand = dp[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
         take = cand <= best
         best = torch.where(take, cand, best)
         off = torch.where(take, torch.tensor([dy, dx], device=dev).view(1, 2, 1, 1), off)
@@ -253,12 +299,12 @@ def packed_offset_quads(off, padded_hw):
     n, _, h, w = off.shape
     p, q = h // 2, w // 2
     dev = off.device
-    nib = encode_offset_nibble(off).unsqueeze(1)                            # (N, 1, h, w)
+    nib = encode_offset_nibble(off).unsqueeze(1)  # (N, 1, h, w)
     r0 = (2 * torch.arange(p, device=dev)).clamp(max=h - 1)
     c0 = (2 * torch.arange(q, device=dev)).clamp(max=w - 1)
     r1, c1 = (r0 + 1).clamp(max=h - 1), (c0 + 1).clamp(max=w - 1)
-    byte0 = _gather2(nib, r0, c0) | (_gather2(nib, r0, c1) << 4)             # lanes 00, 10 = (row, col + 1)
-    byte1 = _gather2(nib, r1, c0) | (_gather2(nib, r1, c1) << 4)             # lanes 01, 11
+    byte0 = _gather2(nib, r0, c0) | (_gather2(nib, r0, c1) << 4)  # lanes 00, 10 = (row, col + 1)
+    byte1 = _gather2(nib, r1, c0) | (_gather2(nib, r1, c1) << 4)  # lanes 01, 11
     out = torch.zeros(n, 2, *padded_hw, device=dev)
     out[:, :, :p, :q] = torch.cat([byte0, byte1], 1).float() / 255.0
     return out
@@ -274,7 +320,7 @@ def lq_disocclusion(depth, motion, depth_tm1, depth_params, render_size):
     both = torch.cat([depth, motion], 1)
     best = _gather2(both, base[0].clamp(0, h - 1), base[1].clamp(0, w - 1))
     z_min = z_max = view_depth(best[:, :1], p)
-    for c in range(4):                                                      # int2(x, y): x (the row) runs inner
+    for c in range(4):  # int2(x, y): x (the row) runs inner
         for r in range(4):
             rows, cols = base[0] + r, base[1] + c
             ok = ((rows >= 0) & (rows < h)).view(1, 1, -1, 1) & ((cols >= 0) & (cols < w)).view(1, 1, 1, -1)
@@ -285,10 +331,11 @@ def lq_disocclusion(depth, motion, depth_tm1, depth_params, render_size):
             best = torch.where(ok & (cand[:, :1] < best[:, :1]), cand, best)
     mv = best[:, 1:]
     ratio = torch.stack([_f32(qh, dev) / _f32(h, dev), _f32(qw, dev) / _f32(w, dev)]).view(1, 2, 1, 1)
-    mv_q = mv * ratio * (length(mv) > MV_ZERO)                               # quarter px; threshold on LR px
+    mv_q = mv * ratio * (length(mv) > MV_ZERO)  # quarter px; threshold on LR px
     inv = torch.stack([1.0 / _f32(qh, dev), 1.0 / _f32(qw, dev)]).view(1, 2, 1, 1)
-    uv = torch.stack(torch.meshgrid((_arange(qh, dev) + 0.5) * inv[0, 0, 0], (_arange(qw, dev) + 0.5) * inv[0, 1, 0],
-                                    indexing="ij")).expand(n, 2, qh, qw)
+    uv = torch.stack(
+        torch.meshgrid((_arange(qh, dev) + 0.5) * inv[0, 0, 0], (_arange(qw, dev) + 0.5) * inv[0, 1, 0], indexing="ij")
+    ).expand(n, 2, qh, qw)
     size = torch.tensor([float(qh), float(qw)], device=dev).view(1, 2, 1, 1)
     pos = (uv - mv_q * inv) * size
     return depth_clip(depth_tm1, pos, best[:, :1], depth_params, render_size, tolerance=z_max - z_min)
@@ -311,15 +358,15 @@ def depth_clip(depth_tm1, pos, depth, depth_params, render_size, tolerance=None)
     n, _, H, W = depth_tm1.shape
     p = depth_params.view(n, 4, 1, 1)
     rs = render_size.view(n, 2, 1, 1).float()
-    z = view_depth(depth, p)[:, 0]                                           # (N, h, w)
+    z = view_depth(depth, p)[:, 0]  # (N, h, w)
     # k_fov = |view position of the viewport corner| / |of its centre| (the depth cancels)
     centre = torch.floor(rs * 0.5) / rs * 2 - 1
-    ndc_c = torch.cat([centre[:, :1], -centre[:, 1:]], 1)                   # ndc = pos / size * (2, -2) + (-1, 1)
+    ndc_c = torch.cat([centre[:, :1], -centre[:, 1:]], 1)  # ndc = pos / size * (2, -2) + (-1, 1)
     fov = lambda ndc: torch.sqrt((p[:, 2:3] * ndc[:, :1]) ** 2 + (p[:, 3:4] * ndc[:, 1:]) ** 2 + 1)
-    k_fov = fov(torch.ones_like(ndc_c)) / fov(ndc_c)                         # corner: ndc (-1, 1)
+    k_fov = fov(torch.ones_like(ndc_c)) / fov(ndc_c)  # corner: ndc (-1, 1)
     diag = rs.norm(dim=1, keepdim=True)
     power = 1 + 2 * (diag / (1080.0**2 + 1920.0**2) ** 0.5).clamp(0, 1)
-    taps = bilinear_taps(pos)                                               # all four taps at once: (N, 4, h, w)
+    taps = bilinear_taps(pos)  # all four taps at once: (N, 4, h, w)
     iy, ix, wt = (torch.stack([t[i] for t in taps], 1) for i in range(3))
     onscreen = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
     flat = (iy.clamp(0, H - 1) * W + ix.clamp(0, W - 1)).view(n, -1)
@@ -387,21 +434,25 @@ def pre_process(f, state, quality="high"):
     hp, wp = padded_size(h, w)
     dev = colour.device
     centres = pixel_centres(n, h, w, dev)
-    depth_tm1 = depth_scatter(f["depth"], f["motion_lr"])                  # (N, 1, h/2, w/2) int
+    depth_tm1 = depth_scatter(f["depth"], f["motion_lr"])  # (N, 1, h/2, w/2) int
     depth_dilated, offset, mv = nearest_depth(f["depth"], f["motion_lr"])
-    mv = zero_small(mv)                                                     # (N, 2, h, w) LR px, depth-dilated
+    mv = zero_small(mv)  # (N, 2, h, w) LR px, depth-dilated
     prev_pos = centres - mv
     # the disocclusion test reads the scatter at the half-res texel of the pixel, minus the motion
-    half = (torch.div(centres - 0.5, 2, rounding_mode="floor") + 0.5)
+    half = torch.div(centres - 0.5, 2, rounding_mode="floor") + 0.5
     scale_tm1 = torch.tensor([depth_tm1.shape[-2] / h, depth_tm1.shape[-1] / w], device=dev).view(1, 2, 1, 1)
     disocclusion = depth_clip(depth_tm1, half - mv * scale_tm1, depth_dilated, f["depth_params"], f["render_size"])
     H, W = state["history"].shape[-2:]
-    history = karis(bilinear(state["history"], prev_pos * torch.tensor([H / h, W / w], device=dev).view(1, 2, 1, 1),
-                             clamp_to_edge=False) * e)                        # ch 0-2
+    history = karis(
+        bilinear(
+            state["history"], prev_pos * torch.tensor([H / h, W / w], device=dev).view(1, 2, 1, 1), clamp_to_edge=False
+        )
+        * e
+    )  # ch 0-2
     unjittered = bilinear(colour, centres - f["jitter"], clamp_to_edge=True)
-    colour_tm = karis(unjittered * e)                                       # ch 3-5
-    detector = motion_detector(mv, f["render_size"])                        # ch 6
-    instability, derivative = luma_derivative(colour, e, state["derivative"], prev_pos, disocclusion)   # ch 11
+    colour_tm = karis(unjittered * e)  # ch 3-5
+    detector = motion_detector(mv, f["render_size"])  # ch 6
+    instability, derivative = luma_derivative(colour, e, state["derivative"], prev_pos, disocclusion)  # ch 11
     low = mirror_pad(torch.cat([history, colour_tm, detector, instability], 1), hp, wp)
     # ch 7-10: the feedback lives at padded res and is read in padded coordinates, with the mirrored
     # pixel's motion and disocclusion
@@ -409,8 +460,14 @@ def pre_process(f, state, quality="high"):
     feedback = bilinear(state["feedback"], pixel_centres(n, hp, wp, dev) - mv_p, clamp_to_edge=False)
     feedback = feedback * (dis_p <= 0.01)
     x = torch.cat([low[:, :7], feedback, low[:, 7:]], 1)
-    aux = {"mv": mv, "nearest_depth_offset": encode_offset(offset), "disocclusion_mask": disocclusion,
-           "derivative": derivative, "depth_tm1": depth_tm1, "input_color": colour_tm}
+    aux = {
+        "mv": mv,
+        "nearest_depth_offset": encode_offset(offset),
+        "disocclusion_mask": disocclusion,
+        "derivative": derivative,
+        "depth_tm1": depth_tm1,
+        "input_color": colour_tm,
+    }
     return x, aux
 
 
@@ -428,24 +485,26 @@ def pre_process_half_res(f, state, quality="mid"):
     (p, q), (hp, wp) = sizes["process"], sizes["padded"]
     for key in ("feedback", "derivative"):
         if tuple(state[key].shape[-2:]) != (hp, wp):
-            raise ValueError(f"{quality} quality: state[{key!r}] is {tuple(state[key].shape[-2:])}, expected "
-                             f"{(hp, wp)} = padded (h // 2, w // 2) for LR {(h, w)}")
+            raise ValueError(
+                f"{quality} quality: state[{key!r}] is {tuple(state[key].shape[-2:])}, expected "
+                f"{(hp, wp)} = padded (h // 2, w // 2) for LR {(h, w)}"
+            )
     dev = colour.device
-    depth_tm1 = depth_scatter_quarter(depth, motion)                         # (N, 1, h // 4, w // 4) int
+    depth_tm1 = depth_scatter_quarter(depth, motion)  # (N, 1, h // 4, w // 4) int
     dis_lq = lq_disocclusion(depth, motion, depth_tm1, f["depth_params"], f["render_size"])
-    off, mv_near = nearest_depth_lq(depth, motion)                           # every LR pixel's own 4x4 search
+    off, mv_near = nearest_depth_lq(depth, motion)  # every LR pixel's own 4x4 search
     axes = []
-    for lr, proc in ((h, p), (w, q)):                                        # float32 as the shader (pp:160-172)
+    for lr, proc in ((h, p), (w, q)):  # float32 as the shader (pp:160-172)
         scale = _f32(proc, dev) / _f32(lr, dev)
         c = _arange(proc, dev)
-        ref = torch.floor((c + 0.5) * (1.0 / scale)).long().clamp(0, lr - 1)           # pp:415-424
+        ref = torch.floor((c + 0.5) * (1.0 / scale)).long().clamp(0, lr - 1)  # pp:415-424
         uv = (ref.float() + 0.5) * (1.0 / _f32(lr, dev))
-        near_px = (uv * float(lr)).long().clamp(0, lr - 1)                             # FindNearestDepthLQ, pp:279
-        base = (2 * torch.arange(proc, device=dev)).clamp(max=lr - 1)                  # pp:427-431, 962-966
+        near_px = (uv * float(lr)).long().clamp(0, lr - 1)  # FindNearestDepthLQ, pp:279
+        base = (2 * torch.arange(proc, device=dev)).clamp(max=lr - 1)  # pp:427-431, 962-966
         axes.append(dict(scale=scale, ref=ref, near=near_px, lanes=(base, (base + 1).clamp(max=lr - 1))))
     ay, ax = axes
     scale = torch.stack([ay["scale"], ax["scale"]]).view(1, 2, 1, 1)
-    mv = _gather2(mv_near, ay["near"], ax["near"])                           # (N, 2, p, q) LR px
+    mv = _gather2(mv_near, ay["near"], ax["near"])  # (N, 2, p, q) LR px
     # ch 0-2: AverageWarpedHistory2x2 (pp:380-395, 960-980), lanes 00, 10 (= row + 1), 01, 11
     H, W = state["history"].shape[-2:]
     to_hr = torch.tensor([H / h, W / w], device=dev).view(1, 2, 1, 1)
@@ -463,16 +522,25 @@ def pre_process_half_res(f, state, quality="mid"):
     # disocclusion: the LQ mask, edge-clamped bilinear at the process pixel's centre (pp:454-477, 950)
     qh, qw = dis_lq.shape[-2:]
     at_q = [(_arange(m, dev) + 0.5) * (1.0 / _f32(m, dev)) * float(k) for m, k in ((p, qh), (q, qw))]
-    disocclusion = bilinear(dis_lq, torch.stack(torch.meshgrid(*at_q, indexing="ij")).expand(n, 2, p, q),
-                            clamp_to_edge=True)
+    disocclusion = bilinear(
+        dis_lq, torch.stack(torch.meshgrid(*at_q, indexing="ij")).expand(n, 2, p, q), clamp_to_edge=True
+    )
     # ch 7-10 and 11: feedback and derivative state read at the padded pixel minus the process-px motion
     mv_p, dis_p = mirror_pad(mv, hp, wp), mirror_pad(disocclusion, hp, wp)
-    prev_pad = pixel_centres(n, hp, wp, dev) - mv_p * scale                  # pp:443-451, 949
+    prev_pad = pixel_centres(n, hp, wp, dev) - mv_p * scale  # pp:443-451, 949
     feedback = bilinear(state["feedback"], prev_pad, clamp_to_edge=False) * (dis_p <= 0.01)
-    instability, derivative = luma_derivative(colour, e, state["derivative"], prev_pad, dis_p, quality,
-                                              process_size=(p, q))
+    instability, derivative = luma_derivative(
+        colour, e, state["derivative"], prev_pad, dis_p, quality, process_size=(p, q)
+    )
     low = mirror_pad(torch.cat([history, colour_tm, detector], 1), hp, wp)
     x = torch.cat([low, feedback, instability], 1)
-    aux = {"mv": mv, "nearest_depth_offset": packed_offset_quads(off, (hp, wp)), "disocclusion_mask": disocclusion,
-           "derivative": derivative, "depth_tm1": depth_tm1, "disocclusion_lq": dis_lq, "input_color": colour_tm}
+    aux = {
+        "mv": mv,
+        "nearest_depth_offset": packed_offset_quads(off, (hp, wp)),
+        "disocclusion_mask": disocclusion,
+        "derivative": derivative,
+        "depth_tm1": depth_tm1,
+        "disocclusion_lq": dis_lq,
+        "input_color": colour_tm,
+    }
     return x, aux

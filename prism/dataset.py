@@ -16,13 +16,15 @@ A sample is one frame of it: color[3,h,w], depth[1,h,w], motion_vectors[2,h,w], 
 is_real. Training reads clips of `clip_len` consecutive frames (the GRU state streams through a clip),
 optionally a random crop of `crop` input pixels (the ground truth crop follows at s times).
 
-    write_sequence(root / "seq_0000.safetensors", color=..., depth=..., motion_vectors=..., ground_truth=..., is_real=...)
+    write_sequence(root / "seq_0000.safetensors", color=..., depth=..., motion_vectors=...,
+                   ground_truth=..., is_real=...)
     write_index(root)                              # scans the shards, writes index.json
     ds = PrismDataset(root, clip_len=4, crop=64)    # validates every shard header at start
     clip = ds[i]                                    # dict of (T, ...) float32 tensors + "scale", "is_real"
 
 Any problem is a DataError (ValueError) whose message is one line naming the file and the problem.
 """
+
 import json
 import math
 from pathlib import Path
@@ -58,7 +60,10 @@ def check_shapes(path, shapes, dtypes=None):
     """Validate a shard's key set, shapes and dtypes -> scale (2 or 3). Raises DataError."""
     missing = [k for k in KEYS if k not in shapes]
     if missing:
-        raise DataError(f"{path}: missing key '{missing[0]}' (Prism shard needs {', '.join(KEYS)}; found {', '.join(sorted(shapes)) or 'nothing'})")
+        raise DataError(
+            f"{path}: missing key '{missing[0]}' (Prism shard needs {', '.join(KEYS)}; found "
+            f"{', '.join(sorted(shapes)) or 'nothing'})"
+        )
     for k, c in CHANNELS.items():
         if len(shapes[k]) != 4 or shapes[k][1] != c:
             raise DataError(f"{path}: '{k}' has shape {list(shapes[k])}, expected (T, {c}, H, W)")
@@ -67,15 +72,21 @@ def check_shapes(path, shapes, dtypes=None):
     T, _, h, w = shapes["color"]
     for k in ("depth", "motion_vectors"):
         if tuple(shapes[k][::2]) != (T, h) or shapes[k][3] != w:
-            raise DataError(f"{path}: '{k}' has shape {list(shapes[k])}, expected ({T}, {CHANNELS[k]}, {h}, {w}) like 'color'")
+            raise DataError(
+                f"{path}: '{k}' has shape {list(shapes[k])}, expected ({T}, {CHANNELS[k]}, {h}, {w}) like 'color'"
+            )
     gT, _, gh, gw = shapes["ground_truth"]
     scale = gh // h if h else 0
     if gT != T or scale not in (2, 3) or gh != scale * h or gw != scale * w:
-        raise DataError(f"{path}: 'ground_truth' has shape {list(shapes['ground_truth'])}, expected ({T}, 3, {2 * h}, {2 * w}) "
-                        f"or ({T}, 3, {3 * h}, {3 * w}) for 'color' {list(shapes['color'])}")
+        raise DataError(
+            f"{path}: 'ground_truth' has shape {list(shapes['ground_truth'])}, expected ({T}, 3, {2 * h}, {2 * w}) "
+            f"or ({T}, 3, {3 * h}, {3 * w}) for 'color' {list(shapes['color'])}"
+        )
     if tuple(shapes["is_real"]) != (T,) or (dtypes and dtypes["is_real"] not in ("U8", "BOOL")):
-        raise DataError(f"{path}: 'is_real' must be uint8 or bool of shape ({T},), got {list(shapes['is_real'])}"
-                        f"{' ' + dtypes['is_real'] if dtypes else ''}")
+        raise DataError(
+            f"{path}: 'is_real' must be uint8 or bool of shape ({T},), got {list(shapes['is_real'])}"
+            f"{' ' + dtypes['is_real'] if dtypes else ''}"
+        )
     if T < 1 or h < 8 or w < 8:
         raise DataError(f"{path}: empty or tiny sequence (color {list(shapes['color'])})")
     return scale
@@ -90,8 +101,10 @@ def read_header(path):
             dtypes = {k: f.get_slice(k).get_dtype() for k in keys}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except Exception as e:   # safetensors raises its own error types for truncated or garbled files
-        raise DataError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise DataError(
+            f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     return shapes, dtypes
 
 
@@ -104,7 +117,15 @@ def write_index(root):
         scale = check_shapes(f, shapes, dtypes)
         with safe_open(str(f), framework="pt") as sf:
             real = bool(sf.get_tensor("is_real").any())
-        seqs.append({"file": f.name, "frames": shapes["color"][0], "scale": scale, "size": list(shapes["color"][2:]), "is_real": real})
+        seqs.append(
+            {
+                "file": f.name,
+                "frames": shapes["color"][0],
+                "scale": scale,
+                "size": list(shapes["color"][2:]),
+                "is_real": real,
+            }
+        )
     index = {"format": "prism-v1", "sequences": seqs}
     tmp = root / "index.json.tmp"
     tmp.write_text(json.dumps(index, indent=1))
@@ -124,8 +145,10 @@ class PrismDataset(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset folder not found")
         if not index_path.exists():
-            raise DataError(f"{index_path}: missing (make it with prism/synth.py or prism/make_dataset.py, or "
-                            f"python -c 'from prism.dataset import write_index; write_index(\"{self.root}\")')")
+            raise DataError(
+                f"{index_path}: missing (make it with prism/synth.py or prism/make_dataset.py, or "
+                f"python -c 'from prism.dataset import write_index; write_index(\"{self.root}\")')"
+            )
         try:
             index = json.loads(index_path.read_text())
             entries = index["sequences"]
@@ -135,24 +158,30 @@ class PrismDataset(torch.utils.data.Dataset):
             raise DataError(f"{index_path}: not a Prism index ({str(e).splitlines()[0]})") from None
         if not entries:
             raise DataError(f"{index_path}: lists no sequences")
-        self.ids = list(range(len(entries))) if sequences is None else list(sequences)   # positions in index.json
+        self.ids = list(range(len(entries))) if sequences is None else list(sequences)  # positions in index.json
         self.sequences = []
         for i, e in enumerate(entries[j] for j in self.ids):
             name = e.get("file") if isinstance(e, dict) else None
             if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-                raise DataError(f"{index_path}: sequence {i} names {name!r}; expected a .safetensors file inside {self.root}")
+                raise DataError(
+                    f"{index_path}: sequence {i} names {name!r}; expected a .safetensors file inside {self.root}"
+                )
             path = self.root / name
             shapes, dtypes = read_header(path)
             scale = check_shapes(path, shapes, dtypes)
             T, _, h, w = shapes["color"]
             if crop and (crop > min(h, w)):
                 raise DataError(f"{path}: frames {h}x{w} are smaller than the crop {crop}")
-            self.sequences.append({"path": path, "frames": T, "scale": scale, "size": (h, w), "is_real": bool(e.get("is_real"))})
+            self.sequences.append(
+                {"path": path, "frames": T, "scale": scale, "size": (h, w), "is_real": bool(e.get("is_real"))}
+            )
         if not self.sequences:
             raise DataError(f"{index_path}: no sequences selected")
         if min(s["frames"] for s in self.sequences) < clip_len:
             raise DataError(f"{self.root}: a sequence is shorter than clip_len={clip_len}")
-        self.clips = [(si, t) for si, s in enumerate(self.sequences) for t in range(0, s["frames"] - clip_len + 1, clip_len)]
+        self.clips = [
+            (si, t) for si, s in enumerate(self.sequences) for t in range(0, s["frames"] - clip_len + 1, clip_len)
+        ]
 
     def __len__(self):
         return len(self.clips)
@@ -171,7 +200,7 @@ class PrismDataset(torch.utils.data.Dataset):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         val = sorted(self.ids[j] for j in perm[:val_sequences])
         train = sorted(self.ids[j] for j in perm[val_sequences:])
-        mk = lambda idx, crop: PrismDataset(self.root, self.clip_len, crop, self.seed, sequences=idx)   # noqa: E731
+        mk = lambda idx, crop: PrismDataset(self.root, self.clip_len, crop, self.seed, sequences=idx)  # noqa: E731
         return mk(train, self.crop), mk(val, None)
 
     def __getitem__(self, i):
@@ -191,14 +220,23 @@ class PrismDataset(torch.utils.data.Dataset):
                 for k in KEYS:
                     sl = f.get_slice(k)
                     if k == "is_real":
-                        out[k] = sl[t0:t0 + self.clip_len].bool()
+                        out[k] = sl[t0 : t0 + self.clip_len].bool()
                     elif k == "ground_truth":
-                        out[k] = (sl[t0:t0 + self.clip_len, :, y0 * s:(y0 + ch) * s, x0 * s:(x0 + cw) * s] if ch
-                                  else sl[t0:t0 + self.clip_len]).float()
+                        out[k] = (
+                            sl[t0 : t0 + self.clip_len, :, y0 * s : (y0 + ch) * s, x0 * s : (x0 + cw) * s]
+                            if ch
+                            else sl[t0 : t0 + self.clip_len]
+                        ).float()
                     else:
-                        out[k] = (sl[t0:t0 + self.clip_len, :, y0:y0 + ch, x0:x0 + cw] if ch else sl[t0:t0 + self.clip_len]).float()
+                        out[k] = (
+                            sl[t0 : t0 + self.clip_len, :, y0 : y0 + ch, x0 : x0 + cw]
+                            if ch
+                            else sl[t0 : t0 + self.clip_len]
+                        ).float()
         except Exception as e:
-            raise DataError(f"{seq['path']}: unreadable data ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise DataError(
+                f"{seq['path']}: unreadable data ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         for k in ("color", "depth", "motion_vectors", "ground_truth"):
             if not torch.isfinite(out[k]).all():
                 raise DataError(f"{seq['path']}: '{k}' has NaN or inf values in frames {t0}..{t0 + self.clip_len - 1}")
@@ -226,8 +264,8 @@ def batches(dataset, batch_size, step, seed):
         streams = []
         for clips, share in zip(kinds, shares):
             perm = [clips[j] for j in torch.randperm(len(clips), generator=gen).tolist()]
-            streams.append((perm * math.ceil(n * share / len(perm)))[:n * share])
-        chunks += [sum((st[c * sh:(c + 1) * sh] for st, sh in zip(streams, shares)), []) for c in range(n)]
+            streams.append((perm * math.ceil(n * share / len(perm)))[: n * share])
+        chunks += [sum((st[c * sh : (c + 1) * sh] for st, sh in zip(streams, shares)), []) for c in range(n)]
     order = torch.randperm(len(chunks), generator=gen).tolist()
     return chunks[order[k]], epoch
 

@@ -7,6 +7,7 @@ FLOPs, CPU ms eager and .pte).
 
 Each step is the real command line (printed), so you can rerun any of them by hand.
 """
+
 import argparse
 import json
 import sys
@@ -19,7 +20,9 @@ from prism.evaluate import table
 
 
 def main():
-    p = argparse.ArgumentParser(description="Prism demo: render sequences, train, evaluate vs nearest/bilinear, export, cost.")
+    p = argparse.ArgumentParser(
+        description="Prism demo: render sequences, train, evaluate vs nearest/bilinear, export, cost."
+    )
     p.add_argument("--out", default="runs/demo/prism", help="run directory (data, checkpoints, images, exports)")
     p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the cpu preset's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -36,18 +39,38 @@ def main():
     cost = {}
     if not args.no_cost:
         for preset in ("fast", "balanced", "quality"):
-            run_step(["prism/export.py", "--preset", preset, "--size", "540", "960", "--no-vgf", "--out", str(out / f"cost_{preset}")])
+            run_step(
+                [
+                    "prism/export.py",
+                    "--preset",
+                    preset,
+                    "--size",
+                    "540",
+                    "960",
+                    "--no-vgf",
+                    "--out",
+                    str(out / f"cost_{preset}"),
+                ]
+            )
             cost[preset] = json.loads((out / f"cost_{preset}" / "export_report.json").read_text())
     res = json.loads((out / "eval" / "results.json").read_text())
     rep = json.loads((out / "export" / "export_report.json").read_text())
     print("\n" + table(res))
-    print(f"\nexport (trained, 2x at {rep['input_size'][0]}x{rep['input_size'][1]}): .pte vs eager max-abs-error "
-          f"{rep['checks']['pte_max_abs_error']:.2e} ({'PASS' if rep['pte_matches_eager'] else 'FAIL'}), "
-          f"VGF delegated fraction {rep.get('vgf', {}).get('delegated_fraction', 'n/a')}")
+    print(
+        f"\nexport (trained, 2x at {rep['input_size'][0]}x{rep['input_size'][1]}): .pte vs eager max-abs-error "
+        f"{rep['checks']['pte_max_abs_error']:.2e} ({'PASS' if rep['pte_matches_eager'] else 'FAIL'}), "
+        f"VGF delegated fraction {rep.get('vgf', {}).get('delegated_fraction', 'n/a')}"
+    )
     if cost:
-        print("\n| preset | params | GFLOPs/frame | eager ms | .pte (XNNPACK) ms |   (540x960 -> 1080x1920, this CPU)\n|---|---|---|---|---|")
+        print(
+            "\n| preset | params | GFLOPs/frame | eager ms | .pte (XNNPACK) ms |   (540x960 -> 1080x1920, this "
+            "CPU)\n|---|---|---|---|---|"
+        )
         for name, r in cost.items():
-            print(f"| {name} | {r['params']:,} | {r['gflops_per_frame']:.1f} | {r['checks']['eager_ms']:.0f} | {r['checks']['pte_ms']:.0f} |")
+            print(
+                f"| {name} | {r['params']:,} | {r['gflops_per_frame']:.1f} | {r['checks']['eager_ms']:.0f} | "
+                f"{r['checks']['pte_ms']:.0f} |"
+            )
     print(f"\ntime: train+eval {t_train / 60:.1f} min, export {t_export / 60:.1f} min")
     print(f"images: {out / 'eval'} (grid_2x.png, grid_3x.png: Nearest | Bilinear | Prism | GT)")
     print(f"logs: {out / 'output.log'}, {out / 'metrics.jsonl'}")

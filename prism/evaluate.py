@@ -6,14 +6,17 @@ Writes comparison grids `Nearest | Bilinear | Prism | GT` (one per scale, with a
 
     python prism/train.py --out runs/prism --evaluate --model-path runs/prism/ckpt/best
 """
+
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from common import ckpt
 from common.images import grid
 from common.metrics import psnr, ssim, temporal_psnr
+from prism.model import MODELS, Prism
 
 METHODS = ("nearest", "bilinear", "prism")
 
@@ -32,15 +35,20 @@ def evaluate(model, dataset, device, out_dir=None, max_sequences=None):
     seqs = dataset.sequences[:max_sequences] if max_sequences else dataset.sequences
     for seq in seqs:
         from safetensors.torch import load_file
+
         data = load_file(str(seq["path"]))
         s, key = seq["scale"], f"{seq['scale']}x"
         state = model.initial_state(1, *seq["size"], device=device)
         prev = {}
         for t in range(seq["frames"]):
-            color, depth, motion = (data[k][t:t + 1].float().to(device) for k in ("color", "depth", "motion_vectors"))
-            gt = data["ground_truth"][t:t + 1].float().to(device)
+            color, depth, motion = (data[k][t : t + 1].float().to(device) for k in ("color", "depth", "motion_vectors"))
+            gt = data["ground_truth"][t : t + 1].float().to(device)
             pred, state = model(color, depth, motion, state, s)
-            preds = {"nearest": upsample(color, s, "nearest"), "bilinear": upsample(color, s, "bilinear"), "prism": pred.clamp(0, 1)}
+            preds = {
+                "nearest": upsample(color, s, "nearest"),
+                "bilinear": upsample(color, s, "bilinear"),
+                "prism": pred.clamp(0, 1),
+            }
             for m, p in preds.items():
                 acc = sums.setdefault(key, {}).setdefault(m, {"psnr": 0.0, "ssim": 0.0, "tpsnr": 0.0})
                 acc["psnr"] += psnr(p, gt).item()
@@ -54,8 +62,14 @@ def evaluate(model, dataset, device, out_dir=None, max_sequences=None):
                 shown[key] = [preds["nearest"][0], preds["bilinear"][0], preds["prism"][0], gt[0]]
     res = {}
     for key, per_method in sums.items():
-        res[key] = {m: {"psnr": v["psnr"] / counts[key], "ssim": v["ssim"] / counts[key],
-                        "tpsnr": v["tpsnr"] / max(1, counts[key + "_t"])} for m, v in per_method.items()}
+        res[key] = {
+            m: {
+                "psnr": v["psnr"] / counts[key],
+                "ssim": v["ssim"] / counts[key],
+                "tpsnr": v["tpsnr"] / max(1, counts[key + "_t"]),
+            }
+            for m, v in per_method.items()
+        }
         res[key]["frames"] = counts[key]
     res["score"] = sum(res[k]["prism"]["psnr"] - res[k]["bilinear"]["psnr"] for k in sums) / max(1, len(sums))
     if out_dir is not None:
@@ -63,10 +77,23 @@ def evaluate(model, dataset, device, out_dir=None, max_sequences=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         for key, imgs in shown.items():
             h, w = imgs[-1].shape[-2:]
-            grid([imgs], ["Nearest", "Bilinear", "Prism", "GT"], out_dir / f"grid_{key}.png",
-                 crop=(h // 3, w // 3, min(h, w) // 4), zoom=2)
+            grid(
+                [imgs],
+                ["Nearest", "Bilinear", "Prism", "GT"],
+                out_dir / f"grid_{key}.png",
+                crop=(h // 3, w // 3, min(h, w) // 4),
+                zoom=2,
+            )
         (out_dir / "results.json").write_text(json.dumps(res, indent=2))
     return res
+
+
+def evaluate_checkpoint(path, dataset, device, out_dir=None):
+    """train.py --evaluate: the Prism of a checkpoint directory (its own architecture, from its meta) on dataset."""
+    weights, _, meta = ckpt.load(path, with_state=False)
+    model = Prism(MODELS[meta["config"]["model"]])
+    ckpt.load_into(model, weights, prefix="model")
+    return evaluate(model.to(device), dataset, device, out_dir)
 
 
 def table(res):
@@ -76,5 +103,7 @@ def table(res):
             r = res[key][m]
             name = "**Prism**" if m == "prism" else m
             lines.append(f"| {key} | {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['tpsnr']:.2f} |")
-        lines.append(f"| {key} | Prism − bilinear | {res[key]['prism']['psnr'] - res[key]['bilinear']['psnr']:+.2f} | | |")
+        lines.append(
+            f"| {key} | Prism − bilinear | {res[key]['prism']['psnr'] - res[key]['bilinear']['psnr']:+.2f} | | |"
+        )
     return "\n".join(lines)

@@ -17,27 +17,29 @@ Frames of any size work: the input is padded to a multiple of 8 and the bottlene
 the output cropped back. The windows do not shift between blocks (a shift is a roll, which the Arm backend
 does not lower); the ConvGRU's 3x3 convs and the decoder mix neighbouring windows instead.
 """
+
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MOTION_SCALE = 1 / 16   # motion vectors in pixels -> roughly [-1, 1] for typical game motion
+MOTION_SCALE = 1 / 16  # motion vectors in pixels -> roughly [-1, 1] for typical game motion
 
 
 @dataclass
 class PrismConfig:
-    widths: tuple = (16, 24, 48, 64)   # channels at h, h/2, h/4, h/8
-    blocks: int = 2                    # transformer blocks at the bottleneck
+    widths: tuple = (16, 24, 48, 64)  # channels at h, h/2, h/4, h/8
+    blocks: int = 2  # transformer blocks at the bottleneck
     heads: int = 2
-    window: int = 8                    # attention window (tokens) at h/8
+    window: int = 8  # attention window (tokens) at h/8
     mlp_ratio: float = 2.0
-    res_blocks: int = 1                # residual blocks per encoder/decoder level
+    res_blocks: int = 1  # residual blocks per encoder/decoder level
 
 
-PRESETS = {
-    # the seed: fast 590K params / 2 blocks / ~3 ms, balanced 2.5M / 4 / ~12 ms, quality 6.4M / 6 / ~20 ms (1080p, desktop GPU)
+MODELS = {  # the architectures train.py --model, export.py --preset and bench.py pick from
+    # the seed (1080p, desktop GPU): fast 590K params / 2 blocks / ~3 ms, balanced 2.5M / 4 / ~12 ms,
+    # quality 6.4M / 6 / ~20 ms
     "fast": PrismConfig(widths=(16, 24, 48, 64), blocks=2, heads=2),
     "balanced": PrismConfig(widths=(24, 48, 80, 128), blocks=4, heads=4),
     "quality": PrismConfig(widths=(32, 64, 128, 192), blocks=6, heads=6),
@@ -70,16 +72,21 @@ class WindowBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x):                                   # (N, C, H, W), H and W multiples of the window
+    def forward(self, x):  # (N, C, H, W), H and W multiples of the window
         N, C, H, W = x.shape
         k = self.window
         # (N, C, H, W) -> (N * windows, k*k tokens, C)
         t = x.reshape(N, C, H // k, k, W // k, k).permute(0, 2, 4, 3, 5, 1).reshape(-1, k * k, C)
         x = self.norm1(t)
-        q, kk, v = (f(x).reshape(t.shape[0], k * k, self.heads, C // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v))
+        q, kk, v = (
+            f(x).reshape(t.shape[0], k * k, self.heads, C // self.heads).transpose(1, 2)
+            for f in (self.q, self.k, self.v)
+        )
         # attention written out (not F.scaled_dot_product_attention): its decomposition adds NaN-row guards
         # (any/eq/where) that XNNPACK does not take, which split the CPU .pte into many small delegates
-        a = torch.softmax(q @ kk.transpose(-2, -1) * (C // self.heads) ** -0.5, dim=-1) @ v   # (N*win, heads, k*k, C/heads)
+        a = (
+            torch.softmax(q @ kk.transpose(-2, -1) * (C // self.heads) ** -0.5, dim=-1) @ v
+        )  # (N*win, heads, k*k, C/heads)
         t = t + self.proj(a.transpose(1, 2).reshape(t.shape))
         t = t + self.mlp(self.norm2(t))
         return t.reshape(N, H // k, W // k, k, k, C).permute(0, 5, 1, 3, 2, 4).reshape(N, C, H, W)
@@ -119,16 +126,20 @@ class Prism(nn.Module):
         super().__init__()
         self.cfg = cfg
         w0, w1, w2, w3 = cfg.widths
-        rb = lambda c: [ResBlock(c) for _ in range(cfg.res_blocks)]   # noqa: E731
+        rb = lambda c: [ResBlock(c) for _ in range(cfg.res_blocks)]  # noqa: E731
         self.stem = nn.Sequential(conv(6, w0), nn.ReLU(), *rb(w0))
         self.down1 = nn.Sequential(conv(w0, w1, 2), nn.ReLU(), *rb(w1))
         self.down2 = nn.Sequential(conv(w1, w2, 2), nn.ReLU(), *rb(w2))
         self.down3 = nn.Sequential(conv(w2, w3, 2), nn.ReLU(), *rb(w3))
         self.blocks = nn.Sequential(*[WindowBlock(w3, cfg.heads, cfg.window, cfg.mlp_ratio) for _ in range(cfg.blocks)])
         self.gru = ConvGRU(w3)
-        self.up3, self.up2, self.up1 = Up(w3, w2, w2, cfg.res_blocks), Up(w2, w1, w1, cfg.res_blocks), Up(w1, w0, w0, cfg.res_blocks)
+        self.up3, self.up2, self.up1 = (
+            Up(w3, w2, w2, cfg.res_blocks),
+            Up(w2, w1, w1, cfg.res_blocks),
+            Up(w1, w0, w0, cfg.res_blocks),
+        )
         self.heads = nn.ModuleDict({str(s): nn.Sequential(conv(w0, 3 * s * s), nn.PixelShuffle(s)) for s in (2, 3)})
-        for head in self.heads.values():      # start as plain bilinear upsampling
+        for head in self.heads.values():  # start as plain bilinear upsampling
             nn.init.zeros_(head[0].weight)
             nn.init.zeros_(head[0].bias)
 
@@ -146,10 +157,10 @@ class Prism(nn.Module):
         ph, pw = -h % 8, -w % 8
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        f0 = self.stem(x)                                   # (N, w0, H, W)
-        f1 = self.down1(f0)                                 # (N, w1, H/2, W/2)
-        f2 = self.down2(f1)                                 # (N, w2, H/4, W/4)
-        f3 = self.down3(f2)                                 # (N, w3, H/8, W/8)
+        f0 = self.stem(x)  # (N, w0, H, W)
+        f1 = self.down1(f0)  # (N, w1, H/2, W/2)
+        f2 = self.down2(f1)  # (N, w2, H/4, W/4)
+        f3 = self.down3(f2)  # (N, w3, H/8, W/8)
         k = self.cfg.window
         bh, bw = f3.shape[-2:]
         qh, qw = -bh % k, -bw % k
@@ -157,7 +168,7 @@ class Prism(nn.Module):
         t = self.blocks(t)[..., :bh, :bw]
         state = self.gru(t, state)
         d = self.up1(self.up2(self.up3(state, f2), f1), f0)  # (N, w0, H, W)
-        residual = self.heads[str(scale)](d)[..., :scale * h, :scale * w]
+        residual = self.heads[str(scale)](d)[..., : scale * h, : scale * w]
         base = F.interpolate(color, scale_factor=scale, mode="bilinear", align_corners=False)
         return base + residual, state
 
@@ -174,11 +185,12 @@ class ExportPrism(nn.Module):
         return self.model(color, depth, motion, state, self.scale)
 
 
-def build_model(preset="fast"):
-    return Prism(PRESETS[preset])
+def build_model(name="fast"):
+    return Prism(MODELS[name])
 
 
 # ---- discriminator ------------------------------------------------------------------------------------
+
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN: strided 4x4 convs -> a map of real/fake logits, one per receptive-field patch."""
@@ -187,7 +199,7 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         layers, ch = [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2)], ndf
         for i in range(1, n_layers):
-            nxt = min(ndf * 2 ** i, 8 * ndf)
+            nxt = min(ndf * 2**i, 8 * ndf)
             layers += [nn.Conv2d(ch, nxt, 4, 2, 1), nn.GroupNorm(min(8, nxt), nxt), nn.LeakyReLU(0.2)]
             ch = nxt
         layers += [nn.Conv2d(ch, 1, 4, 1, 1)]
@@ -208,5 +220,5 @@ class MultiScaleDiscriminator(nn.Module):
         """-> list of logit maps, one per scale."""
         out = []
         for i, d in enumerate(self.discs):
-            out.append(d(F.avg_pool2d(x, 2 ** i) if i else x))
+            out.append(d(F.avg_pool2d(x, 2**i) if i else x))
         return out

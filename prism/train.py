@@ -16,12 +16,15 @@ multi-scale PatchGAN for which only real video frames (is_real) count as "real":
 shown to it as real, so the GAN pulls towards the look of real footage. When the data has both real and
 synthetic clips, each batch is half of each.
 """
+
 import argparse
+import functools
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,71 +34,109 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import ckpt, log, runtime
 from prism.dataset import DataError, PrismDataset, batches, collate
-from prism.evaluate import evaluate, table
-from prism.model import PRESETS as MODELS
-from prism.model import MultiScaleDiscriminator, Prism
+from prism.evaluate import evaluate, evaluate_checkpoint, table
+from prism.model import MODELS, MultiScaleDiscriminator, Prism
+
+ModelName = Literal[tuple(MODELS)]  # an architecture of prism/model.py: fast, balanced, quality, tiny
 
 
 @dataclass
 class Config:
-    model: str = "fast"             # fast | balanced | quality | tiny (prism/model.py)
-    clip_len: int = 4               # frames the GRU state streams through per training clip
-    crop: int = 64                  # training crop, input pixels (multiple of 8)
-    batch_size: int = 8             # clips per step (all of one scale)
-    max_steps: int = 1000
-    lr: float = 2e-3
-    min_lr: float = 1e-5
-    warmup_steps: int = 50
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    w_l1: float = 1.0
-    w_temporal: float = 0.5
-    w_gan: float = 0.01
-    gan_start_step: int = 200
-    d_lr: float = 2e-4
-    d_scales: int = 3
-    ndf: int = 32
-    val_sequences: int = 4          # held-out sequences (half 2x, half 3x on the built-in data)
-    eval_every: int = 250
-    log_every: int = 25
-    save_every: int = 0
-    synth: tuple = (24, 16, 128)    # built-in data: sequences, frames, input size
+    model: ModelName = "fast"  # network size: fast ~590K params, balanced ~2.5M, quality ~6.4M (tiny: tests)
+    clip_len: int = 4  # frames per clip; the GRU state streams through them (detached every frame)
+    crop: int = 64  # training crop in input pixels (multiple of 8; 0 = whole frames)
+    batch_size: int = 8  # clips per optimizer step (all of one scale)
+    max_steps: int = 1000  # optimizer steps to train
+    lr: float = 2e-3  # AdamW peak learning rate (linear warm-up, then cosine to min_lr)
+    min_lr: float = 1e-5  # learning rate at the end of the cosine
+    warmup_steps: int = 50  # steps of linear learning-rate warm-up
+    weight_decay: float = 1e-4  # AdamW weight decay of the network
+    grad_clip: float = 1.0  # clip the network's gradient norm to this
+    w_l1: float = 1.0  # L1 loss weight
+    w_temporal: float = 0.5  # temporal consistency loss weight
+    w_gan: float = 0.01  # adversarial loss weight (0 = no discriminator)
+    gan_start_step: int = 200  # step from which the adversarial loss is on
+    d_lr: float = 2e-4  # discriminator Adam learning rate
+    d_scales: int = 3  # image scales of the multi-scale PatchGAN discriminator
+    ndf: int = 32  # discriminator base width (channels of its first layer)
+    val_sequences: int = 4  # held-out sequences (half 2x, half 3x on the built-in data)
+    eval_every: int = 250  # steps between held-out evaluations (each one checkpoints)
+    log_every: int = 25  # steps between train log lines and metrics.jsonl rows
+    save_every: int = 0  # also keep ckpt/step_N every N steps (0: only latest and best)
+    synth: tuple = (24, 16, 128)  # built-in data: sequences, frames, input size
 
 
-PRESETS = {
-    "tiny": Config(model="tiny", clip_len=2, crop=32, batch_size=2, max_steps=8, lr=1e-3, warmup_steps=2, gan_start_step=2,
-                   val_sequences=2, eval_every=4, log_every=2, d_scales=2, ndf=8, synth=(6, 4, 32)),
+PRESETS = {  # --preset: the training budget (tiny: tests); the architecture is --model
+    "tiny": Config(
+        model="tiny",
+        clip_len=2,
+        crop=32,
+        batch_size=2,
+        max_steps=8,
+        lr=1e-3,
+        warmup_steps=2,
+        gan_start_step=2,
+        val_sequences=2,
+        eval_every=4,
+        log_every=2,
+        d_scales=2,
+        ndf=8,
+        synth=(6, 4, 32),
+    ),
     "cpu": Config(),
-    "gpu": Config(batch_size=16, crop=128, clip_len=6, max_steps=20000, lr=1e-3, gan_start_step=2000, eval_every=1000,
-                  log_every=100, save_every=5000, synth=(200, 32, 256)),
+    "gpu": Config(
+        batch_size=16,
+        crop=128,
+        clip_len=6,
+        max_steps=20000,
+        lr=1e-3,
+        gan_start_step=2000,
+        eval_every=1000,
+        log_every=100,
+        save_every=5000,
+        synth=(200, 32, 256),
+    ),
 }
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line: the common flags, this script's own, then one flag per Config field."""
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     runtime.add_common_args(p, PRESETS)
-    p.add_argument("--model", choices=sorted(MODELS), help="network size: fast (~590K params), balanced (~2.5M), quality (~6.4M)")
-    p.add_argument("--batch-size", type=int, help="clips per optimizer step")
-    p.add_argument("--clip-len", type=int, help="frames per clip; the GRU state streams through them (detached each frame)")
-    p.add_argument("--crop", type=int, help="training crop in input pixels (multiple of 8; 0 = whole frames)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (cosine to min_lr after warm-up)")
-    p.add_argument("--w-gan", type=float, help="adversarial loss weight (0 = no discriminator)")
-    p.add_argument("--w-temporal", type=float, help="temporal consistency loss weight")
-    p.add_argument("--gan-start-step", type=int, help="step from which the adversarial loss is on")
-    p.add_argument("--as-real", action="store_true", help="built-in data: mark the synthetic sequences real (exercises the GAN path)")
+    p.add_argument(
+        "--as-real",
+        action="store_true",
+        help="built-in data: mark the synthetic sequences real (exercises the GAN path)",
+    )
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out sequences")
     p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
-    p.add_argument("--stop-after", type=int, metavar="N", help="save and exit after N steps in this session (continue with --resume)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="save and exit after N steps in this session (continue with --resume)",
+    )
+    runtime.add_config_flags(p, PRESETS["cpu"])
     return p
 
 
+def configure(args):
+    """The --preset's Config with the flags given on top."""
+    return runtime.override(replace(PRESETS[args.preset]), args)
+
+
 def resolve_data(args, cfg, rt, logger):
+    """--data, or the built-in sequences rendered into OUT/data on first use (rank 0 renders, all wait)."""
     if args.data:
         return Path(args.data)
     root = Path(args.out) / "data"
     if rt.master and not (root / "index.json").exists():
         from prism.synth import make_dataset
+
         n, frames, size = cfg.synth
         logger.info(f"rendering built-in sequences into {root} ({n} x {frames} frames, {size}² input) ...")
         t0 = time.time()
@@ -160,123 +201,196 @@ def stream_clip(net, model, clip, rt, cfg, disc=None, use_gan=False):
     return loss, parts, d_loss
 
 
+def build_model(cfg, rt):
+    """Prism of cfg.model on the device, and its PatchGAN discriminator when w_gan > 0 (else None)."""
+    model = Prism(MODELS[cfg.model]).to(rt.device)
+    disc = MultiScaleDiscriminator(cfg.d_scales, ndf=cfg.ndf).to(rt.device) if cfg.w_gan > 0 else None
+    return model, disc
+
+
+def resume(ck, model, disc, opt, opt_d, scaler, rt, logger):
+    """--resume: load OUT/ckpt/latest (when there is one) into the models and optimizers -> (step, best)."""
+    with ckpt.resuming(ck, "a Prism checkpoint of this preset", rt.device, logger.info) as latest:
+        if not latest:
+            return 0, -math.inf
+        weights, state, meta = latest
+        ckpt.load_into(model, weights, prefix="model")
+        opt.load_state_dict(state.get("optimizer", state.get("opt")))  # "opt": checkpoints written before
+        if disc:
+            ckpt.load_into(disc, weights, prefix="disc")
+            opt_d.load_state_dict(state.get("optimizer_d", state.get("opt_d")))
+        scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        return meta["step"], meta.get("best", meta.get("best_score", -math.inf))
+
+
+def save(ck, args, cfg, guard, rt, model, disc, opt, opt_d, scaler, step, best, score=None):
+    """Write OUT/ckpt/step_N (and latest; best too when this validation score is the best so far), rank 0 only."""
+    if not rt.master:
+        return
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    weights.update({f"disc.{k}": v for k, v in disc.state_dict().items()} if disc else {})
+    state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": ckpt.rng_state()}
+    state.update({"optimizer_d": opt_d.state_dict()} if disc else {})
+    meta = {
+        "step": step,
+        "preset": args.preset,
+        "config": asdict(cfg),
+        "model": asdict(MODELS[cfg.model]),
+        "best": best,  # best validation score so far: mean PSNR gain over bilinear (dB), higher is better
+        "val": score,
+        "nan_skipped": guard.skipped,
+    }
+    is_best = score is not None and score >= best
+    ckpt.save_step(ck, step, weights, state, meta, best=is_best, keep_every=cfg.save_every)
+
+
+def step_discriminator(d_loss, disc, opt_d, scaler, rt):
+    """The discriminator's optimizer step (its gradients averaged by hand under DDP) -> its loss, detached."""
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(d_loss).backward()
+    if rt.ddp:  # not DDP-wrapped (it runs twice per frame): average its gradients by hand
+        for p in disc.parameters():
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= rt.world
+    scaler.step(opt_d)
+    return d_loss.detach()
+
+
+def get_batch(train_set, step, cfg, seed, rt):
+    """This rank's share of the step's clips (all of one scale), on the device."""
+    idx, epoch = batches(train_set, cfg.batch_size * rt.world, step, seed)
+    train_set.set_epoch(epoch)
+    clip = collate([train_set[i] for i in idx[rt.rank :: rt.world]])
+    return {k: v.to(rt.device) if torch.is_tensor(v) else v for k, v in clip.items()}
+
+
+def get_lr(step, cfg):
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr at max_steps."""
+    lr = cfg.lr * min(1, (step + 1) / max(1, cfg.warmup_steps))
+    return cfg.min_lr + (lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * step / cfg.max_steps))
+
+
+def log_train(step, clip, loss, parts, lr, seen, dt, cfg, metrics, logger):
+    """The train log line and metrics.jsonl row of the last log_every steps (`seen` clips in `dt` seconds)."""
+    parts = {k: float(v) for k, v in parts.items()}
+    logger.info(
+        f"step {step:6d} | {clip['scale']}x | loss {loss.item():.4f} | "
+        f"{' | '.join(f'{k} {v:.4f}' for k, v in parts.items())} | lr {lr:.2e} | {seen / dt:.1f} clips/s"
+    )
+    metrics.write(
+        step, "train", loss=loss.item(), lr=lr, clips_per_s=seen / dt, frames_per_s=seen * cfg.clip_len / dt, **parts
+    )
+
+
+def validate(model, val_set, step, rt, metrics, logger):
+    """Stream the held-out sequences, log PSNR per scale and method -> score (mean PSNR gain over bilinear)."""
+    res = evaluate(model, val_set, rt.device)
+    model.train()
+    psnrs = {f"{k}_{m}_psnr": res[k][m]["psnr"] for k in res if k.endswith("x") for m in res[k] if m != "frames"}
+    metrics.write(step, "val", **psnrs)
+    logger.info(
+        f"step {step:6d} | val "
+        + " | ".join(
+            f"{k} PSNR {res[k]['prism']['psnr']:.2f} dB (bilinear {res[k]['bilinear']['psnr']:.2f})"
+            for k in sorted(res)
+            if k.endswith("x")
+        )
+    )
+    return res["score"]
+
+
+def describe(cfg, model, disc, train_set, val_set, rt):
+    """The run's one-line summary: parameters, data, steps, device."""
+    real = sum(s["is_real"] for s in train_set.sequences)
+    return (
+        f"Prism-{cfg.model}: {sum(p.numel() for p in model.parameters()):,} params"
+        f"{f', discriminator {sum(p.numel() for p in disc.parameters()):,}' if disc else ''} | {len(train_set)} "
+        "train clips "
+        f"({real} of {len(train_set.sequences)} sequences real), {len(val_set.sequences)} held-out sequences | "
+        f"{cfg.max_steps} steps | device {rt.device}"
+    )
+
+
 @runtime.user_errors(DataError, ckpt.CheckpointError)
 def main():
+    # --- setup: flags -> Config, device / DDP / seed / AMP, OUT/output.log and OUT/metrics.jsonl
     args = build_parser().parse_args()
-    cfg = runtime.override(replace(PRESETS[args.preset]), args)
+    cfg = configure(args)
     rt = runtime.setup(args)
-    out = Path(args.out)
-    ck = out / "ckpt"
+    out, ck = Path(args.out), Path(args.out) / "ckpt"
     logger = log.setup(out, args.log_level, rt.master)
     metrics = log.Metrics(out, enabled=rt.master)
-    model = Prism(MODELS[cfg.model])
-    data = PrismDataset(resolve_data(args, cfg, rt, logger), clip_len=cfg.clip_len, crop=cfg.crop or None, seed=args.seed)
+
+    # --- data: clips of the training sequences; whole held-out sequences for validation
+    root = resolve_data(args, cfg, rt, logger)
+    data = PrismDataset(root, clip_len=cfg.clip_len, crop=cfg.crop or None, seed=args.seed)
     train_set, val_set = data.split(cfg.val_sequences, seed=42)
-    if args.evaluate:
+    if args.evaluate:  # evaluation only: prism/evaluate.py
         if not args.model_path:
             runtime.fail("--evaluate needs --model-path CKPT_DIR")
-        weights, _, meta = ckpt.load(args.model_path, with_state=False)
-        model = Prism(MODELS[meta["config"]["model"]])
-        ckpt.load_into(model, weights, prefix="model")
-        res = evaluate(model.to(rt.device), val_set, rt.device, out / "eval")
-        logger.info(table(res))
-        return
-    model.to(rt.device)
-    net = DDP(model, find_unused_parameters=True) if rt.ddp else model   # a batch is one scale: the other head idles
-    disc = MultiScaleDiscriminator(cfg.d_scales, ndf=cfg.ndf).to(rt.device) if cfg.w_gan > 0 else None
+        return logger.info(table(evaluate_checkpoint(args.model_path, val_set, rt.device, out / "eval")))
+
+    # --- model: Prism (+ PatchGAN), AdamW (+ Adam), fp16 loss scaling; --resume continues bit-exactly
+    model, disc = build_model(cfg, rt)
+    net = DDP(model, find_unused_parameters=True) if rt.ddp else model  # a batch is one scale: the other head idles
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999)) if disc else None
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
-    step, best = 0, -math.inf
     if rt.master:
         ckpt.check_room(ck, model, disc)
+    step, best = 0, -math.inf
     if args.resume:
-        with ckpt.resuming(ck, "a Prism checkpoint of this preset", rt.device, logger.info) as latest:
-            if latest:
-                weights, state, meta = latest
-                ckpt.load_into(model, weights, prefix="model")
-                opt.load_state_dict(state["opt"])
-                if disc:
-                    ckpt.load_into(disc, weights, prefix="disc")
-                    opt_d.load_state_dict(state["opt_d"])
-                scaler.load_state_dict(state["scaler"])
-                ckpt.set_rng_state(state["rng"])
-                step, best = meta["step"], meta.get("best_score", -math.inf)
+        step, best = resume(ck, model, disc, opt, opt_d, scaler, rt, logger)
         metrics.resume(step)
-    total = cfg.max_steps
-    real = sum(s["is_real"] for s in train_set.sequences)
-    logger.info(f"Prism-{cfg.model}: {sum(p.numel() for p in model.parameters()):,} params"
-                f"{f', discriminator {sum(p.numel() for p in disc.parameters()):,}' if disc else ''} | {len(train_set)} train clips "
-                f"({real} of {len(train_set.sequences)} sequences real), {len(val_set.sequences)} held-out sequences | "
-                f"{total} steps | device {rt.device}")
-    stop, guard = runtime.StopSignal(), runtime.NanGuard(args.nan_policy)
-    save_every = args.save_every or cfg.save_every
+    logger.info(describe(cfg, model, disc, train_set, val_set, rt))
 
-    def save(score=None):
-        if not rt.master:
-            return
-        weights = {f"model.{k}": v for k, v in model.state_dict().items()}
-        weights.update({f"disc.{k}": v for k, v in disc.state_dict().items()} if disc else {})
-        state = {"opt": opt.state_dict(), "scaler": scaler.state_dict(), "rng": ckpt.rng_state()}
-        state.update({"opt_d": opt_d.state_dict()} if disc else {})
-        meta = {"step": step, "preset": args.preset, "config": asdict(cfg), "model": asdict(MODELS[cfg.model]),
-                "best_score": best, "val_score": score, "nan_skipped": guard.skipped}
-        ckpt.save_step(ck, step, weights, state, meta, best=score is not None and score >= best,
-                       keep_every=save_every)
-
+    # --- loop: stream each clip frame by frame, step; log, validate and checkpoint on schedule
+    stop, guard = runtime.StopSignal(args.stop_after), runtime.NanGuard(args.nan_policy)
+    checkpoint = functools.partial(save, ck, args, cfg, guard, rt, model, disc, opt, opt_d, scaler)
     model.train()
     start_step, t_last, seen = step, time.time(), 0
     with runtime.profiler(args.profile and rt.master, out) as prof_step:
-        while step < total:
-            idx, epoch = batches(train_set, cfg.batch_size * rt.world, step, args.seed)
-            train_set.set_epoch(epoch)
-            clip = collate([train_set[i] for i in idx[rt.rank::rt.world]])
-            clip = {k: v.to(rt.device) if torch.is_tensor(v) else v for k, v in clip.items()}
-            lr = cfg.lr * min(1, (step + 1) / max(1, cfg.warmup_steps))
-            lr = cfg.min_lr + (lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * step / total))
+        while step < cfg.max_steps:
+            clip = get_batch(train_set, step, cfg, args.seed, rt)
+            lr = get_lr(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
             use_gan = disc is not None and step >= cfg.gan_start_step
             loss, parts, d_loss = stream_clip(net, model, clip, rt, cfg, disc, use_gan)
-            if not guard.skip_step(loss, step, rt, save, ck / "latest", logger):   # non-finite: no update, the step counts
+            if guard.skip_step(loss, step, rt, logger):  # non-finite loss: no update, the step still counts
+                if guard.must_stop:  # --nan-policy stop, or too many in a row: keep the last good state, exit 2
+                    checkpoint(step, best)
+                    runtime.fail(guard.reason(ck / "latest"))
+            else:
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 scaler.step(opt)
-                if d_loss is not None:      # the discriminator's own step, on the frames it judged (generator detached)
-                    opt_d.zero_grad(set_to_none=True)
-                    scaler.scale(d_loss).backward()
-                    if rt.ddp:              # not DDP-wrapped (it runs twice per frame): average its gradients by hand
-                        for p in disc.parameters():
-                            torch.distributed.all_reduce(p.grad)
-                            p.grad /= rt.world
-                    scaler.step(opt_d)
-                    parts["d_loss"] = d_loss.detach()
+                if d_loss is not None:  # the discriminator's own step, on the frames it judged (generator detached)
+                    parts["d_loss"] = step_discriminator(d_loss, disc, opt_d, scaler, rt)
                 scaler.update()
             step += 1
-            seen += len(idx)
+            seen += cfg.batch_size * rt.world
             prof_step()
-            if step % cfg.log_every == 0 or step == total:
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
                 dt, t_last = time.time() - t_last, time.time()
-                parts = {k: float(v) for k, v in parts.items()}
-                logger.info(f"step {step:6d} | {clip['scale']}x | loss {loss.item():.4f} | "
-                            f"{' | '.join(f'{k} {v:.4f}' for k, v in parts.items())} | lr {lr:.2e} | {seen / dt:.1f} clips/s")
-                metrics.write(step, "train", loss=loss.item(), lr=lr, clips_per_s=seen / dt, frames_per_s=seen * cfg.clip_len / dt, **parts)
+                log_train(step, clip, loss, parts, lr, seen, dt, cfg, metrics, logger)
                 seen = 0
             score = None
-            if rt.master and (step % cfg.eval_every == 0 or step == total):
-                res = evaluate(model, val_set, rt.device)
-                model.train()
-                score = res["score"]
+            if rt.master and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                score = validate(model, val_set, step, rt, metrics, logger)
                 best = max(best, score)
-                metrics.write(step, "val", **{f"{k}_{m}_psnr": res[k][m]["psnr"] for k in res if k.endswith("x") for m in res[k] if m != "frames"})
-                logger.info(f"step {step:6d} | val " + " | ".join(f"{k} PSNR {res[k]['prism']['psnr']:.2f} dB (bilinear "
-                                                                  f"{res[k]['bilinear']['psnr']:.2f})" for k in sorted(res) if k.endswith("x")))
-            if score is not None or step == total or (save_every and step % save_every == 0):
-                save(score)
-            if stop.checkpoint_and_leave(step, step - start_step, args.stop_after, save, ck / "latest", logger, rt):
-                return
+            if score is not None or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+                checkpoint(step, best, score)
+            if stop.requested(step - start_step):  # SIGINT/SIGTERM or --stop-after: save, leave the loop
+                checkpoint(step, best)
+                break
+    if stop.asked:  # saved above: say where, exit 130/0 on a signal
+        return stop.leave(step, ck / "latest", logger, rt)
+
+    # --- report: the held-out table and comparison grids in OUT/eval
     if rt.master:
         res = evaluate(model, val_set, rt.device, out / "eval")
         logger.info(table(res) + f"\n\nimages: {out / 'eval'}")

@@ -1,5 +1,6 @@
 """Shared fixtures. `gamengen_tiny`: a tiny GameNGen pipeline built once per test session (recorded random play,
 tiny autoencoder, latents, tiny diffusion checkpoint), through the same commands a user runs."""
+
 import json
 import sys
 from pathlib import Path
@@ -30,18 +31,40 @@ def run_main(main, *argv):
 
 @pytest.fixture(scope="session")
 def gamengen_tiny(tmp_path_factory):
-    pytest.importorskip("vizdoom", reason="GameNGen needs vizdoom (bash run.sh smoke installs gamengen/requirements.txt)")
+    pytest.importorskip(
+        "vizdoom", reason="GameNGen needs vizdoom (bash run.sh smoke installs gamengen/requirements.txt)"
+    )
     from gamengen import train
     from gamengen.collect import collect
+
     root = tmp_path_factory.mktemp("gamengen_tiny")
     index = collect(root / "doom", 400, seed=3, shard_steps=100, progress=False)
-    for e, v in index["episodes"].items():          # both splits whatever the episode lengths: alternate them
+    for e, v in index["episodes"].items():  # both splits whatever the episode lengths: alternate them
         v["split"] = "heldout" if int(e) % 2 else "train"
     (root / "doom" / "index.json").write_text(json.dumps(index))
     run_main(train.main, "ae", "--data", root / "doom", "--out", root / "ae", "--preset", "tiny", "--steps", 4)
-    run_main(train.main, "encode", "--data", root / "doom", "--ckpt", root / "ae" / "ckpt" / "latest", "--out", root / "latents")
-    run_main(train.main, "diffusion", "--data", root / "latents", "--out", root / "diffusion", "--preset", "tiny",
-             "--log-level", "quiet")
+    run_main(
+        train.main,
+        "encode",
+        "--data",
+        root / "doom",
+        "--ckpt",
+        root / "ae" / "ckpt" / "latest",
+        "--out",
+        root / "latents",
+    )
+    run_main(
+        train.main,
+        "diffusion",
+        "--data",
+        root / "latents",
+        "--out",
+        root / "diffusion",
+        "--preset",
+        "tiny",
+        "--log-level",
+        "quiet",
+    )
     return root
 
 
@@ -49,6 +72,7 @@ def gamengen_tiny(tmp_path_factory):
 def synth_data(tmp_path_factory):
     """Tiny built-in NSS data (nss/synth.py): 2 training captures of 8 frames, 1 held-out of 6, 64x64 high res."""
     from nss.synth import make_dataset
+
     root = tmp_path_factory.mktemp("nss_data")
     make_dataset(root / "train", 2, 8, (64, 64), seed=1, progress=False)
     make_dataset(root / "test", 1, 6, (64, 64), seed=99, progress=False)

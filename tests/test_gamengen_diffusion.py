@@ -1,5 +1,6 @@
 """GameNGen part 2: the action-conditioned latent denoiser (shapes, context guidance, context noise, v-prediction
 training), the diffusion training stage (one step of every stage, bit-exact resume) and the evaluation."""
+
 import json
 from dataclasses import replace
 
@@ -7,22 +8,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gamengen.model import PRESETS, DenoiseStep, Denoiser, bucket_of, sample, training_loss
+from gamengen.model import MODELS, Denoiser, DenoiseStep, bucket_of, sample, training_loss
 from tests.conftest import run_main
 
 
 def inputs(cfg, B=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     N, C, (H, W) = cfg.context, cfg.latent_channels, cfg.latent_size
-    return (torch.randn(B, C, H, W, generator=g), torch.rand(B, generator=g), torch.randn(B, N, C, H, W, generator=g),
-            torch.randint(0, cfg.n_actions, (B, N), generator=g), torch.randint(0, cfg.noise_buckets, (B,), generator=g))
+    return (
+        torch.randn(B, C, H, W, generator=g),
+        torch.rand(B, generator=g),
+        torch.randn(B, N, C, H, W, generator=g),
+        torch.randint(0, cfg.n_actions, (B, N), generator=g),
+        torch.randint(0, cfg.noise_buckets, (B,), generator=g),
+    )
 
 
 @pytest.mark.parametrize("preset", ["tiny", "cpu", "paper"])
 def test_denoiser_shapes(preset):
-    cfg = PRESETS[preset]
+    cfg = MODELS[preset]
     model = Denoiser(cfg).eval()
-    assert model.inp.in_channels == 4 * (cfg.context + 1)          # noisy target || N context latents, in channels
+    assert model.inp.in_channels == 4 * (cfg.context + 1)  # noisy target || N context latents, in channels
     x = inputs(cfg, B=1 if preset == "paper" else 2)
     with torch.no_grad():
         v = model(*x)
@@ -31,21 +37,25 @@ def test_denoiser_shapes(preset):
 
 
 def test_every_input_conditions_the_output():
-    cfg = PRESETS["tiny"]
+    cfg = MODELS["tiny"]
     model = Denoiser(cfg).eval()
-    for p in model.parameters():           # zero-initialised output layers would hide the paths: randomise
+    for p in model.parameters():  # zero-initialised output layers would hide the paths: randomise
         torch.nn.init.normal_(p, std=0.1)
     x = inputs(cfg)
     with torch.no_grad():
         base = model(*x)
         for i, name in enumerate(["x_t", "t", "context", "actions", "bucket"]):
             y = list(x)
-            y[i] = (y[i] + 1) % (cfg.n_actions if name == "actions" else cfg.noise_buckets) if name in ("actions", "bucket") else y[i] * 0.5
+            y[i] = (
+                (y[i] + 1) % (cfg.n_actions if name == "actions" else cfg.noise_buckets)
+                if name in ("actions", "bucket")
+                else y[i] * 0.5
+            )
             assert not torch.allclose(model(*y), base), name
 
 
 def test_guidance_drops_all_context_frames_and_mixes_with_w():
-    cfg = PRESETS["tiny"]
+    cfg = MODELS["tiny"]
     model = Denoiser(cfg).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.1)
@@ -55,14 +65,15 @@ def test_guidance_drops_all_context_frames_and_mixes_with_w():
     def spy(x_t, t, context, actions, bucket):
         seen.append((context.clone(), actions.clone()))
         return forward(x_t, t, context, actions, bucket)
+
     model.forward = spy
     x, t, ctx, act, bucket = inputs(cfg)
     s = t * 0.5
     with torch.no_grad():
         out = DenoiseStep(model, 1.5)(x, t, s, ctx, act, bucket)
-        (both, acts), = seen
-        assert torch.equal(both[:2], ctx) and both[2:].abs().sum() == 0            # every one of the N frames zeroed
-        assert torch.equal(acts[:2], act) and torch.equal(acts[2:], act)            # actions are not dropped
+        ((both, acts),) = seen
+        assert torch.equal(both[:2], ctx) and both[2:].abs().sum() == 0  # every one of the N frames zeroed
+        assert torch.equal(acts[:2], act) and torch.equal(acts[2:], act)  # actions are not dropped
         v_c, v_u = forward(x, t, ctx, act, bucket), forward(x, t, torch.zeros_like(ctx), act, bucket)
         ref = DenoiseStep(lambda *a: v_u + 1.5 * (v_c - v_u), 1.0)
         ref.model.cfg = cfg
@@ -70,11 +81,13 @@ def test_guidance_drops_all_context_frames_and_mixes_with_w():
 
 
 def test_training_drops_context_with_p_and_noises_only_real_frames():
-    cfg = replace(PRESETS["tiny"], p_drop_context=1.0)
+    cfg = replace(MODELS["tiny"], p_drop_context=1.0)
     model = Denoiser(cfg)
     seen = []
     forward = model.forward
-    model.forward = lambda x_t, t, context, actions, bucket: seen.append((context, bucket)) or forward(x_t, t, context, actions, bucket)
+    model.forward = lambda x_t, t, context, actions, bucket: (
+        seen.append((context, bucket)) or forward(x_t, t, context, actions, bucket)
+    )
     x, _, ctx, act, _ = inputs(cfg)
     training_loss(model, x, ctx, act)
     assert seen[-1][0].abs().sum() == 0
@@ -82,21 +95,21 @@ def test_training_drops_context_with_p_and_noises_only_real_frames():
     valid = torch.tensor([[False, True], [True, True]])
     training_loss(model, x, ctx * valid[:, :, None, None, None], act, valid)
     noisy, bucket = seen[-1]
-    assert noisy[0, 0].abs().sum() == 0 and not torch.equal(noisy[1], ctx[1])      # padding stays zero, real frames noised
+    assert noisy[0, 0].abs().sum() == 0 and not torch.equal(noisy[1], ctx[1])  # padding stays zero, real frames noised
     assert ((bucket >= 0) & (bucket < 10)).all()
-    assert bucket_of(torch.tensor([0.0, 0.069, 0.071, 0.7]), PRESETS["cpu"]).tolist() == [0, 0, 1, 9]
+    assert bucket_of(torch.tensor([0.0, 0.069, 0.071, 0.7]), MODELS["cpu"]).tolist() == [0, 0, 1, 9]
 
 
 def test_v_prediction_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
-    cfg = PRESETS["tiny"]
+    cfg = MODELS["tiny"]
     model = Denoiser(cfg)
     _, _, ctx, act, _ = inputs(cfg, B=8)
-    target = torch.roll(ctx[:, -1], 2, dims=-1)              # the next frame: the last context frame, shifted
+    target = torch.roll(ctx[:, -1], 2, dims=-1)  # the next frame: the last context frame, shifted
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     losses = []
     for _ in range(40):
-        loss = training_loss(model, target, ctx, act, generator=torch.Generator().manual_seed(0))   # same t and noise
+        loss = training_loss(model, target, ctx, act, generator=torch.Generator().manual_seed(0))  # same t and noise
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -107,7 +120,7 @@ def test_v_prediction_loss_falls_on_a_fixed_batch():
 def test_a_finer_latent_is_pixel_unshuffled_so_the_unet_runs_at_16x20():
     """An autoencoder with a 4x factor gives 4x32x40 latents; with patch 2 the U-Net sees them as 16x16x20 (space to
     depth, DiT's patchify), so its cost per frame is that of a 16x16x20 latent, and the output comes back 4x32x40."""
-    cfg = replace(PRESETS["tiny"], latent_size=(32, 40), patch=2)
+    cfg = replace(MODELS["tiny"], latent_size=(32, 40), patch=2)
     model = Denoiser(cfg).eval()
     assert model.inp.in_channels == 4 * 4 * (cfg.context + 1) and model.out.out_channels == 16
     x = inputs(cfg)
@@ -119,7 +132,7 @@ def test_a_finer_latent_is_pixel_unshuffled_so_the_unet_runs_at_16x20():
 
 
 def test_sample_is_seeded_and_few_step():
-    cfg = PRESETS["tiny"]
+    cfg = MODELS["tiny"]
     model = Denoiser(cfg).eval()
     _, _, ctx, act, _ = inputs(cfg)
     a = sample(model, ctx, act, generator=torch.Generator().manual_seed(1))
@@ -130,6 +143,7 @@ def test_sample_is_seeded_and_few_step():
 
 def test_every_training_stage_runs_on_tiny_data(gamengen_tiny):
     from gamengen import train
+
     root = gamengen_tiny
     meta = json.loads((root / "diffusion" / "ckpt" / "latest" / "meta.json").read_text())
     assert meta["step"] == 6 and meta["model"]["context"] == 2
@@ -137,13 +151,28 @@ def test_every_training_stage_runs_on_tiny_data(gamengen_tiny):
     assert any(k.startswith("ema.") for k in w) and any(k.startswith("model.") for k in w)
     lat = json.loads((root / "latents" / "index.json").read_text())
     assert lat["latent_shape"] == [4, 16, 20] and lat["scale"] > 0
-    run_main(train.main, "decoder-finetune", "--data", root / "doom", "--latents", root / "latents", "--ckpt",
-             root / "ae" / "ckpt" / "latest", "--out", root / "decoder", "--preset", "tiny", "--steps", 2)
+    run_main(
+        train.main,
+        "decoder-finetune",
+        "--data",
+        root / "doom",
+        "--latents",
+        root / "latents",
+        "--ckpt",
+        root / "ae" / "ckpt" / "latest",
+        "--out",
+        root / "decoder",
+        "--preset",
+        "tiny",
+        "--steps",
+        2,
+    )
     assert (root / "decoder" / "ckpt" / "latest" / "model.safetensors").exists()
 
 
 def test_diffusion_resume_is_bit_exact(gamengen_tiny, tmp_path):
     from gamengen import train
+
     args = ["diffusion", "--data", gamengen_tiny / "latents", "--preset", "tiny", "--log-level", "quiet"]
     run_main(train.main, *args, "--out", tmp_path / "a")
     run_main(train.main, *args, "--out", tmp_path / "b", "--stop-after", 4)
@@ -155,6 +184,7 @@ def test_diffusion_resume_is_bit_exact(gamengen_tiny, tmp_path):
 
 def test_bad_latents_folder_is_one_line_error(tmp_path, capsys):
     from gamengen import train
+
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(SystemExit) as e:
         run_main(train.main, "diffusion", "--data", tmp_path, "--out", tmp_path / "run", "--preset", "tiny")
@@ -164,9 +194,17 @@ def test_bad_latents_folder_is_one_line_error(tmp_path, capsys):
 
 def test_evaluate_reports_baselines_curve_and_gif(gamengen_tiny, tmp_path):
     from gamengen.evaluate import evaluate
+
     root = gamengen_tiny
-    res = evaluate(root / "diffusion" / "ckpt" / "best", root / "latents", out=tmp_path, windows=8, horizon=4, episodes=2,
-                   log=lambda s: None)
+    res = evaluate(
+        root / "diffusion" / "ckpt" / "best",
+        root / "latents",
+        out=tmp_path,
+        windows=8,
+        horizon=4,
+        episodes=2,
+        log=lambda s: None,
+    )
     tf = res["teacher_forced"]
     assert tf["windows"] == 8 and {"model", "copy_last", "autoencoder"} <= tf.keys()
     assert 5 < tf["copy_last"]["psnr"] < 60 and 0 < tf["model"]["psnr"] < 60

@@ -1,5 +1,6 @@
 """GameNGen part 2: the frame autoencoder (train, encode to latents once, decoder fine-tune) and the
 latent-sequence dataset (context never crosses episodes, left-padded at episode starts)."""
+
 import argparse
 import json
 from dataclasses import asdict
@@ -23,7 +24,7 @@ def tiny(**kw):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("gamengen_ae")
     index = collect(root / "doom", 300, seed=3, shard_steps=100, progress=False)
-    for e, v in index["episodes"].items():      # both splits whatever the episode lengths: alternate them
+    for e, v in index["episodes"].items():  # both splits whatever the episode lengths: alternate them
         v["split"] = "heldout" if int(e) % 2 else "train"
     (root / "doom" / "index.json").write_text(json.dumps(index))
     ns = argparse.Namespace(data=root / "doom", out=root / "run", seed=0, resume=False)
@@ -73,10 +74,18 @@ def test_encode_writes_latents_matching_the_shards(trained):
 
 def test_decoder_finetune_changes_only_the_decoder(trained):
     if not (trained / "latents" / "index.json").exists():
-        aem.encode(argparse.Namespace(data=trained / "doom", ckpt=trained / "run" / "ckpt" / "best", out=trained / "latents"))
+        aem.encode(
+            argparse.Namespace(data=trained / "doom", ckpt=trained / "run" / "ckpt" / "best", out=trained / "latents")
+        )
     before, _ = aem.load_model(trained / "run" / "ckpt" / "best")
-    ns = argparse.Namespace(data=trained / "doom", latents=trained / "latents", ckpt=trained / "run" / "ckpt" / "best",
-                            out=trained / "dec", seed=0, resume=False)
+    ns = argparse.Namespace(
+        data=trained / "doom",
+        latents=trained / "latents",
+        ckpt=trained / "run" / "ckpt" / "best",
+        out=trained / "dec",
+        seed=0,
+        resume=False,
+    )
     aem.decoder_finetune(ns, tiny(steps=3, eval_every=3, lr=1e-3))
     after, _ = aem.load_model(trained / "dec" / "ckpt" / "latest")
     a, b = before.state_dict(), after.state_dict()
@@ -94,7 +103,9 @@ def write_synthetic_latents(root, lengths):
         ep = torch.tensor([e for e, _ in part])
         st = torch.tensor([t for _, t in part])
         lat = (1000 * ep + st).half().view(-1, 1, 1, 1).expand(-1, 4, 2, 3).contiguous()
-        save_file({"latents": lat, "actions": (st % 7) + 1, "episode": ep, "step": st}, str(root / f"latents_{i}.safetensors"))
+        save_file(
+            {"latents": lat, "actions": (st % 7) + 1, "episode": ep, "step": st}, str(root / f"latents_{i}.safetensors")
+        )
         shards.append({"file": f"latents_{i}.safetensors", "steps": len(part)})
     episodes = {str(e): {"split": "heldout" if e == 2 else "train", "length": n} for e, n in lengths.items()}
     (root / "index.json").write_text(json.dumps({"shards": shards, "episodes": episodes, "scale": 0.5}))
@@ -115,9 +126,9 @@ def test_dataset_never_crosses_episodes_and_left_pads(tmp_path):
         n = min(N, t)
         assert s["valid"].tolist() == [False] * (N - n) + [True] * n
         for k in range(N):
-            if k < N - n:        # padding: zero latent, noop
+            if k < N - n:  # padding: zero latent, noop
                 assert torch.all(s["context"][k] == 0) and s["actions"][k] == 0
-            else:                # step t - N + k of the same episode, and the action taken there
+            else:  # step t - N + k of the same episode, and the action taken there
                 assert torch.all(s["context"][k] == 1000 * e + t - N + k) and s["actions"][k] == (t - N + k) % 7 + 1
     assert seen == {(e, t) for e, n in lengths.items() if e != 2 for t in range(n)}
     held = LatentSequences(tmp_path / "lat", "heldout", context=N)

@@ -1,5 +1,6 @@
 """GameNGen part 3: playing the diffusion model (headless play of an action script to a GIF with its FPS line, the
 engine's sliding context, one-line errors) and the export of a guided denoiser step and the decoder."""
+
 import json
 from argparse import Namespace
 
@@ -43,24 +44,38 @@ def test_headless_play_writes_the_gif_and_an_fps_line(gamengen_tiny, tmp_path, c
     ckpt, lat = paths(gamengen_tiny)
     (tmp_path / "walk.txt").write_text(SCRIPT)
     assert play.parse_actions(SCRIPT) == [2, 2, 6, 1, 5, 5, 7]
-    run_main(play.main, "--model-path", ckpt, "--data", lat, "--headless", "--actions", tmp_path / "walk.txt",
-             "--out", tmp_path / "play.gif", "--threads", 1, "--steps", 2)
+    run_main(
+        play.main,
+        "--model-path",
+        ckpt,
+        "--data",
+        lat,
+        "--headless",
+        "--actions",
+        tmp_path / "walk.txt",
+        "--out",
+        tmp_path / "play.gif",
+        "--threads",
+        1,
+        "--steps",
+        2,
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     n_ctx = load_denoiser(ckpt)[0].cfg.context
     assert line["frames"] == 7 and line["context_frames"] == n_ctx and line["steps"] == 2
     assert line["fps"] > 0 and line["denoise_ms"] > 0 and line["decode_ms"] > 0
-    gif = Image.open(tmp_path / "play.gif")            # the decoded real context frames, then the generated ones
+    gif = Image.open(tmp_path / "play.gif")  # the decoded real context frames, then the generated ones
     durations = []
     for i in range(gif.n_frames):
         gif.seek(i)
         durations.append(gif.info["duration"])
-    assert gif.size == (160, 128) and sum(durations) == (n_ctx + 7) * 50   # 20 fps; Pillow merges equal frames
+    assert gif.size == (160, 128) and sum(durations) == (n_ctx + 7) * 50  # 20 fps; Pillow merges equal frames
 
 
 def test_engine_slides_the_context_and_bad_scripts_fail_in_one_line(gamengen_tiny, tmp_path, capsys):
     ckpt, lat = paths(gamengen_tiny)
     model, _ = load_denoiser(ckpt)
-    decoder, _ = load_model(play.decoder_path(Namespace(decoder=None, data=lat)))   # from the index's "ckpt"
+    decoder, _ = load_model(play.decoder_path(Namespace(decoder=None, data=lat)))  # from the index's "ckpt"
     episodes = play.Episodes(lat, model.cfg.context)
     engine = play.Engine(model, decoder, episodes.ds.scale, steps=2, seed=5)
     context, actions = episodes.window(episodes.ids[0])
@@ -72,7 +87,7 @@ def test_engine_slides_the_context_and_bad_scripts_fail_in_one_line(gamengen_tin
     # the oldest latent left, the others moved one slot left, the sampled one is last
     assert torch.equal(engine.context[:-1], context[1:])
     played = actions.clone()
-    played[-1] = a                                      # the action pressed leads to the new frame
+    played[-1] = a  # the action pressed leads to the new frame
     z = sample(model, context[None], played[None], steps=2, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(engine.context[-1], z[0], atol=1e-6)
     assert torch.equal(frame, engine.decode(z)[0])
@@ -84,7 +99,18 @@ def test_engine_slides_the_context_and_bad_scripts_fail_in_one_line(gamengen_tin
 
     (tmp_path / "bad.txt").write_text("forward 2\njump\n")
     with pytest.raises(SystemExit) as e:
-        run_main(play.main, "--model-path", ckpt, "--data", lat, "--headless", "--actions", tmp_path / "bad.txt", "--threads", 1)
+        run_main(
+            play.main,
+            "--model-path",
+            ckpt,
+            "--data",
+            lat,
+            "--headless",
+            "--actions",
+            tmp_path / "bad.txt",
+            "--threads",
+            1,
+        )
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "bad.txt:2: unknown action 'jump'" in err, err
     with pytest.raises(SystemExit) as e:
@@ -96,7 +122,9 @@ def test_engine_slides_the_context_and_bad_scripts_fail_in_one_line(gamengen_tin
 def test_export_of_the_denoise_step_and_decoder_matches_eager(gamengen_tiny, tmp_path, capsys):
     ckpt, lat = paths(gamengen_tiny)
     with pytest.raises(SystemExit) as e:
-        run_main(export.main, "--model-path", ckpt, "--data", lat, "--out", tmp_path / "export", "--no-vgf", "--repeats", 1)
+        run_main(
+            export.main, "--model-path", ckpt, "--data", lat, "--out", tmp_path / "export", "--no-vgf", "--repeats", 1
+        )
     out = capsys.readouterr().out
     assert e.value.code == 0, out[-3000:]
     summary = json.loads((tmp_path / "export" / "export_summary.json").read_text())
@@ -136,11 +164,23 @@ def test_weights_out_writes_what_play_starts_from_without_data(gamengen_tiny, tm
     assert shipped.ids == recorded.ids[:8] and shipped.ds.scale == recorded.ds.scale
     c1, a1 = shipped.window(shipped.ids[0])
     c0, a0 = recorded.window(shipped.ids[0])
-    assert torch.equal(a1, a0) and torch.equal(c1, c0)                    # the stored fp16 latents, copied
-    run_main(play.main, "--model-path", out / "denoiser", "--data", out / "start", "--headless", "--frames", 3,
-             "--out", tmp_path / "p.gif", "--threads", 1)
+    assert torch.equal(a1, a0) and torch.equal(c1, c0)  # the stored fp16 latents, copied
+    run_main(
+        play.main,
+        "--model-path",
+        out / "denoiser",
+        "--data",
+        out / "start",
+        "--headless",
+        "--frames",
+        3,
+        "--out",
+        tmp_path / "p.gif",
+        "--threads",
+        1,
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["frames"] == 3
-    with pytest.raises(SystemExit) as e:         # --weights-out needs the data its start windows come from
+    with pytest.raises(SystemExit) as e:  # --weights-out needs the data its start windows come from
         run_main(export.main, "--model-path", ckpt, "--weights-out", tmp_path / "w2")
     assert e.value.code == 2
 
@@ -155,9 +195,11 @@ def test_the_shipped_weights_play_right_after_setup(tmp_path, capsys):
     run_main(play.main, "--headless", "--actions", tmp_path / "walk.txt", "--out", tmp_path / "x.gif", "--threads", 1)
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = load_denoiser(play.SHIPPED / "denoiser")[0]
-    assert line["frames"] == 7 and line["steps"] == 2 and line["fps"] > 0 and line["context_frames"] == model.cfg.context
+    assert (
+        line["frames"] == 7 and line["steps"] == 2 and line["fps"] > 0 and line["context_frames"] == model.cfg.context
+    )
     gif = Image.open(tmp_path / "x.gif")
-    assert gif.size == (160, 128) and gif.n_frames > model.cfg.context     # the start frames, then what the model made
+    assert gif.size == (160, 128) and gif.n_frames > model.cfg.context  # the start frames, then what the model made
 
 
 def test_the_shipped_denoiser_predicts_the_next_frame_better_than_copying_the_last():

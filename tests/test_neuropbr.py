@@ -1,6 +1,7 @@
 """NeuroPBR end to end on tiny built-in data: the model, training with and without the GAN (loss falls), exact
 resume, evaluation against the baselines, inference on a PNG folder, export, and clear CLI errors.
 (The data layout and its rules: test_neuropbr_data.py; the renderer: test_neuropbr_synth.py.)"""
+
 import json
 import os
 import shutil
@@ -24,17 +25,24 @@ def run(args, timeout=600):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from neuropbr.synth import make_dataset
+
     root = tmp_path_factory.mktemp("pbr") / "data"
     make_dataset(root, 10, size=64, seed=1, progress=False)
     return root
 
 
 def test_generator_and_discriminator_shapes():
-    for cfg in (ModelConfig(encoder_stride=2, transformer_dim=32, transformer_heads=2, transformer_depth=1),
-                ModelConfig(encoder_stride=2, use_transformer=False, transformer_dim=32)):
+    for cfg in (
+        ModelConfig(encoder_stride=2, transformer_dim=32, transformer_heads=2, transformer_depth=1),
+        ModelConfig(encoder_stride=2, use_transformer=False, transformer_dim=32),
+    ):
         out = Generator(cfg)(torch.rand(2, 3, 3, 64, 64))
         assert {k: tuple(v.shape) for k, v in out.items()} == {
-            "albedo": (2, 3, 64, 64), "roughness": (2, 1, 64, 64), "metallic": (2, 1, 64, 64), "normal": (2, 3, 64, 64)}
+            "albedo": (2, 3, 64, 64),
+            "roughness": (2, 1, 64, 64),
+            "metallic": (2, 1, 64, 64),
+            "normal": (2, 3, 64, 64),
+        }
         assert torch.allclose(out["normal"].norm(dim=1), torch.ones(2, 64, 64), atol=1e-4)
         assert 0 <= out["albedo"].min() and out["albedo"].max() <= 1
     assert PatchGAN(3, 8)(stack_maps(out)).shape == (2, 1, 6, 6)
@@ -63,13 +71,14 @@ def test_train_without_gan_loss_falls_and_beats_baselines(data, tmp_path):
 
 def test_train_with_gan_and_exact_resume(data, tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
-    r = _train(data, full)                      # tiny: GAN from epoch 1 of 2
+    r = _train(data, full)  # tiny: GAN from epoch 1 of 2
     assert r.returncode == 0, r.stderr[-3000:]
     assert any("d_loss" in row for row in map(json.loads, open(full / "metrics.jsonl")))
     assert _train(data, split, ["--stop-after", "5"]).returncode == 0
     r = _train(data, split, ["--resume"])
     assert r.returncode == 0, r.stderr[-3000:]
     from common.ckpt import load
+
     a, b = load(full / "ckpt" / "latest")[0], load(split / "ckpt" / "latest")[0]
     assert any(k.startswith("disc.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
@@ -81,20 +90,56 @@ def test_infer_on_a_png_folder_and_export(data, tmp_path):
     assert _train(data, out, ["--no-gan", "--max-steps", "2"]).returncode == 0
     views = tmp_path / "views"
     shutil.copytree(next((data / "input").glob("*/sample_*")), views)
-    r = run(["neuropbr/infer.py", "--checkpoint", str(out / "ckpt" / "latest"), "--input-dir", str(views), "--out", str(tmp_path / "maps")])
+    r = run(
+        [
+            "neuropbr/infer.py",
+            "--checkpoint",
+            str(out / "ckpt" / "latest"),
+            "--input-dir",
+            str(views),
+            "--out",
+            str(tmp_path / "maps"),
+        ]
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("albedo", "roughness", "metallic", "normal", "input_0"):
         assert (tmp_path / "maps" / f"{name}.png").stat().st_size > 0
-    r = run(["neuropbr/export.py", "--model-path", str(out / "ckpt" / "latest"), "--data", str(data), "--out", str(tmp_path / "export")])
+    r = run(
+        [
+            "neuropbr/export.py",
+            "--model-path",
+            str(out / "ckpt" / "latest"),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "export"),
+        ]
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads((tmp_path / "export" / "export_report.json").read_text())
     assert rep["pte_matches_eager"] and rep["vgf"]["delegated_fraction"] > 0.9
     assert (tmp_path / "export" / "model.vgf").stat().st_size > 0
-    r = run(["neuropbr/export.py", "--model-path", str(out / "ckpt" / "latest"), "--data", str(data), "--export-type", "ptq_int8",
-             "--calibration-samples", "2", "--no-vgf", "--out", str(tmp_path / "export_int8")])
+    r = run(
+        [
+            "neuropbr/export.py",
+            "--model-path",
+            str(out / "ckpt" / "latest"),
+            "--data",
+            str(data),
+            "--export-type",
+            "ptq_int8",
+            "--calibration-samples",
+            "2",
+            "--no-vgf",
+            "--out",
+            str(tmp_path / "export_int8"),
+        ]
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads((tmp_path / "export_int8" / "export_report.json").read_text())
-    assert rep["pte_matches_eager"] and rep["checks"]["pte_p99_steps"] <= 1 and rep["xnnpack"]["delegated_fraction"] > 0.9
+    assert (
+        rep["pte_matches_eager"] and rep["checks"]["pte_p99_steps"] <= 1 and rep["xnnpack"]["delegated_fraction"] > 0.9
+    )
 
 
 def test_cli_errors_are_one_line_exit_2(data, tmp_path):
@@ -102,18 +147,42 @@ def test_cli_errors_are_one_line_exit_2(data, tmp_path):
     shutil.copytree(data, bad)
     (bad / "input" / "render_metadata.json").unlink()
     r = _train(bad, tmp_path / "x")
-    assert r.returncode == 2 and "render_metadata.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = run(["neuropbr/infer.py", "--checkpoint", str(tmp_path / "nope"), "--input-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and "render_metadata.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1, (
+        r.stderr
+    )
+    r = run(
+        [
+            "neuropbr/infer.py",
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--input-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert r.returncode == 2 and "nope" in r.stderr
 
 
 def test_help_explains_every_flag():
     from neuropbr.train import build_parser
+
     for action in build_parser()._actions:
         assert action.help and len(action.help) > 10, action.option_strings
     flags = {s for a in build_parser()._actions for s in a.option_strings}
-    assert {"--input-dir", "--output-dir", "--config", "--render-curriculum", "--checkpoint-dir", "--resume",
-            "--device", "--batch-size", "--preset", "--out", "--max-steps"} <= flags
+    assert {
+        "--input-dir",
+        "--output-dir",
+        "--config",
+        "--render-curriculum",
+        "--checkpoint-dir",
+        "--resume",
+        "--device",
+        "--batch-size",
+        "--preset",
+        "--out",
+        "--max-steps",
+    } <= flags
 
 
 def test_tiled_inference_equals_one_whole_pass():
@@ -121,6 +190,7 @@ def test_tiled_inference_equals_one_whole_pass():
     around it: the maps equal one whole-image pass (local attention, the default); odd sizes are padded."""
     from neuropbr.infer import predict
     from neuropbr.train import PRESETS, model_config
+
     torch.manual_seed(0)
     gen = Generator(model_config(PRESETS["tiny"])).eval()
     views = torch.rand(3, 3, 512, 512)
@@ -131,7 +201,7 @@ def test_tiled_inference_equals_one_whole_pass():
     odd = predict(gen, views[..., :200, :150], tile=64)
     assert odd["albedo"].shape == (3, 200, 150)
     narrow = predict(gen, views[..., :64, :64], tile=4096)
-    assert (narrow["normal"] - odd["normal"][:, :64, :64]).abs().max() > 0      # context matters: a real test
+    assert (narrow["normal"] - odd["normal"][:, :64, :64]).abs().max() > 0  # context matters: a real test
 
 
 def test_the_shipped_weights_recover_a_held_out_material(tmp_path):
@@ -139,24 +209,33 @@ def test_the_shipped_weights_recover_a_held_out_material(tmp_path):
     (neuropbr/weights/neuropbr) on three views of built-in materials no training saw, and recovers them: albedo
     well above the view average, normals closer than a flat plane, metallic right."""
     from torchvision.io import ImageReadMode
+
     from neuropbr.dataset import PBRDataset, read_png
     from neuropbr.evaluate import scores
     from neuropbr.synth import make_dataset
+
     make_dataset(tmp_path / "d", 4, size=128, seed=4242, clean_fraction=1.0, progress=False)
     ds = PBRDataset.from_root(tmp_path / "d")
-    for i in (2, 3):                                               # planks, stones (families 2 and 3 of 8)
+    for i in (2, 3):  # planks, stones (families 2 and 3 of 8)
         item = ds[i]
         folder = tmp_path / "d" / "input" / item["source"] / item["name"]
         r = run(["neuropbr/infer.py", "--input-dir", str(folder), "--out", str(tmp_path / f"maps{i}")])
         assert r.returncode == 0, r.stderr[-2000:]
         assert "peak RSS" in r.stdout
-        maps = {k: read_png(tmp_path / f"maps{i}" / f"{k}.png", ImageReadMode.UNCHANGED if k in ("roughness", "metallic")
-                            else ImageReadMode.RGB)[None] for k in ("albedo", "roughness", "metallic", "normal")}
+        maps = {
+            k: read_png(
+                tmp_path / f"maps{i}" / f"{k}.png",
+                ImageReadMode.UNCHANGED if k in ("roughness", "metallic") else ImageReadMode.RGB,
+            )[None]
+            for k in ("albedo", "roughness", "metallic", "normal")
+        }
         maps = {k: v[:, :1] if k in ("roughness", "metallic") else v for k, v in maps.items()}
         maps["normal"] = torch.nn.functional.normalize(maps["normal"] * 2 - 1, dim=1)
         got = scores(maps, {k: item[k][None] for k in maps})
-        flat = scores({**maps, "normal": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand_as(maps["normal"])},
-                      {k: item[k][None] for k in maps})
+        flat = scores(
+            {**maps, "normal": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand_as(maps["normal"])},
+            {k: item[k][None] for k in maps},
+        )
         view_avg = scores({**maps, "albedo": item["views"].mean(0, keepdim=True)}, {k: item[k][None] for k in maps})
         assert got["albedo"]["psnr"] > view_avg["albedo"]["psnr"] + 3, (got["albedo"], view_avg["albedo"])
         assert got["normal"]["angle_mean"] < 0.85 * flat["normal"]["angle_mean"], (got["normal"], flat["normal"])

@@ -1,4 +1,5 @@
 """NeuroPBR dataset reader on tiny hand-made layouts: curricula, split, shapes, resize, flips, clear errors."""
+
 import json
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def test_item_shapes_ranges(tmp_path):
     assert it["normal"][0].mean() > 0.5 and it["name"] == "s0" and it["material"] == "m0" and it["source"] == "clean"
     # view order 0, 1, 2
     from torchvision.io import read_image
+
     v1 = read_image(str(root / "input/clean/s0/1.png")).float() / 255
     assert torch.allclose(it["views"][1], v1)
     batch = next(iter(loader(ds, batch_size=3, shuffle=True, seed=1)))

@@ -1,5 +1,6 @@
 """neuropbr/synth.py on tiny data (64 px): NeuroPBR's exact layout, valid maps, determinism, non-trivial renders,
 clean/dirty split, the CLI."""
+
 import json
 import os
 import subprocess
@@ -40,12 +41,13 @@ def test_layout(data):
     root, meta = data
     on_disk = json.loads((root / "input" / "render_metadata.json").read_text())
     assert on_disk == meta and len(meta) == 8
-    assert all(isinstance(v, str) for v in meta.values())                      # flat {sample: material}
-    folders = sorted(d.name for s in ("clean", "dirty") if (root / "input" / s).is_dir()
-                     for d in (root / "input" / s).iterdir())
-    assert folders == sorted(meta) == [f"sample_{i:04d}" for i in range(8)]    # each sample once, nothing else
+    assert all(isinstance(v, str) for v in meta.values())  # flat {sample: material}
+    folders = sorted(
+        d.name for s in ("clean", "dirty") if (root / "input" / s).is_dir() for d in (root / "input" / s).iterdir()
+    )
+    assert folders == sorted(meta) == [f"sample_{i:04d}" for i in range(8)]  # each sample once, nothing else
     assert sorted(p.name for p in (root / "input").iterdir()) <= ["clean", "dirty", "render_metadata.json"]
-    assert len(set(meta.values())) == 8                                        # one material per sample
+    assert len(set(meta.values())) == 8  # one material per sample
     assert sorted(meta.values()) == sorted(p.name for p in (root / "output").iterdir())
     for sample, name in meta.items():
         d = sample_dir(root, sample)
@@ -63,12 +65,12 @@ def test_maps_valid(data):
     metal_seen = False
     for name in meta.values():
         n = png(root / "output" / name / "normal.png").float() / 255 * 2 - 1
-        assert (n.norm(dim=0) - 1).abs().max() < 0.02, name                    # unit length within 8-bit rounding
-        assert n[2].min() > 0, name                                            # z out of the surface
+        assert (n.norm(dim=0) - 1).abs().max() < 0.02, name  # unit length within 8-bit rounding
+        assert n[2].min() > 0, name  # z out of the surface
         rough = png(root / "output" / name / "roughness.png").float() / 255
-        assert rough.min() >= 0.04, name                                       # roughness in [0.05, 1]
+        assert rough.min() >= 0.04, name  # roughness in [0.05, 1]
         metal_seen |= bool((png(root / "output" / name / "metallic.png") > 200).float().mean() > 0.3)
-    assert metal_seen                                                          # the metal families are metallic
+    assert metal_seen  # the metal families are metallic
 
 
 def test_renders_not_blank_and_views_differ(data):
@@ -79,7 +81,7 @@ def test_renders_not_blank_and_views_differ(data):
             assert v.std() > 0.03 and 0.05 < v.mean() < 0.95, sample
         for a in range(3):
             for b in range(a + 1, 3):
-                d = (views[a] - views[b]).abs()          # rectified views: the flash, highlights, relief move
+                d = (views[a] - views[b]).abs()  # rectified views: the flash, highlights, relief move
                 assert d.mean() > 0.002 and d.max() > 0.1, (sample, a, b)
 
 
@@ -92,11 +94,12 @@ def test_deterministic_and_seeds_differ(tmp_path):
     make_dataset(tmp_path / "b", 3, size=SIZE, seed=0, progress=False)
     make_dataset(tmp_path / "c", 3, size=SIZE, seed=1, progress=False)
     a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
-    assert a == b and len(a) == 3 * 3 + 3 * 4                                  # byte-identical for one seed
+    assert a == b and len(a) == 3 * 3 + 3 * 4  # byte-identical for one seed
     albedo = lambda fs: [v for k, v in fs.items() if k.endswith("albedo.png")]  # noqa: E731
-    assert all(x != y for x, y in zip(albedo(a), albedo(c)))                   # another seed: other materials
-    assert not set(json.loads((tmp_path / "a/input/render_metadata.json").read_text()).values()) & \
-        set(json.loads((tmp_path / "c/input/render_metadata.json").read_text()).values())
+    assert all(x != y for x, y in zip(albedo(a), albedo(c)))  # another seed: other materials
+    assert not set(json.loads((tmp_path / "a/input/render_metadata.json").read_text()).values()) & set(
+        json.loads((tmp_path / "c/input/render_metadata.json").read_text()).values()
+    )
 
 
 def test_clean_dirty_split(tmp_path):
@@ -107,8 +110,9 @@ def test_clean_dirty_split(tmp_path):
         root = tmp_path / want
         meta = make_dataset(root, 3, size=32, seed=0, clean_fraction=frac, progress=False)
         assert all((root / "input" / want / s).is_dir() for s in meta)
-        assert not (root / "input" / ("clean" if want == "dirty" else "dirty")).exists() or \
-            not any((root / "input" / ("clean" if want == "dirty" else "dirty")).iterdir())
+        assert not (root / "input" / ("clean" if want == "dirty" else "dirty")).exists() or not any(
+            (root / "input" / ("clean" if want == "dirty" else "dirty")).iterdir()
+        )
 
 
 def test_rerun_smaller_keeps_layout_exact(tmp_path):
@@ -122,16 +126,38 @@ def test_rerun_smaller_keeps_layout_exact(tmp_path):
 
 def test_cli_and_preview(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, str(ROOT / "neuropbr/synth.py"), "--out", str(tmp_path / "d"), "--count", "2",
-                        "--size", "48", "--seed", "3", "--preview", str(tmp_path / "p.png")],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "neuropbr/synth.py"),
+            "--out",
+            str(tmp_path / "d"),
+            "--count",
+            "2",
+            "--size",
+            "48",
+            "--seed",
+            "3",
+            "--preview",
+            str(tmp_path / "p.png"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "d/input/render_metadata.json").read_text())
     assert list(meta) == ["sample_0000", "sample_0001"]
     assert png(sample_dir(tmp_path / "d", "sample_0001") / "2.png").shape == (3, 48, 48)
     assert png(tmp_path / "p.png").shape[0] == 3
-    bad = subprocess.run([sys.executable, str(ROOT / "neuropbr/synth.py"), "--out", str(tmp_path / "e"),
-                          "--count", "0"], env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "neuropbr/synth.py"), "--out", str(tmp_path / "e"), "--count", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
 
 
@@ -140,17 +166,20 @@ def test_materials_have_real_relief_and_the_renders_show_it():
     in the renders: traced through the height field (parallax, occlusion, shadows), a view differs from the same
     view of the same maps with the height flattened."""
     from neuropbr import synth
+
     angles = []
     for i, family in enumerate(synth.FAMILIES):
         m = synth.make_material(torch.Generator().manual_seed(i), family, 128)
-        assert m["height"].max() == 0 and m["height"].min() < -0.005, family           # top plane z = 0, real depth
+        assert m["height"].max() == 0 and m["height"].min() < -0.005, family  # top plane z = 0, real depth
         n = synth.decode_maps(synth.encode_maps(m))[5:8]
         angles.append(torch.rad2deg(torch.acos(n[2].clamp(-1, 1))).mean().item())
         if family == "stones":
             stack = synth.decode_maps(synth.encode_maps(m))
             relief = synth.render_views(torch.Generator().manual_seed(7), stack, m["height"], dirty=False).float()
-            flat = synth.render_views(torch.Generator().manual_seed(7), stack, torch.zeros_like(m["height"]), dirty=False).float()
-            assert (relief - flat).abs().mean() > 4, (relief - flat).abs().mean()       # 8-bit levels
+            flat = synth.render_views(
+                torch.Generator().manual_seed(7), stack, torch.zeros_like(m["height"]), dirty=False
+            ).float()
+            assert (relief - flat).abs().mean() > 4, (relief - flat).abs().mean()  # 8-bit levels
     assert sum(angles) / len(angles) >= 15, angles
     assert min(angles) > 3 and max(angles) > 20, angles
 
@@ -159,6 +188,7 @@ def test_views_are_rectified_to_the_maps():
     """A camera straight above a material without relief sees texel (i, j) at pixel (i, j): the rendered view's
     edges line up with the albedo map's edges (the views are registered with the maps)."""
     from neuropbr import synth
+
     g = torch.Generator().manual_seed(0)
     m = synth.make_material(g, "tiles", 64)
     stack = synth.decode_maps(synth.encode_maps(m))

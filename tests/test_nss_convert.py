@@ -1,5 +1,6 @@
 """nss/convert.py on a tiny generated EXR capture: the safetensors layout of Arm's safetensors_writer.py, the
 cropper, -overwrite, and one-line errors."""
+
 import json
 import math
 import shutil
@@ -24,16 +25,32 @@ JITTER = (0.25, -0.5)  # raw jitter (x, y) in low-res pixels
 CAPTURES = {"0000": (12, 20, False, False), "0001": (16, 16, True, True)}
 
 SPEC = {  # key: (dtype, per-frame shape with h, w = low res and H, W = high res)
-    "colour_linear": (torch.float16, (3, "h", "w")), "ground_truth_linear": (torch.float16, (3, "H", "W")),
-    "depth": (torch.float32, (1, "h", "w")), "motion_lr": (torch.float16, (2, "h", "w")),
-    "motion": (torch.float16, (2, "H", "W")), "jitter": (torch.float32, (2, 1, 1)),
-    "X": (torch.float32, (1,)), "Y": (torch.float32, (1,)), "exposure": (torch.float32, (1,)),
-    "render_size": (torch.int32, (2,)), "outDims": (torch.int32, (2,)), "TargetResolution": (torch.int32, (2,)),
-    "EmulatedFramerate": (torch.float32, (1,)), "Samples": (torch.int32, (1,)),
-    "viewProj": (torch.float32, (1, 4, 4)), "zNear": (torch.float32, (1,)), "zFar": (torch.float32, (1,)),
-    "infinite_zFar": (torch.bool, (1,)), "ReverseZ": (torch.bool, (1,)), "FovX": (torch.float32, (1,)),
-    "FovY": (torch.float32, (1,)), "scale": (torch.float32, (1,)), "seq": (torch.int64, (1,)),
-    "img": (torch.int64, (1,)), "camera_cut": (torch.bool, (1,)), "depth_params": (torch.float32, (4,)),
+    "colour_linear": (torch.float16, (3, "h", "w")),
+    "ground_truth_linear": (torch.float16, (3, "H", "W")),
+    "depth": (torch.float32, (1, "h", "w")),
+    "motion_lr": (torch.float16, (2, "h", "w")),
+    "motion": (torch.float16, (2, "H", "W")),
+    "jitter": (torch.float32, (2, 1, 1)),
+    "X": (torch.float32, (1,)),
+    "Y": (torch.float32, (1,)),
+    "exposure": (torch.float32, (1,)),
+    "render_size": (torch.int32, (2,)),
+    "outDims": (torch.int32, (2,)),
+    "TargetResolution": (torch.int32, (2,)),
+    "EmulatedFramerate": (torch.float32, (1,)),
+    "Samples": (torch.int32, (1,)),
+    "viewProj": (torch.float32, (1, 4, 4)),
+    "zNear": (torch.float32, (1,)),
+    "zFar": (torch.float32, (1,)),
+    "infinite_zFar": (torch.bool, (1,)),
+    "ReverseZ": (torch.bool, (1,)),
+    "FovX": (torch.float32, (1,)),
+    "FovY": (torch.float32, (1,)),
+    "scale": (torch.float32, (1,)),
+    "seq": (torch.int64, (1,)),
+    "img": (torch.int64, (1,)),
+    "camera_cut": (torch.bool, (1,)),
+    "depth_params": (torch.float32, (4,)),
 }
 
 
@@ -60,19 +77,32 @@ def write_capture(root, seq, H, W, reverse_z, infinite, gt=None):
         write_exr(root / "x2/motion" / seq / name, {"R": u, "G": half(-0.125, h, w)})
     frames = []
     for i in range(FRAMES):
-        fr = {"Frame": i, "FovX": 1.2, "FovY": FOV_Y,
-              "CameraNearPlane": NEAR, "CameraFarPlane": -1 if infinite else FAR,
-              "ViewProjection": [float(k) for k in range(16)], "Jitter": {"X": JITTER[0], "Y": JITTER[1]},
-              # index 0 is another ratio's jitter: the converter must pick x2_index = 1
-              "NormalizedPerRatioJitter": [{"X": 9.0, "Y": 9.0}, {"X": JITTER[0] / w, "Y": JITTER[1] / h}]}
+        fr = {
+            "Frame": i,
+            "FovX": 1.2,
+            "FovY": FOV_Y,
+            "CameraNearPlane": NEAR,
+            "CameraFarPlane": -1 if infinite else FAR,
+            "ViewProjection": [float(k) for k in range(16)],
+            "Jitter": {"X": JITTER[0], "Y": JITTER[1]},
+            # index 0 is another ratio's jitter: the converter must pick x2_index = 1
+            "NormalizedPerRatioJitter": [{"X": 9.0, "Y": 9.0}, {"X": JITTER[0] / w, "Y": JITTER[1] / h}],
+        }
         if i != 1:
             fr["Exposure"] = 2.0 * (i + 1)
         if i in (0, 2):
             fr["CameraCut"] = True
         frames.append(fr)
-    meta = {"Version": "1.0.1", "EmulatedFramerate": 30, "TargetResolution": {"X": W, "Y": H},
-            "Samples": {"Sequence": "TiledHalton", "Count": 16, "Quantized": True}, "ReverseZ": reverse_z,
-            "UpscalingRatiosIndices": {"x1_5_index": 0, "x2_index": 1}, "GTColorSpace": "Linear", "Frames": frames}
+    meta = {
+        "Version": "1.0.1",
+        "EmulatedFramerate": 30,
+        "TargetResolution": {"X": W, "Y": H},
+        "Samples": {"Sequence": "TiledHalton", "Count": 16, "Quantized": True},
+        "ReverseZ": reverse_z,
+        "UpscalingRatiosIndices": {"x1_5_index": 0, "x2_index": 1},
+        "GTColorSpace": "Linear",
+        "Frames": frames,
+    }
     (root / f"{seq}.json").write_text(json.dumps(meta))
 
 
@@ -118,6 +148,7 @@ def test_every_key_has_spec_dtype_and_shape(converted):
 
 def test_nanong_dataset_reads_the_output(converted):
     from nss.dataset import read_capture
+
     cap = read_capture(converted / "0000.safetensors")
     assert cap["colour_linear"].shape == (FRAMES, 3, 6, 10)
 
@@ -188,7 +219,8 @@ def test_cropper_tiles_with_an_overlapping_last_crop(converted, tmp_path):
     files = sorted((tmp_path / "captures").rglob("*.safetensors"))
     # 0000 is 12x20: rows start at 0 and 4 (overlap), columns at 0, 8 and 12 -> 6 crops; 0001 is 16x16 -> 4
     assert [f.relative_to(tmp_path / "captures").as_posix() for f in files] == (
-        [f"0000/{k:04d}/0000.safetensors" for k in range(6)] + [f"0001/{k:04d}/0001.safetensors" for k in range(6, 10)])
+        [f"0000/{k:04d}/0000.safetensors" for k in range(6)] + [f"0001/{k:04d}/0001.safetensors" for k in range(6, 10)]
+    )
     full, _ = load(converted / "0000.safetensors")
     last, meta = load(files[5])  # row 1 (starts at y=4), column 2 (starts at x=12)
     assert last["ground_truth_linear"].shape == (FRAMES, 3, 8, 8) and last["colour_linear"].shape == (FRAMES, 3, 4, 4)
@@ -200,16 +232,31 @@ def test_cropper_tiles_with_an_overlapping_last_crop(converted, tmp_path):
     assert len({load(f)[0]["seq_id"][0].item() for f in files}) == 10
 
 
-@pytest.mark.parametrize("break_capture, problem", [
-    (lambda r: shutil.rmtree(r / "x2/depth/0001"), "missing or empty folder"),
-    (lambda r: (r / "0000.json").unlink(), "missing capture JSON"),
-    (lambda r: (r / "0000.json").write_text(json.dumps(
-        {k: v for k, v in json.loads((r / "0000.json").read_text()).items() if k != "UpscalingRatiosIndices"})),
-     "missing JSON field 'UpscalingRatiosIndices'"),
-    (lambda r: (r / "x2/color/0000/0001.exr").write_bytes(b"not an exr"), "unreadable EXR"),
-    (lambda r: write_exr(r / "x2/motion/0000/0002.exr", {"R": np.zeros((6, 10), np.float16)}),
-     "missing EXR channel 'G'"),
-], ids=["missing-folder", "missing-json", "missing-field", "unreadable-exr", "missing-channel"])
+@pytest.mark.parametrize(
+    "break_capture, problem",
+    [
+        (lambda r: shutil.rmtree(r / "x2/depth/0001"), "missing or empty folder"),
+        (lambda r: (r / "0000.json").unlink(), "missing capture JSON"),
+        (
+            lambda r: (r / "0000.json").write_text(
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in json.loads((r / "0000.json").read_text()).items()
+                        if k != "UpscalingRatiosIndices"
+                    }
+                )
+            ),
+            "missing JSON field 'UpscalingRatiosIndices'",
+        ),
+        (lambda r: (r / "x2/color/0000/0001.exr").write_bytes(b"not an exr"), "unreadable EXR"),
+        (
+            lambda r: write_exr(r / "x2/motion/0000/0002.exr", {"R": np.zeros((6, 10), np.float16)}),
+            "missing EXR channel 'G'",
+        ),
+    ],
+    ids=["missing-folder", "missing-json", "missing-field", "unreadable-exr", "missing-channel"],
+)
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, break_capture, problem):
     root = make_root(tmp_path)
     break_capture(root)
@@ -226,8 +273,20 @@ def test_missing_openexr_names_the_extra(tmp_path, capsys, monkeypatch):
 
 def test_cli_converts_and_fails_cleanly(tmp_path):
     root = make_root(tmp_path)
-    cmd = [sys.executable, "nss/convert.py", "-src", str(root), "-dst", str(tmp_path / "out"), "-threads", "2",
-           "-reader", "EXRv101", "-logging_output_dir", str(tmp_path / "log")]
+    cmd = [
+        sys.executable,
+        "nss/convert.py",
+        "-src",
+        str(root),
+        "-dst",
+        str(tmp_path / "out"),
+        "-threads",
+        "2",
+        "-reader",
+        "EXRv101",
+        "-logging_output_dir",
+        str(tmp_path / "log"),
+    ]
     ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "captures").iterdir()) == ["0000.safetensors", "0001.safetensors"]

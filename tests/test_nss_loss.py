@@ -1,4 +1,5 @@
 """nss/loss.py: Arm's NSS v1 loss. Expected numbers are worked out by hand in the comments, not taken from a run."""
+
 import math
 import sys
 from pathlib import Path
@@ -14,23 +15,32 @@ from nss.loss import LPIPS, LossConfig, convert_lpips, load_lpips, loss_v1, time
 def make_outs(y, params, disocc=None, reset=None, pred=None, filt=None):
     n, t = y.shape[:2]
     h, w = params.shape[-2:]
-    return {"output": y.clone() if pred is None else pred, "out_filtered": y.clone() if filt is None else filt,
-            "temporal_params": params,
-            "disocclusion_mask": torch.zeros(n, t, 1, h, w) if disocc is None else disocc,
-            "reset": torch.zeros(n, t, dtype=torch.bool) if reset is None else reset}
+    return {
+        "output": y.clone() if pred is None else pred,
+        "out_filtered": y.clone() if filt is None else filt,
+        "temporal_params": params,
+        "disocclusion_mask": torch.zeros(n, t, 1, h, w) if disocc is None else disocc,
+        "reset": torch.zeros(n, t, dtype=torch.bool) if reset is None else reset,
+    }
 
 
 def perfect_params(n, t, h, w):
     p = torch.full((n, t, 4, h, w), 0.5)
-    p[:, :, 0] = 1.0                                          # theta at its target 1
-    p[:, :, 1] = 0.0                                          # alpha at its target 0
+    p[:, :, 0] = 1.0  # theta at its target 1
+    p[:, :, 1] = 0.0  # alpha at its target 0
     return p
 
 
 def only(**weights):
     """A config with every weighted term off except those given."""
-    off = dict(filtered_weight=0, first_frame_weight=0, theta_reg_weight=0, alpha_reg_weight=0,
-               temporal_reg_weight=0, change_pred_weight=0)
+    off = dict(
+        filtered_weight=0,
+        first_frame_weight=0,
+        theta_reg_weight=0,
+        alpha_reg_weight=0,
+        temporal_reg_weight=0,
+        change_pred_weight=0,
+    )
     off.update(weights)
     return LossConfig(**off)
 
@@ -39,13 +49,14 @@ def test_time_weights_hand_values():
     # w_t = 0.9 + (0.1 - 0.9) * (1 + cos(pi t / 3)) / 2, t = 1, 2, 3: cos = 0.5, -0.5, -1
     #     = 0.9 - 0.8 * 0.75, 0.9 - 0.8 * 0.25, 0.9 - 0 = 0.3, 0.7, 0.9
     assert torch.allclose(time_weights(4, LossConfig()), torch.tensor([0.3, 0.7, 0.9]), atol=1e-6)
-    assert torch.allclose(time_weights(3, LossConfig()), torch.tensor([0.5, 0.9]), atol=1e-6)   # cos(pi/2) = 0
+    assert torch.allclose(time_weights(3, LossConfig()), torch.tensor([0.5, 0.9]), atol=1e-6)  # cos(pi/2) = 0
     assert torch.allclose(time_weights(2, LossConfig()), torch.tensor([0.9]), atol=1e-6)
 
 
 def test_defaults_match_arm_template():
-    cfg = LossConfig(**{"temporal_reg_weight": 0.7, "alpha_reg_weight": 0.0001, "temporal_reg_channels": 1,
-                        "min_weight": 0.1})                  # nss_v1_template.json loss_args, verbatim keys
+    cfg = LossConfig(
+        **{"temporal_reg_weight": 0.7, "alpha_reg_weight": 0.0001, "temporal_reg_channels": 1, "min_weight": 0.1}
+    )  # nss_v1_template.json loss_args, verbatim keys
     assert cfg == LossConfig()
     assert (cfg.alpha, cfg.lpips_weight, cfg.filtered_weight, cfg.max_weight) == (4.0, 0.157, 0.1, 0.9)
     assert (cfg.theta_reg_weight, cfg.first_frame_weight, cfg.change_pred_weight) == (0.02, 0.5, 0.7)
@@ -59,9 +70,18 @@ def test_perfect_prediction_is_zero():
     motion = torch.randn(n, t, 2, H, W) * 2
     # Everything but the change-prediction term is exactly 0: d_pred == d_true, L1 = 0, theta = 1, alpha = 0,
     # and a constant theta can't flip sign (1 - warp(1) >= 0 in both differences).
-    total, terms = loss_v1(make_outs(y, perfect_params(n, t, 4, 4)), y, motion, only(
-        filtered_weight=0.1, first_frame_weight=0.5, theta_reg_weight=0.02, alpha_reg_weight=1e-4,
-        temporal_reg_weight=0.7))
+    total, terms = loss_v1(
+        make_outs(y, perfect_params(n, t, 4, 4)),
+        y,
+        motion,
+        only(
+            filtered_weight=0.1,
+            first_frame_weight=0.5,
+            theta_reg_weight=0.02,
+            alpha_reg_weight=1e-4,
+            temporal_reg_weight=0.7,
+        ),
+    )
     assert total.item() == 0.0
     # With the change term on, a static scene leaves only its charbonnier floor: 0.7 * sqrt(0 + eps^2) = 7e-4.
     y = torch.rand(n, 1, 3, H, W).expand(n, t, 3, H, W).contiguous()
@@ -82,7 +102,7 @@ def test_temporal_term_on_image_shift():
     motion = torch.zeros(1, 2, 2, 1, 4)
     motion[:, :, 1] = 1.0
     _, terms = loss_v1(make_outs(y, perfect_params(1, 2, 1, 2), pred=pred), y, motion, only())
-    want = (math.exp(1.6) + 3 * math.exp(0.4) - 4) / 4     # = 1.35713
+    want = (math.exp(1.6) + 3 * math.exp(0.4) - 4) / 4  # = 1.35713
     assert terms["temporal"].item() == pytest.approx(want, rel=1e-5)
     # T = 2: w_1 = 0.9 on the spatial side; L1(p1, y1) = (.4 + .1 + .1 + .1) / 4 = .175
     assert terms["spatial_temporal"].item() == pytest.approx(0.1 * want + 0.9 * 0.175, rel=1e-5)
@@ -106,8 +126,8 @@ def test_flicker_penalty_hand_values():
     assert flicker_of([[[0.5]], [[0.2]], [[0.8]], [[0.2]]]) == pytest.approx(0.36, rel=1e-6)
     # hence over exactly three frames (0, 1, 2) it is 0 in Arm's loss
     assert flicker_of([[[0.2]], [[0.8]], [[0.2]]]) == 0.0
-    assert flicker_of([[[0.1]], [[0.2]], [[0.3]], [[0.4]]]) == 0.0                  # monotone ramp: no flip
-    assert flicker_of([[[0.2]], [[0.21]], [[0.2]], [[0.21]]]) == 0.0                # flips below the 0.02 threshold
+    assert flicker_of([[[0.1]], [[0.2]], [[0.3]], [[0.4]]]) == 0.0  # monotone ramp: no flip
+    assert flicker_of([[[0.2]], [[0.21]], [[0.2]], [[0.21]]]) == 0.0  # flips below the 0.02 threshold
 
 
 def test_flicker_follows_motion():
@@ -129,8 +149,12 @@ def change_pred_of(pred, y):
     t = len(pred)
     mk = lambda v: torch.tensor(v).view(1, t, 1, 1, 1).expand(1, t, 3, 2, 2).contiguous()  # noqa: E731
     yy = mk(y)
-    _, terms = loss_v1(make_outs(yy, perfect_params(1, t, 1, 1), pred=mk(pred)), yy, torch.zeros(1, t, 2, 2, 2),
-                       only(change_pred_weight=0.7))
+    _, terms = loss_v1(
+        make_outs(yy, perfect_params(1, t, 1, 1), pred=mk(pred)),
+        yy,
+        torch.zeros(1, t, 2, 2, 2),
+        only(change_pred_weight=0.7),
+    )
     return terms["change_pred"].item()
 
 
@@ -185,8 +209,7 @@ def test_gradients_reach_every_output():
     pred = (y + 0.1 * torch.randn_like(y)).requires_grad_()
     filt = (y + 0.1 * torch.randn_like(y)).requires_grad_()
     params = torch.rand(n, t, 4, 4, 4, requires_grad=True)
-    total, terms = loss_v1(make_outs(y, params, pred=pred, filt=filt), y, torch.randn(n, t, 2, H, W),
-                           LossConfig())
+    total, terms = loss_v1(make_outs(y, params, pred=pred, filt=filt), y, torch.randn(n, t, 2, H, W), LossConfig())
     total.backward()
     assert all(not v.requires_grad for v in terms.values())
     for x in (pred, filt, params):
@@ -206,12 +229,14 @@ def test_bad_shapes_raise():
 # ----------------------------------------------------------------------------------------------------------
 # LPIPS
 
+
 @pytest.fixture(scope="module")
 def lpips_file(tmp_path_factory):
     from safetensors.torch import save_file
+
     torch.manual_seed(2)
     net = LPIPS()
-    for lin in net.lins:                                      # trained LPIPS lin weights are non-negative
+    for lin in net.lins:  # trained LPIPS lin weights are non-negative
         lin.weight.data.abs_()
     path = tmp_path_factory.mktemp("lpips") / "lpips_alex.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
@@ -230,8 +255,9 @@ def test_lpips_loads_and_measures(lpips_file):
     # and in the loss: the LPIPS terms turn on and pass gradient to the prediction
     y = torch.rand(1, 2, 3, 32, 32)
     pred = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_()
-    total, terms = loss_v1(make_outs(y, perfect_params(1, 2, 16, 16), pred=pred), y, torch.zeros(1, 2, 2, 32, 32),
-                           only(), lpips=net)
+    total, terms = loss_v1(
+        make_outs(y, perfect_params(1, 2, 16, 16), pred=pred), y, torch.zeros(1, 2, 2, 32, 32), only(), lpips=net
+    )
     assert terms["lpips"] > 0
     total.backward()
     assert pred.grad.abs().sum() > 0
@@ -240,12 +266,18 @@ def test_lpips_loads_and_measures(lpips_file):
 def test_lpips_package_key_names_and_convert(lpips_file, tmp_path):
     path, ref = lpips_file
     sd = ref.state_dict()
-    slice_of = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}                # alexnet features index -> lpips' net.sliceK
+    slice_of = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}  # alexnet features index -> lpips' net.sliceK
     lin = {f"lin{i}.model.1.weight": sd[f"lins.{i}.weight"] for i in range(5)}
     alex = {k: v for k, v in sd.items() if k.startswith("features.")}
-    alex["classifier.1.weight"] = torch.zeros(3, 3)          # a full torchvision checkpoint: dropped
-    lpips_pkg = dict(lin, **{f"net.slice{slice_of[int(k.split('.')[1])]}.{k.split('.', 1)[1]}": v
-                             for k, v in alex.items() if k.startswith("features.")})
+    alex["classifier.1.weight"] = torch.zeros(3, 3)  # a full torchvision checkpoint: dropped
+    lpips_pkg = dict(
+        lin,
+        **{
+            f"net.slice{slice_of[int(k.split('.')[1])]}.{k.split('.', 1)[1]}": v
+            for k, v in alex.items()
+            if k.startswith("features.")
+        },
+    )
     lpips_pkg.update({f"lins.{i}.model.1.weight": sd[f"lins.{i}.weight"] for i in range(5)})  # its ModuleList alias
     lpips_pkg["scaling_layer.shift"] = torch.zeros(1, 3, 1, 1)
     torch.save(lpips_pkg, tmp_path / "lpips_pkg.pth")

@@ -3,6 +3,7 @@
 Expected numbers are hand-computed from Arm's constants (comments) or come from `ref_pixel`, a scalar pure-Python
 re-derivation of the state machine for one pixel written here; nothing is copied from Arm's outputs.
 """
+
 import doctest
 import math
 
@@ -10,13 +11,19 @@ import pytest
 import torch
 
 import nss.luma_derivative as ld
-from nss.luma_derivative import (luma_derivative, luma_derivative_legacy, pixel_centres, rgb_to_ycocg,
-                                 sample_derivative_tm1)
+from nss.luma_derivative import (
+    luma_derivative,
+    luma_derivative_legacy,
+    pixel_centres,
+    rgb_to_ycocg,
+    sample_derivative_tm1,
+)
 
 TOL = 2e-5
 
 
 # ---------------------------------------------------------------- scalar reference (one pixel, plain floats)
+
 
 def clamp01(x):
     return min(max(x, 0.0), 1.0)
@@ -52,9 +59,14 @@ def ref_extra(c, d_center, wide, wide_prev):
     moire = ramp(rng, 0.99, 0.999) * ramp(max(temporal), 0.1, 0.3) * 0.5
     y, co, cg = c
     b = y - 0.5 * (co + cg)
-    surface = ((1 - ramp(rng, 0.04, 0.12)) * ramp(-0.75 * co - 0.5 * cg, 0.22, 0.3)
-               * clamp01((y - 0.45) / 0.1) * (1 - clamp01((y - 1.05) / 0.2))
-               * clamp01((b - 0.8) / 0.1) * (1 - clamp01((b - 1.4) / 0.2)))
+    surface = (
+        (1 - ramp(rng, 0.04, 0.12))
+        * ramp(-0.75 * co - 0.5 * cg, 0.22, 0.3)
+        * clamp01((y - 0.45) / 0.1)
+        * (1 - clamp01((y - 1.05) / 0.2))
+        * clamp01((b - 0.8) / 0.1)
+        * (1 - clamp01((b - 1.4) / 0.2))
+    )
     return max(moire, ramp(min(temporal), 0.015, 0.03) * surface * 0.75)
 
 
@@ -64,7 +76,7 @@ def ref_pixel(c, nbrs, prev, dis, extra=None):
     p = prev[3]
     d_center = ref_delta(c, prev[:3])
     ds = [ref_delta(c, q) for q in nbrs]
-    support = max(sum(ds) - max(ds), 0.0) / 3            # mean of the 3 weakest neighbour deltas
+    support = max(sum(ds) - max(ds), 0.0) / 3  # mean of the 3 weakest neighbour deltas
     s = lerp(d_center, support, 0.3) * 0.75
     recall, mean_gate = ramp(s, 0.065, 0.42), ramp(s, 0.07, 0.23)
     entry = math.sqrt(recall) * math.sqrt(ramp(max(s - p, 0.0), 0.025, 0.16)) * mean_gate
@@ -124,6 +136,7 @@ def ref_frame(colour, e, state, pos, dis, quality="high", process=None):
 
             def at(dy, dx):
                 return ycc[ref_reflect(ry + dy, H)][ref_reflect(rx + dx, W)]
+
             c = at(0, 0)
             nbrs = [at(-1, 0), at(1, 0), at(0, -1), at(0, 1)]
             py, px = pos[0][i][j], pos[1][i][j]
@@ -142,6 +155,7 @@ def ref_frame(colour, e, state, pos, dis, quality="high", process=None):
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def grey(h, w, v=0.25):
     return torch.full((1, 3, h, w), v)
@@ -164,6 +178,7 @@ def run(frames, quality="high", dis=None, pos=None, state=None):
 
 
 # ---------------------------------------------------------------- tests
+
 
 def test_ycocg_pinned():
     # lifting YCoCg: Co = r - b = 0.6, t = b + Co/2 = 0.5, Cg = g - t = -0.1, Y = t + Cg/2 = 0.45
@@ -243,10 +258,10 @@ def test_flicker_rises_sustains_falls():
     for t, bright in enumerate(pattern[1:], 1):
         v, st = ref_pixel(b if bright else g, [g] * 4, st, 0.0)
         assert vis[t] == pytest.approx(v, abs=TOL) and sw[t] == pytest.approx(st[3], abs=TOL)
-    rise, sustain, fall = vis[1:5], vis[4:k + 1], vis[k + 1:]
-    assert all(a < b for a, b in zip(rise, rise[1:]))                    # rises over 3 frames ...
-    assert min(sustain) > 0.34 and max(sustain) < 0.37                   # ... holds ~0.35 while flickering
-    assert all(a > b for a, b in zip(fall, fall[1:])) and fall[-1] < 0.09   # ... and decays once it stops
+    rise, sustain, fall = vis[1:5], vis[4 : k + 1], vis[k + 1 :]
+    assert all(a < b for a, b in zip(rise, rise[1:]))  # rises over 3 frames ...
+    assert min(sustain) > 0.34 and max(sustain) < 0.37  # ... holds ~0.35 while flickering
+    assert all(a > b for a, b in zip(fall, fall[1:])) and fall[-1] < 0.09  # ... and decays once it stops
     # only the flickering pixel lights up (its neighbours see one strong neighbour: support 0)
     others = torch.stack([o[0] for o in out]).clone()
     others[..., 2, 2] = 0
@@ -263,8 +278,9 @@ def test_steady_flash_onset_then_decay():
     out = run(flashing_pixel_frames(pattern))
     vis = [o[0][0, 0, 2, 2].item() for o in out]
     assert vis[1] == pytest.approx(0.147759, abs=TOL)
-    assert vis[2] == pytest.approx(0.170662, abs=TOL) and out[2][1][0, 3, 2, 2].item() == pytest.approx(0.164075,
-                                                                                                        abs=TOL)
+    assert vis[2] == pytest.approx(0.170662, abs=TOL) and out[2][1][0, 3, 2, 2].item() == pytest.approx(
+        0.164075, abs=TOL
+    )
     assert vis[3] < vis[2] and vis[4] > vis[3] and all(a > b for a, b in zip(vis[5:], vis[6:]))
     g, b = ref_colour((0.25,) * 3), ref_colour((1.0,) * 3)
     st = (*g, 0.0)
@@ -288,7 +304,7 @@ def test_reset_on_disocclusion():
     (_, _), (_, _), (_, _), (i3, s3) = run(frames)
     assert i3[0, 0, 2, 2] > 0.3
     _, _, (_, s2), _ = run(frames)
-    for dval, reset in ((0.0100, False), (0.0101, True)):     # strict "> 0.01"
+    for dval, reset in ((0.0100, False), (0.0101, True)):  # strict "> 0.01"
         dis = torch.full((1, 1, 5, 5), dval)
         inst, st = luma_derivative(frames[3], ONE, s2, pixel_centres(1, 5, 5), dis)
         if reset:
@@ -308,7 +324,7 @@ def test_uninitialised_threshold_and_black_pixels():
         want_i, want_s = ref_pixel(ref_colour((1.0,) * 3), [ref_colour((1.0,) * 3)] * 4, (0, 0, 0, total), 0.0)
         assert (inst.item() == 0) == reset and inst.item() == pytest.approx(want_i, abs=TOL)
         assert st.flatten().tolist() == pytest.approx(list(want_s), abs=TOL)
-    assert want_i > 0.1      # a white pixel after a black, valid state does ignite
+    assert want_i > 0.1  # a white pixel after a black, valid state does ignite
     # a black pixel's state (0, 0, 0, 0) looks uninitialised every frame: it never reports instability
     black = run([grey(3, 3, 0.0)] * 3)
     assert all(i.abs().max() == 0 and s.abs().max() == 0 for i, s in black)
@@ -316,9 +332,20 @@ def test_uninitialised_threshold_and_black_pixels():
 
 def test_sampler_is_bilinear_with_zero_outside():
     img = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]).view(1, 1, 2, 3)
-    pts = [(0.5, 0.5, 1.0), (0.5, 1.0, 1.5), (1.0, 1.5, 3.5), (1.25, 2.25, 0.25 * 2.75 + 0.75 * 5.75),
-           (0.5, 0.0, 0.5), (0.0, 0.5, 0.5), (2.0, 2.5, 3.0), (0.5, 3.0, 1.5), (0.0, 0.0, 0.25),
-           (-0.5, 1.5, 0.0), (0.5, 3.5, 0.0), (5.0, -3.0, 0.0)]
+    pts = [
+        (0.5, 0.5, 1.0),
+        (0.5, 1.0, 1.5),
+        (1.0, 1.5, 3.5),
+        (1.25, 2.25, 0.25 * 2.75 + 0.75 * 5.75),
+        (0.5, 0.0, 0.5),
+        (0.0, 0.5, 0.5),
+        (2.0, 2.5, 3.0),
+        (0.5, 3.0, 1.5),
+        (0.0, 0.0, 0.25),
+        (-0.5, 1.5, 0.0),
+        (0.5, 3.5, 0.0),
+        (5.0, -3.0, 0.0),
+    ]
     pos = torch.tensor([[p[0] for p in pts], [p[1] for p in pts]]).view(1, 2, 1, len(pts))
     got = sample_derivative_tm1(img, pos).flatten().tolist()
     assert got == pytest.approx([p[2] for p in pts], abs=1e-6)
@@ -337,7 +364,7 @@ def test_reprojection_outside_the_image():
     # sqrt(0.186620 * 0.382813) = 0.117419 -> state 0.017227, out 0.012920. Columns 1.. see a 50/50 mix of
     # two equal states: exact, 0.
     g = grey(5, 5)
-    (_, s0), = run([g])
+    ((_, s0),) = run([g])
     pos = pixel_centres(1, 5, 5) - torch.tensor([0.0, 0.5]).view(1, 2, 1, 1)
     inst, st = luma_derivative(g, ONE, s0, pos, torch.zeros(1, 1, 5, 5))
     assert inst[0, 0, :, 0].tolist() == pytest.approx([0.012920] * 5, abs=TOL)
@@ -357,7 +384,7 @@ def test_random_frame_matches_scalar_reference(quality):
     inst, st = luma_derivative(col, e, state, pos, dis, quality)
     want_i, want_s = ref_frame(col, 0.8, state, pos, dis, quality)
     assert torch.allclose(inst, want_i, atol=TOL) and torch.allclose(st, want_s, atol=TOL)
-    assert (inst > 0).sum() >= 5 and (st[:, 3] > 0).sum() >= 5     # not a trivially reset frame
+    assert (inst > 0).sum() >= 5 and (st[:, 3] > 0).sum() >= 5  # not a trivially reset frame
 
 
 def test_half_res_layout_matches_scalar_reference():
@@ -370,7 +397,7 @@ def test_half_res_layout_matches_scalar_reference():
     inst, st = luma_derivative(col, ONE, state, pos, dis, "low", process_size=(4, 5))
     want_i, want_s = ref_frame(col, 1.0, state, pos, dis, "low", process=(4, 5))
     assert torch.allclose(inst, want_i, atol=TOL) and torch.allclose(st, want_s, atol=TOL)
-    assert st[..., 4:, :].abs().max() == 0 and st[..., 5:].abs().max() == 0     # padding is not written
+    assert st[..., 4:, :].abs().max() == 0 and st[..., 5:].abs().max() == 0  # padding is not written
 
 
 def test_mid_flat_blue_flicker_term():
@@ -379,8 +406,9 @@ def test_mid_flat_blue_flicker_term():
     # >= 0.03 everywhere, range 0 -> flat term 0.75. Normal path: s = 0.75*0.7*0.0568 = 0.0298 -> no entry.
     # mid: raw = 0.75 > p = 0, alpha 0.08 -> state 0.06; channel 11 = max(0.75 * 0.06, 0.75) = 0.75.
     col = torch.tensor([0.25, 0.25, 1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
-    prev = torch.cat([ld.derivative_colour(torch.tensor([0.25, 0.25, 0.9216]).view(1, 3, 1, 1), 1.0),
-                      torch.zeros(1, 1, 1, 1)], 1).expand(1, 4, 4, 4)
+    prev = torch.cat(
+        [ld.derivative_colour(torch.tensor([0.25, 0.25, 0.9216]).view(1, 3, 1, 1), 1.0), torch.zeros(1, 1, 1, 1)], 1
+    ).expand(1, 4, 4, 4)
     args = (col, ONE, prev, pixel_centres(1, 4, 4), torch.zeros(1, 1, 4, 4))
     i_mid, s_mid = luma_derivative(*args, quality="mid")
     i_high, s_high = luma_derivative(*args, quality="high")
@@ -407,10 +435,10 @@ def test_mid_moire_term():
 def test_gradients_and_quality_flag():
     col = torch.rand(1, 3, 4, 4, requires_grad=True)
     state = torch.cat([ld.derivative_colour(torch.rand(1, 3, 4, 4), 1.0), torch.rand(1, 1, 4, 4) * 0.3], 1)
-    state[..., 0, 0] = 0                                                  # include a reset pixel
+    state[..., 0, 0] = 0  # include a reset pixel
     args = (ONE, state, pixel_centres(1, 4, 4), torch.zeros(1, 1, 4, 4))
     inst, st = luma_derivative(col, *args)
-    assert not inst.requires_grad and not st.requires_grad                 # Arm: no_diff inputs
+    assert not inst.requires_grad and not st.requires_grad  # Arm: no_diff inputs
     inst, st = luma_derivative(col * torch.tensor([1.0, 1.0, 0.0]).view(1, 3, 1, 1), *args, detach=False)
     (inst.sum() + st.sum()).backward()
     assert torch.isfinite(col.grad).all() and col.grad.abs().sum() > 0

@@ -2,6 +2,7 @@
 Expected values are derived by hand in the comments, or by the scalar pure-Python re-derivations bf_* below,
 written from the shaders' formulas (ds = depth_scatter.slang, dl = disocclusion_lq.slang, pp = pre_process.slang,
 nc = nss_common.slang); nothing here comes from running Arm's code."""
+
 import math
 
 import torch
@@ -9,8 +10,16 @@ import torch
 from nss.luma_derivative import luma_derivative
 from nss.model import KPN_PRUNE_INDICES, NSS, NSSConfig, prune_kpn
 from nss.post_process import _decode_offsets, _sparse_channel
-from nss.pre_process import (DEPTH_SCALE, INT_MAX, depth_scatter_quarter, lq_disocclusion, nearest_depth_lq,
-                             packed_offset_quads, pre_process, state_sizes)
+from nss.pre_process import (
+    DEPTH_SCALE,
+    INT_MAX,
+    depth_scatter_quarter,
+    lq_disocclusion,
+    nearest_depth_lq,
+    packed_offset_quads,
+    pre_process,
+    state_sizes,
+)
 
 # near 0.1 m, far 100 m (as test_nss_pre_process): view depth z = p1 / (d - p0), so device depth d = p0 + p1 / z
 P = torch.tensor([1.001001, -0.1001001, 1.0, 1.0]).view(1, 4, 1, 1)
@@ -22,15 +31,21 @@ def device_depth(z):
 
 
 def frame(h, w, depth, motion, colour=None, rs=None, jitter=(0.0, 0.0), exposure=1.0):
-    return {"colour": colour if colour is not None else torch.full((1, 3, h, w), 0.25), "depth": depth,
-            "motion_lr": motion, "jitter": torch.tensor(jitter).view(1, 2, 1, 1),
-            "exposure": torch.full((1, 1, 1, 1), exposure), "depth_params": P,
-            "render_size": torch.tensor(rs or [h, w], dtype=torch.float32).view(1, 2, 1, 1)}
+    return {
+        "colour": colour if colour is not None else torch.full((1, 3, h, w), 0.25),
+        "depth": depth,
+        "motion_lr": motion,
+        "jitter": torch.tensor(jitter).view(1, 2, 1, 1),
+        "exposure": torch.full((1, 1, 1, 1), exposure),
+        "depth_params": P,
+        "render_size": torch.tensor(rs or [h, w], dtype=torch.float32).view(1, 2, 1, 1),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # scalar re-derivations (nested lists, Python floats). Index maths is exact integer arithmetic: at the sizes
 # used here the shaders' float32 index maths is exact too.
+
 
 def clampi(v, lo, hi):
     return max(lo, min(hi, v))
@@ -44,8 +59,12 @@ def bilinear_taps(py, px):
     """Bilinear data of a position in pixels (centres at i + 0.5): [(row, col, weight)] (nc:175-194)."""
     y0, x0 = math.floor(py - 0.5), math.floor(px - 0.5)
     fy, fx = py - 0.5 - y0, px - 0.5 - x0
-    return [(y0, x0, (1 - fy) * (1 - fx)), (y0 + 1, x0, fy * (1 - fx)), (y0, x0 + 1, (1 - fy) * fx),
-            (y0 + 1, x0 + 1, fy * fx)]
+    return [
+        (y0, x0, (1 - fy) * (1 - fx)),
+        (y0 + 1, x0, fy * (1 - fx)),
+        (y0, x0 + 1, (1 - fy) * fx),
+        (y0 + 1, x0 + 1, fy * fx),
+    ]
 
 
 def sample(img, py, px, clamp_to_edge):
@@ -70,11 +89,11 @@ def bf_quarter_scatter(depth, mv):
     h, w = len(depth), len(depth[0])
     oh, ow = h // 4, w // 4
     out = [[INT_MAX] * ow for _ in range(oh)]
-    quads, lanes = ((0, 0), (0, 2), (2, 0), (2, 2)), ((0, 0), (0, 1), (1, 0), (1, 1))   # tl, tr, bl, br
+    quads, lanes = ((0, 0), (0, 2), (2, 0), (2, 2)), ((0, 0), (0, 1), (1, 0), (1, 1))  # tl, tr, bl, br
     order = [(qy + a, qx + b) for qy, qx in quads for a, b in lanes]
     for i in range(oh):
         for j in range(ow):
-            by, bx = i * h // oh, j * w // ow                                 # int(i * Scale)
+            by, bx = i * h // oh, j * w // ow  # int(i * Scale)
             best = None
             for k, (r, c) in enumerate(order):
                 y, x = clampi(by + r, 0, h - 1), clampi(bx + c, 0, w - 1)
@@ -82,7 +101,7 @@ def bf_quarter_scatter(depth, mv):
                 if k == 0 or (by + r < h and bx + c < w and cand[0] <= best[0]):
                     best = cand
             d, my, mx = best
-            if math.hypot(my, mx) <= 0.1:                                     # the LR motion
+            if math.hypot(my, mx) <= 0.1:  # the LR motion
                 my = mx = 0.0
             for y, x, wt in bilinear_taps(i + 0.5 - my * oh / h, j + 0.5 - mx * ow / w):
                 if wt > 0.1 and 0 <= y < oh and 0 <= x < ow:
@@ -124,7 +143,7 @@ def bf_lq_disocclusion(depth, mv, tm1, rs):
             y, x = clampi(by, 0, h - 1), clampi(bx, 0, w - 1)
             d, my, mx = depth[y][x], mv[0][y][x], mv[1][y][x]
             zmin = zmax = vz(d)
-            for c in range(4):                          # int2(x, y) with x the row: rows run inner
+            for c in range(4):  # int2(x, y) with x the row: rows run inner
                 for r in range(4):
                     y, x = by + r, bx + c
                     if y < h and x < w:
@@ -137,8 +156,23 @@ def bf_lq_disocclusion(depth, mv, tm1, rs):
     return out
 
 
-LQ_ORDER = ((0, -1), (-1, 0), (-1, -1), (0, 1), (-1, 1), (-1, 2), (0, 2), (1, 0), (1, -1), (2, 0), (2, -1),
-            (1, 1), (1, 2), (2, 1), (2, 2))
+LQ_ORDER = (
+    (0, -1),
+    (-1, 0),
+    (-1, -1),
+    (0, 1),
+    (-1, 1),
+    (-1, 2),
+    (0, 2),
+    (1, 0),
+    (1, -1),
+    (2, 0),
+    (2, -1),
+    (1, 1),
+    (1, 2),
+    (2, 1),
+    (2, 2),
+)
 
 
 def bf_nearest_lq(depth, y, x):
@@ -181,7 +215,7 @@ def bf_half_res(f, state, dis_lq):
             ry, rx = clampi((2 * cy + 1) * h // (2 * p), 0, h - 1), clampi((2 * cx + 1) * w // (2 * q), 0, w - 1)
             my, mx = bf_motion_at_nearest(depth, mv, ry, rx)
             acc = [0.0, 0.0, 0.0]
-            for a, b in ((0, 0), (1, 0), (0, 1), (1, 1)):                    # AverageWarpedHistory2x2
+            for a, b in ((0, 0), (1, 0), (0, 1), (1, 1)):  # AverageWarpedHistory2x2
                 ly = min(clampi(2 * cy, 0, h - 1) + a, h - 1)
                 lx = min(clampi(2 * cx, 0, w - 1) + b, w - 1)
                 lmy, lmx = bf_motion_at_nearest(depth, mv, ly, lx)
@@ -202,14 +236,15 @@ def bf_half_res(f, state, dis_lq):
 
 def rand_case(h, w, seed):
     g = torch.Generator().manual_seed(seed)
-    depth = (torch.rand(1, 1, h, w, generator=g) * 0.09 + 0.9)              # view depth ~1..10 m, distinct
-    motion = torch.round(torch.randn(1, 2, h, w, generator=g) * 24) / 16     # +-1.5 LR px in 1/16 px steps
-    motion[:, :, :3, :3] = 0.05                                              # some |mv| <= 0.1 px: zeroed
+    depth = torch.rand(1, 1, h, w, generator=g) * 0.09 + 0.9  # view depth ~1..10 m, distinct
+    motion = torch.round(torch.randn(1, 2, h, w, generator=g) * 24) / 16  # +-1.5 LR px in 1/16 px steps
+    motion[:, :, :3, :3] = 0.05  # some |mv| <= 0.1 px: zeroed
     colour = torch.rand(1, 3, h, w, generator=g) * 2
     return depth, motion, colour, g
 
 
 # ----------------------------------------------------------------------------------------------------------
+
 
 def test_quarter_res_depth_scatter_by_hand():
     # LR 8x8 -> 2x2. Block (0, 0) = LR rows 0-3, cols 0-3; its nearest depth 0.25 at (3, 2) moves 4 LR px to
@@ -227,7 +262,7 @@ def test_quarter_res_depth_scatter_by_hand():
     # (0, 0): its surface left, nothing lands -> INT_MAX; (0, 1): min(0.5, 0.25, 0.2) = 0.2 -> int(0.2 * 2^31);
     # (1, 0): static 0.5 = 2^30; (1, 1): its surface (the 0.2 at (7, 7)) left -> INT_MAX
     assert out[0, 0].tolist() == [[INT_MAX, int(torch.tensor(0.2) * DEPTH_SCALE)], [2**30, INT_MAX]]
-    assert int(torch.tensor(0.2) * DEPTH_SCALE) == 429496736                 # float32(0.2) * 2^31, truncated
+    assert int(torch.tensor(0.2) * DEPTH_SCALE) == 429496736  # float32(0.2) * 2^31, truncated
     # swap the motions: the later (7, 7) is now static, the earlier (4, 4) moves; '<=' still picks (7, 7), so
     # texel (1, 1) keeps 0.2 (a strict '<' would pick (4, 4) and leave it empty), and (0, 1) = min(0.5, 0.25)
     mv[0, 0, 7, 7], mv[0, 0, 4, 4] = 0.0, 4.0
@@ -307,7 +342,7 @@ def test_lq_disocclusion_nearest_is_column_major_strict():
     tm1 = torch.full((1, 1, 2, 2), int(torch.tensor(device_depth(1.0)) * DEPTH_SCALE))
     mask = lq_disocclusion(d, mv, tm1, P, torch.tensor([8.0, 8.0]).view(1, 2, 1, 1))
     assert mask[0, 0, 0, 0].item() == 0.0
-    d[0, 0, 1, 0] = device_depth(1.5)                                        # now (0, 1) is the unique nearest
+    d[0, 0, 1, 0] = device_depth(1.5)  # now (0, 1) is the unique nearest
     mask = lq_disocclusion(d, mv, tm1, P, torch.tensor([8.0, 8.0]).view(1, 2, 1, 1))
     assert mask[0, 0, 0, 0].item() == 1.0
 
@@ -380,8 +415,9 @@ def test_half_res_pre_process_matches_scalar_rederivation():
     h, w = 19, 20
     depth, motion, colour, g = rand_case(h, w, 7)
     f = frame(h, w, depth, motion, colour, rs=[h * 3, w * 3], jitter=(0.3, -0.2), exposure=1.5)
-    st = zero_state(h, w, history=torch.rand(1, 3, 2 * h, 2 * w, generator=g) * 3,
-                    feedback=torch.rand(1, 4, 16, 16, generator=g))
+    st = zero_state(
+        h, w, history=torch.rand(1, 3, 2 * h, 2 * w, generator=g) * 3, feedback=torch.rand(1, 4, 16, 16, generator=g)
+    )
     st["derivative"] = torch.rand(1, 4, 16, 16, generator=g)
     x, aux = pre_process(f, st, quality="mid")
     assert x.shape == (1, 12, 16, 16)
@@ -390,8 +426,15 @@ def test_half_res_pre_process_matches_scalar_rederivation():
     assert torch.allclose(aux["disocclusion_mask"][0, 0], torch.tensor(dis)[:9, :10], atol=1e-6)
     assert (torch.tensor(dis) > 0.01).any() and (torch.tensor(dis) <= 0.01).any()
     # ch 11 and the state: luma_derivative's half-res layout at the padded previous positions
-    inst, deriv = luma_derivative(colour, f["exposure"], st["derivative"], torch.tensor(prev)[None],
-                                  torch.tensor(dis)[None, None], "mid", process_size=(9, 10))
+    inst, deriv = luma_derivative(
+        colour,
+        f["exposure"],
+        st["derivative"],
+        torch.tensor(prev)[None],
+        torch.tensor(dis)[None, None],
+        "mid",
+        process_size=(9, 10),
+    )
     assert torch.allclose(x[0, 11], inst[0, 0], atol=1e-6) and torch.allclose(aux["derivative"], deriv, atol=1e-6)
     assert (aux["derivative"][..., 9:, :] == 0).all() and (aux["derivative"][..., 10:] == 0).all()
 
@@ -406,22 +449,48 @@ def test_buffer_and_network_shapes_for_mid_and_low():
         f = frame(h, w, depth, motion, colour)
         st = model.init_state(f)
         assert {k: tuple(v.shape) for k, v in st.items()} == {
-            "history": (1, 3, 72, 104), "feedback": (1, 4, 24, 32), "derivative": (1, 4, 24, 32),
-            "valid": (1, 1, 1, 1), "fresh": (1, 1, 1, 1)}
+            "history": (1, 3, 72, 104),
+            "feedback": (1, 4, 24, 32),
+            "derivative": (1, 4, 24, 32),
+            "valid": (1, 1, 1, 1),
+            "fresh": (1, 1, 1, 1),
+        }
         with torch.no_grad():
             out, new = model(f, st)
             out, new = model(f, new)
         assert {k: tuple(v.shape) for k, v in new.items()} == {k: tuple(v.shape) for k, v in st.items()}
-        shapes = {k: tuple(out[k].shape) for k in ("net_input", "kpn_params", "temporal_params", "output_linear",
-                                                   "out_filtered_linear", "nearest_depth_offset",
-                                                   "disocclusion_mask", "derivative", "depth_tm1")}
-        assert shapes == {"net_input": (1, 12, 24, 32), "kpn_params": (1, 16, 6, 8), "temporal_params": (1, 4, 18, 26),
-                          "output_linear": (1, 3, 72, 104), "out_filtered_linear": (1, 3, 72, 104),
-                          "nearest_depth_offset": (1, 2, 24, 32), "disocclusion_mask": (1, 1, 18, 26),
-                          "derivative": (1, 4, 24, 32), "depth_tm1": (1, 1, 9, 13)}
+        shapes = {
+            k: tuple(out[k].shape)
+            for k in (
+                "net_input",
+                "kpn_params",
+                "temporal_params",
+                "output_linear",
+                "out_filtered_linear",
+                "nearest_depth_offset",
+                "disocclusion_mask",
+                "derivative",
+                "depth_tm1",
+            )
+        }
+        assert shapes == {
+            "net_input": (1, 12, 24, 32),
+            "kpn_params": (1, 16, 6, 8),
+            "temporal_params": (1, 4, 18, 26),
+            "output_linear": (1, 3, 72, 104),
+            "out_filtered_linear": (1, 3, 72, 104),
+            "nearest_depth_offset": (1, 2, 24, 32),
+            "disocclusion_mask": (1, 1, 18, 26),
+            "derivative": (1, 4, 24, 32),
+            "depth_tm1": (1, 1, 9, 13),
+        }
         assert torch.isfinite(out["output_linear"]).all()
-    assert state_sizes(h, w, "high") == {"process": (36, 52), "padded": (40, 56), "derivative": (36, 52),
-                                         "depth_tm1": (18, 26)}
+    assert state_sizes(h, w, "high") == {
+        "process": (36, 52),
+        "padded": (40, 56),
+        "derivative": (36, 52),
+        "depth_tm1": (18, 26),
+    }
 
 
 def test_prune_kpn_keeps_the_centred_4x4_column_major():
@@ -438,7 +507,7 @@ def test_prune_kpn_keeps_the_centred_4x4_column_major():
     # post_process's sparse channel of 6x6 channel t ((dy, dx) = (t % 6 - 2, t // 6 - 2)) is
     # (dx + 1) * 4 + (dy + 1): the pruned channel k must be the one post_process reads as sparse channel k
     assert _sparse_channel(torch.tensor(want)).tolist() == list(range(16))
-    assert prune_kpn(pruned)["kpn_head.weight"].shape[0] == 16                 # already mid/low: unchanged
+    assert prune_kpn(pruned)["kpn_head.weight"].shape[0] == 16  # already mid/low: unchanged
     # a NSS checkpoint's keys (net.*) work too
     assert prune_kpn({"net.kpn_head.bias": torch.arange(36.0)})["net.kpn_head.bias"].tolist() == want
 
@@ -448,7 +517,7 @@ def test_mid_forward_with_a_pruned_high_checkpoint_and_gradients():
     h, w = 16, 20
     high = NSS(NSSConfig())
     mid = NSS(NSSConfig(quality="mid"))
-    mid.net.load_state_dict(prune_kpn(high.net.state_dict()))                  # strict: every key and shape fits
+    mid.net.load_state_dict(prune_kpn(high.net.state_dict()))  # strict: every key and shape fits
     assert torch.equal(mid.net.kpn_head.weight, high.net.kpn_head.weight[list(KPN_PRUNE_INDICES)])
     for quality in ("mid", "low"):
         model = NSS(NSSConfig(quality=quality))

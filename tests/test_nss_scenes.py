@@ -1,5 +1,6 @@
 """nss/scenes.py: the three out-of-distribution test captures (text, foliage, fast pan with a cut) are in
 synth.py's exact layout, and their motion, jitter, depth and viewProj follow synth's conventions."""
+
 import math
 
 import numpy as np
@@ -61,7 +62,7 @@ def warp_gain(cap, t, lr=False, margin=4, interior=True):
     on interior pixels (`margin` px off the border, and with interior=True away from motion edges)."""
     gt, e = cap["ground_truth_linear"], cap["exposure"][t]
     prev, cur, mv = tonemap(gt[t - 1], e), tonemap(gt[t], e), cap["motion"][t].float()
-    if lr:                                 # the un-jittered low-res image is the ground truth's 2x box average
+    if lr:  # the un-jittered low-res image is the ground truth's 2x box average
         prev, cur, mv = F.avg_pool2d(prev[None], 2)[0], F.avg_pool2d(cur[None], 2)[0], cap["motion_lr"][t].float()
     warped, mask = warp(prev, mv)
     if interior:
@@ -72,7 +73,7 @@ def warp_gain(cap, t, lr=False, margin=4, interior=True):
 
 
 def test_every_file_has_synths_layout(captures):
-    ref = render_sequence(1, 2, (16, 16))       # synth's own capture: the key set and dtypes to match
+    ref = render_sequence(1, 2, (16, 16))  # synth's own capture: the key set and dtypes to match
     assert set(captures) == {"text", "foliage", "pan_cut"}
     for name, path in captures.items():
         t, meta = load(path)
@@ -87,10 +88,10 @@ def test_every_file_has_synths_layout(captures):
         assert cap["motion_lr"].shape == (FRAMES, 2, H // 2, W // 2) and cap["jitter"].shape == (FRAMES, 2, 1, 1)
         assert t["render_size"][0].tolist() == [H // 2, W // 2] and t["outDims"][0].tolist() == [H, W]
         assert torch.equal(cap["jitter"].view(FRAMES, 2), torch.tensor([jitter_px(i) for i in range(FRAMES)]))
-        assert (cap["depth"] > 0).all() and (cap["depth"] < 1).all()     # every sample hits a layer (no sky)
+        assert (cap["depth"] > 0).all() and (cap["depth"] < 1).all()  # every sample hits a layer (no sky)
         cuts = [i for i in range(FRAMES) if cap["camera_cut"][i]]
         assert cuts == ([0, FRAMES // 2] if name == "pan_cut" else [0]), name
-        for c in cuts:                                                 # no previous frame to point at
+        for c in cuts:  # no previous frame to point at
             assert not cap["motion"][c].any() and not cap["motion_lr"][c].any()
         moving = [i for i in range(FRAMES) if i not in cuts]
         assert all(cap["motion"][i].abs().amax() > 1 for i in moving), name
@@ -98,8 +99,9 @@ def test_every_file_has_synths_layout(captures):
     assert len(seqs) == 3 and 0 not in seqs
 
 
-@pytest.mark.parametrize("name, min_gain, interior", [("text", 5.0, True), ("pan_cut", 5.0, True),
-                                                      ("foliage", 2.5, False)])
+@pytest.mark.parametrize(
+    "name, min_gain, interior", [("text", 5.0, True), ("pan_cut", 5.0, True), ("foliage", 2.5, False)]
+)
 def test_motion_warps_previous_frame_onto_current(captures, name, min_gain, interior):
     """Backward-warping frame t-1 to pos - mv must reproduce frame t much better than not warping, at both
     resolutions. Foliage is scored on every pixel off the border (its motion edges are everywhere) and gains
@@ -141,16 +143,17 @@ def test_jitter_shifts_the_low_res_samples():
     for f in range(2):
         jy, jx = t["jitter"][f].view(2).tolist()
 
-        def at(sign):   # the ground truth bilinearly sampled at LR centres + sign * jitter
+        def at(sign):  # the ground truth bilinearly sampled at LR centres + sign * jitter
             grid = torch.stack([(xs + sign * jx) / (W // 2) * 2 - 1, (ys + sign * jy) / (H // 2) * 2 - 1], -1)[None]
-            return F.grid_sample(gt[f:f + 1], grid, mode="bilinear", align_corners=False)[0]
+            return F.grid_sample(gt[f : f + 1], grid, mode="bilinear", align_corners=False)[0]
+
         assert (at(1) - lr[f]).abs().mean() < 0.8 * (at(-1) - lr[f]).abs().mean(), f
 
 
 def test_foliage_has_depth_layers_and_disocclusions(captures):
     cap = read_capture(captures["foliage"])
     p = cap["depth_params"][0]
-    z = p[1] / (cap["depth"].double() - p[0])                    # positive view depth (FSR2 deviceToViewDepth)
+    z = p[1] / (cap["depth"].double() - p[0])  # positive view depth (FSR2 deviceToViewDepth)
     assert len(torch.unique(z.float().round(decimals=3))) >= 2
     assert z.min() > 1 and z.max() < 100
     disoccluded = 0
@@ -183,7 +186,7 @@ def test_pan_motion_matches_depth_and_view_proj(captures):
         mv = cap["motion_lr"][t].double()
         assert torch.allclose(py, ys - mv[0], atol=2e-2) and torch.allclose(px, xs - mv[1], atol=2e-2), t
         speed = cap["motion"][t].double().view(2, -1).norm(dim=0)
-        assert (speed > 5.9).all() and (speed < 12.1).all(), t             # 6-12 high-res px / frame
+        assert (speed > 5.9).all() and (speed < 12.1).all(), t  # 6-12 high-res px / frame
 
 
 def run_lengths(mask):

@@ -1,5 +1,6 @@
 """nss/upscale.py on tiny generated captures: one EXR and one PNG per frame at 2x, the PNG being the EXR
 exposed, tonemapped and sRGB-encoded, the comparison GIF, --max-frames, the .pte backend, and one-line errors."""
+
 import importlib.util
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from nss.synth import make_dataset
 OpenEXR = pytest.importorskip("OpenEXR")
 
 ROOT = Path(__file__).resolve().parents[1]
-H = W = 32          # high res; the captures' low res is 16 x 16
+H = W = 32  # high res; the captures' low res is 16 x 16
 FRAMES = 3
 
 
@@ -69,6 +70,7 @@ def test_exrs_are_nss_with_history_carried(captures, upscaled):
     from nss.checkpoints import load
     from nss.model import NSS, NSSConfig
     from nss.quantize import network
+
     weights, meta = load(upscale.SHIPPED)
     model = NSS(NSSConfig(**meta.get("model", {})))
     model.net = network(weights, "fp32")[0]
@@ -79,15 +81,16 @@ def test_exrs_are_nss_with_history_carried(captures, upscaled):
             state = model.init_state(f)
         out, state = model(f, state)
         want = out["output_linear"][0]
-        assert torch.allclose(torch.from_numpy(read_exr(upscaled / cap.stem / "exr" / f"{t:04d}.exr")), want,
-                              rtol=2e-3, atol=1e-4)
+        assert torch.allclose(
+            torch.from_numpy(read_exr(upscaled / cap.stem / "exr" / f"{t:04d}.exr")), want, rtol=2e-3, atol=1e-4
+        )
 
 
 def test_compare_gif_has_a_frame_per_capture_frame(captures, upscaled):
     for cap in sorted((captures / "caps").glob("*.safetensors")):
         gif = Image.open(upscaled / cap.stem / "compare.gif")
         assert gif.n_frames == FRAMES
-        assert gif.size == (3 * W, H)             # bilinear | NSS | ground truth
+        assert gif.size == (3 * W, H)  # bilinear | NSS | ground truth
 
 
 def test_max_frames_single_file_no_exr(captures, capsys):
@@ -106,8 +109,7 @@ def test_without_openexr(captures, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         run("--data", captures / "caps", "--out", out, "--exr")
     assert e.value.code == 2 and "OpenEXR" in capsys.readouterr().err and not out.exists()
-    run("--data", captures / "caps" / "seq_0000.safetensors", "--out", out, "--max-frames", 1,
-                  "--device", "cpu")
+    run("--data", captures / "caps" / "seq_0000.safetensors", "--out", out, "--max-frames", 1, "--device", "cpu")
     assert "note: OpenEXR is not installed" in capsys.readouterr().out
     assert [p.name for p in (out / "seq_0000").iterdir()] == ["png"]
 
@@ -136,8 +138,12 @@ def test_bad_input_exits_2_with_one_line(captures, tmp_path, capsys):
 
 
 def test_cli_missing_path_exit_code(tmp_path):
-    r = subprocess.run([sys.executable, "nss/upscale.py", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "nss/upscale.py", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
 
 
@@ -146,16 +152,20 @@ def test_pte_backend_matches_eager_and_checks_size(captures, upscaled, tmp_path,
     from common.export import lower_xnnpack
     from nss.checkpoints import load
     from nss.quantize import fp32_net
+
     net = fp32_net(load(upscale.SHIPPED)[0])
     pte = tmp_path / "model.pte"
-    lower_xnnpack(torch.export.export(net, (torch.rand(1, 12, 16, 16),)), pte)   # 16 x 16: already a multiple of 8
+    lower_xnnpack(torch.export.export(net, (torch.rand(1, 12, 16, 16),)), pte)  # 16 x 16: already a multiple of 8
     cap = captures / "caps" / "seq_0000.safetensors"
     run("--data", cap, "--out", tmp_path / "o", "--pte", pte, "--no-exr", "--device", "cpu")
     for t in range(FRAMES):
-        a, b = load_png(tmp_path / "o" / "seq_0000" / "png" / f"{t:04d}.png"), load_png(upscaled / "seq_0000" / "png" / f"{t:04d}.png")
+        a, b = (
+            load_png(tmp_path / "o" / "seq_0000" / "png" / f"{t:04d}.png"),
+            load_png(upscaled / "seq_0000" / "png" / f"{t:04d}.png"),
+        )
         assert (a - b).abs().max() <= 1 / 255
-    capsys.readouterr()                                              # ExecuTorch's runtime logs as it starts
+    capsys.readouterr()  # ExecuTorch's runtime logs as it starts
     other = tmp_path / "other"
-    make_dataset(other, 1, 1, (48, 32), seed=8, progress=False)      # low res 24 x 16: network input 24 x 16
+    make_dataset(other, 1, 1, (48, 32), seed=8, progress=False)  # low res 24 x 16: network input 24 x 16
     err = one_line_error(["--data", other, "--out", tmp_path / "o2", "--pte", pte, "--device", "cpu"], capsys)
     assert "(1, 12, 16, 16)" in err and "(1, 12, 24, 16)" in err

@@ -1,6 +1,7 @@
 """Prism: shapes of every preset at both scales, parameter counts against the seed's, the GRU state streaming
 without backpropagation through time, the GAN rule (only real video is "real"), the 50/50 batch mix, dataset
 errors, training (loss falls, exact resume), evaluation against nearest/bilinear, and export matching eager."""
+
 import json
 import os
 import subprocess
@@ -14,9 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from common import ckpt
 from prism.dataset import DataError, PrismDataset, batches, write_index, write_sequence
-from prism.model import PRESETS, SEED_PARAMS, MultiScaleDiscriminator, build_model
-from prism.train import PRESETS as TRAIN_PRESETS
-from prism.train import gan_losses, stream_clip
+from prism.model import MODELS, SEED_PARAMS, MultiScaleDiscriminator, build_model
+from prism.train import PRESETS, gan_losses, stream_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +29,7 @@ def run(args, timeout=600):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from prism.synth import make_dataset
+
     root = tmp_path_factory.mktemp("prism_data")
     make_dataset(root, sequences=6, frames=4, size=32, seed=0, progress=False)
     return root
@@ -36,7 +37,11 @@ def data(tmp_path_factory):
 
 def _frame(n, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, h, w, generator=g), torch.rand(n, 1, h, w, generator=g), torch.randn(n, 2, h, w, generator=g)
+    return (
+        torch.rand(n, 3, h, w, generator=g),
+        torch.rand(n, 1, h, w, generator=g),
+        torch.randn(n, 2, h, w, generator=g),
+    )
 
 
 @pytest.mark.parametrize("preset", ["fast", "balanced", "quality"])
@@ -53,14 +58,14 @@ def test_presets_are_ordered_in_size():
 @pytest.mark.parametrize("preset", ["fast", "balanced", "quality"])
 def test_shapes_for_both_scales_and_odd_sizes(preset):
     model = build_model(preset).eval()
-    h, w = 36, 52                                   # not multiples of 8: padded inside, cropped back
+    h, w = 36, 52  # not multiples of 8: padded inside, cropped back
     color, depth, motion = _frame(2, h, w)
     state = model.initial_state(2, h, w)
     with torch.no_grad():
         for s in (2, 3):
             frame, new_state = model(color, depth, motion, state, s)
             assert frame.shape == (2, 3, s * h, s * w)
-            assert new_state.shape == state.shape == (2, PRESETS[preset].widths[3], 5, 7)
+            assert new_state.shape == state.shape == (2, MODELS[preset].widths[3], 5, 7)
 
 
 def test_untrained_network_is_bilinear_upsampling():
@@ -74,19 +79,26 @@ def test_untrained_network_is_bilinear_upsampling():
 
 def _clip(T=2, B=2, h=16, w=16, s=2, real=(True, False)):
     color, depth, motion = _frame(B * T, h, w, seed=1)
-    clip = {"color": color.view(B, T, 3, h, w).clone().requires_grad_(True), "depth": depth.view(B, T, 1, h, w),
-            "motion_vectors": motion.view(B, T, 2, h, w), "ground_truth": torch.rand(B, T, 3, s * h, s * w),
-            "is_real": torch.tensor(real).view(B, 1).expand(B, T), "scale": s}
+    clip = {
+        "color": color.view(B, T, 3, h, w).clone().requires_grad_(True),
+        "depth": depth.view(B, T, 1, h, w),
+        "motion_vectors": motion.view(B, T, 2, h, w),
+        "ground_truth": torch.rand(B, T, 3, s * h, s * w),
+        "is_real": torch.tensor(real).view(B, 1).expand(B, T),
+        "scale": s,
+    }
     return clip
 
 
 def test_state_streams_and_carries_no_gradient_back_in_time():
     torch.manual_seed(0)
     model = build_model("tiny")
-    for p in model.parameters():                    # a network whose output depends on everything
+    for p in model.parameters():  # a network whose output depends on everything
         torch.nn.init.normal_(p, std=0.2)
-    cfg = replace(TRAIN_PRESETS["tiny"], w_temporal=0.0)
-    rt = type("RT", (), {"device": torch.device("cpu"), "autocast": lambda self: torch.autocast("cpu", enabled=False)})()
+    cfg = replace(PRESETS["tiny"], w_temporal=0.0)
+    rt = type(
+        "RT", (), {"device": torch.device("cpu"), "autocast": lambda self: torch.autocast("cpu", enabled=False)}
+    )()
     clip = _clip()
     # the state carries information: frame 1 differs with frame 0's state vs a zero state
     x0 = [clip[k][:, 0].detach() for k in ("color", "depth", "motion_vectors")]
@@ -116,7 +128,7 @@ def test_gan_step_shows_only_real_video_as_real():
     gt, pred = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32, requires_grad=True)
     is_real = torch.tensor([True, False, True, False])
     d_loss, g_loss = gan_losses(disc, gt, pred, is_real)
-    assert torch.equal(seen[0], gt[[0, 2]])                  # "real": the real-video targets only
+    assert torch.equal(seen[0], gt[[0, 2]])  # "real": the real-video targets only
     assert all(not torch.equal(x[:1], gt[1:2]) for x in seen)  # a synthetic target is never shown at all
     assert torch.equal(seen[1], pred.detach()) and torch.equal(seen[2], pred.detach())
     g_loss.backward()
@@ -126,16 +138,18 @@ def test_gan_step_shows_only_real_video_as_real():
 
 def _seq(root, name, T=4, h=16, w=16, s=2, real=False, seed=0):
     c, d, m = _frame(T, h, w, seed)
-    write_sequence(root / name, color=c, depth=d, motion_vectors=m, ground_truth=torch.rand(T, 3, s * h, s * w), is_real=real)
+    write_sequence(
+        root / name, color=c, depth=d, motion_vectors=m, ground_truth=torch.rand(T, 3, s * h, s * w), is_real=real
+    )
 
 
 def test_batches_are_one_scale_and_half_real_half_synthetic(tmp_path):
     for i in range(4):
-        _seq(tmp_path, f"seq_{i:04d}.safetensors", s=2, real=i < 1, seed=i)     # 2x: 1 real, 3 synthetic sequences
-        _seq(tmp_path, f"seq_{4 + i:04d}.safetensors", s=3, seed=10 + i)       # 3x: synthetic only
+        _seq(tmp_path, f"seq_{i:04d}.safetensors", s=2, real=i < 1, seed=i)  # 2x: 1 real, 3 synthetic sequences
+        _seq(tmp_path, f"seq_{4 + i:04d}.safetensors", s=3, seed=10 + i)  # 3x: synthetic only
     write_index(tmp_path)
     ds = PrismDataset(tmp_path, clip_len=2)
-    real = lambda i: ds.sequences[ds.clips[i][0]]["is_real"]   # noqa: E731
+    real = lambda i: ds.sequences[ds.clips[i][0]]["is_real"]  # noqa: E731
     kinds = set()
     for step in range(12):
         idx, _ = batches(ds, 4, step, seed=0)
@@ -143,7 +157,7 @@ def test_batches_are_one_scale_and_half_real_half_synthetic(tmp_path):
         assert len(idx) == 4 and len(scales) == 1
         kinds.add(scales.pop())
         if ds.scale_of(idx[0]) == 2:
-            assert sum(real(i) for i in idx) == 2          # 50/50 although only 1 of 4 sequences is real
+            assert sum(real(i) for i in idx) == 2  # 50/50 although only 1 of 4 sequences is real
     assert kinds == {2, 3}
     assert batches(ds, 4, 5, seed=0) == batches(ds, 4, 5, seed=0)
 
@@ -157,7 +171,9 @@ def test_dataset_errors_are_one_line(tmp_path):
     good = {k: v.clone() for k, v in load_file(str(tmp_path / "seq_0001.safetensors")).items()}
     cases = {
         "missing key 'depth'": {k: v for k, v in good.items() if k != "depth"},
-        r"'ground_truth' has shape \[4, 3, 40, 40\]": dict(good, ground_truth=torch.zeros(4, 3, 40, 40, dtype=torch.float16)),
+        r"'ground_truth' has shape \[4, 3, 40, 40\]": dict(
+            good, ground_truth=torch.zeros(4, 3, 40, 40, dtype=torch.float16)
+        ),
         "'color' has dtype I32": dict(good, color=torch.zeros(4, 3, 16, 16, dtype=torch.int32)),
         "'motion_vectors' has shape": dict(good, motion_vectors=torch.zeros(4, 3, 16, 16, dtype=torch.float16)),
     }
@@ -196,13 +212,16 @@ def test_training_learns_and_beats_bilinear(data, tmp_path):
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
     for key in ("2x", "3x"):
         assert res[key]["prism"]["psnr"] > res[key]["bilinear"]["psnr"], res[key]
-    assert (tmp_path / "eval" / "grid_2x.png").stat().st_size > 0 and (tmp_path / "eval" / "grid_3x.png").stat().st_size > 0
+    assert (tmp_path / "eval" / "grid_2x.png").stat().st_size > 0 and (
+        tmp_path / "eval" / "grid_3x.png"
+    ).stat().st_size > 0
 
 
 def test_gan_training_on_real_video_and_exact_resume(tmp_path):
     """On data marked real (synth --as-real) the discriminator trains from gan_start_step; a run stopped half-way
     and resumed ends bit-identical to an uninterrupted one, discriminator included."""
     from prism.synth import make_dataset
+
     data, full, half = tmp_path / "data", tmp_path / "full", tmp_path / "half"
     make_dataset(data, sequences=6, frames=2, size=32, seed=3, as_real=True, progress=False)
     r = _train(data, full, "--max-steps", "6")
@@ -219,8 +238,19 @@ def test_gan_training_on_real_video_and_exact_resume(tmp_path):
 
 def test_export_matches_eager(data, tmp_path):
     assert _train(data, tmp_path / "run", "--max-steps", "2", "--w-gan", "0").returncode == 0
-    r = run(["prism/export.py", "--model-path", str(tmp_path / "run" / "ckpt" / "latest"), "--data", str(data),
-             "--scale", "3", "--out", str(tmp_path / "export")])
+    r = run(
+        [
+            "prism/export.py",
+            "--model-path",
+            str(tmp_path / "run" / "ckpt" / "latest"),
+            "--data",
+            str(data),
+            "--scale",
+            "3",
+            "--out",
+            str(tmp_path / "export"),
+        ]
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads((tmp_path / "export" / "export_report.json").read_text())
     assert rep["pte_matches_eager"] and rep["vgf"]["delegated_fraction"] == 1.0 and rep["gflops_per_frame"] > 0
@@ -229,6 +259,7 @@ def test_export_matches_eager(data, tmp_path):
 
 def test_help_explains_every_flag():
     from prism.train import build_parser
+
     for action in build_parser()._actions:
         assert action.help and len(action.help) > 10, action.option_strings
     flags = {s for a in build_parser()._actions for s in a.option_strings}

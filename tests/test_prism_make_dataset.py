@@ -2,6 +2,7 @@
 random-init RAFT-small weights and a 1-conv exported depth program: the Prism shard layout at 2x and 3x,
 game_style, and one-line errors (exit 2, nothing half-written). Random RAFT gives meaningless flow, so
 only the motion format is checked."""
+
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from prism import make_dataset
 from prism.dataset import DataError, PrismDataset
 
 REPO = Path(__file__).resolve().parents[1]
-FRAMES, SIZE, PAN = 6, 128, 4            # 6 frames of 128x128, panning PAN pixels right per frame
+FRAMES, SIZE, PAN = 6, 128, 4  # 6 frames of 128x128, panning PAN pixels right per frame
 
 
 @pytest.fixture(scope="module")
@@ -25,24 +26,40 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("prism_md")
     videos = root / "videos" / "pan"
     videos.mkdir(parents=True)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE + PAN * FRAMES].astype(np.float32)
-    texture = np.stack([0.5 + 0.5 * np.sin(xx / 5 + yy / 9), 0.5 + 0.5 * np.cos(yy / 4), ((xx // 16 + yy // 16) % 2) * 0.8], -1)
+    yy, xx = np.mgrid[0:SIZE, 0 : SIZE + PAN * FRAMES].astype(np.float32)
+    texture = np.stack(
+        [0.5 + 0.5 * np.sin(xx / 5 + yy / 9), 0.5 + 0.5 * np.cos(yy / 4), ((xx // 16 + yy // 16) % 2) * 0.8], -1
+    )
     for t in range(FRAMES):
-        crop = texture[:, PAN * (FRAMES - t):PAN * (FRAMES - t) + SIZE]       # content moves +PAN in x per frame
+        crop = texture[:, PAN * (FRAMES - t) : PAN * (FRAMES - t) + SIZE]  # content moves +PAN in x per frame
         Image.fromarray((crop * 255).astype(np.uint8)).save(videos / f"{t:04d}.png")
     from torchvision.models.optical_flow import raft_small
+
     torch.manual_seed(0)
     raft = root / "raft_small.safetensors"
     save_file({k: v.contiguous() for k, v in raft_small().state_dict().items()}, str(raft))
     depth = root / "depth.pt2"
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.Sigmoid()).eval()
-    torch.export.save(torch.export.export(conv, (torch.rand(1, 3, 64, 64),)), str(depth))   # static 64x64 input
+    torch.export.save(torch.export.export(conv, (torch.rand(1, 3, 64, 64),)), str(depth))  # static 64x64 input
     return {"root": root, "videos": videos.parent, "raft": raft, "depth": depth}
 
 
 def cli(a, out, *extra):
-    return ["--videos", str(a["videos"]), "--out", str(out), "--raft-weights", str(a["raft"]),
-            "--depth-model", str(a["depth"]), "--frames-per-seq", "3", "--raft-iters", "2", *extra]
+    return [
+        "--videos",
+        str(a["videos"]),
+        "--out",
+        str(out),
+        "--raft-weights",
+        str(a["raft"]),
+        "--depth-model",
+        str(a["depth"]),
+        "--frames-per-seq",
+        "3",
+        "--raft-iters",
+        "2",
+        *extra,
+    ]
 
 
 def run_main(argv, capsys):
@@ -64,26 +81,30 @@ def check_dataset(out, h, w, scale, sequences=2):
         assert clip["is_real"].all() and clip["scale"] == scale
         assert 0 <= clip["depth"].min() and clip["depth"].max() <= 1
         assert clip["color"].min() >= 0 and clip["color"].max() <= 1
-        assert (clip["motion_vectors"][0] == 0).all()                  # frame 0 of a sequence has no previous frame
+        assert (clip["motion_vectors"][0] == 0).all()  # frame 0 of a sequence has no previous frame
         assert torch.isfinite(clip["motion_vectors"]).all()
     return ds
 
 
 def test_cli_scale2(assets, tmp_path):
     out = tmp_path / "out2"
-    r = subprocess.run([sys.executable, "prism/make_dataset.py", *cli(assets, out)], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "prism/make_dataset.py", *cli(assets, out)], cwd=REPO, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     ds = check_dataset(out, 64, 64, 2)
     clip = ds[0]
-    assert clip["depth"].min() == 0 and clip["depth"].max() == 1       # normalised over the sequence
-    gt = torch.from_numpy(np.asarray(Image.open(assets["videos"] / "pan" / "0000.png"), dtype=np.float32) / 255).permute(2, 0, 1)
-    assert (clip["ground_truth"][0] - gt).abs().max() < 2e-3          # 128 -> 128: the target is the real frame
+    assert clip["depth"].min() == 0 and clip["depth"].max() == 1  # normalised over the sequence
+    gt = torch.from_numpy(
+        np.asarray(Image.open(assets["videos"] / "pan" / "0000.png"), dtype=np.float32) / 255
+    ).permute(2, 0, 1)
+    assert (clip["ground_truth"][0] - gt).abs().max() < 2e-3  # 128 -> 128: the target is the real frame
 
 
 def test_scale3_size_and_no_depth(assets, tmp_path, capsys):
     out = tmp_path / "out3"
     make_dataset.main(cli(assets, out, "--scale", "3", "--max-frames", "3"))
-    check_dataset(out, 40, 40, 3, sequences=1)                                   # 128 / 3 = 42 -> 40 (multiple of 8)
+    check_dataset(out, 40, 40, 3, sequences=1)  # 128 / 3 = 42 -> 40 (multiple of 8)
     out = tmp_path / "out3none"
     argv = cli(assets, out, "--scale", "3", "--size", "24", "32", "--max-frames", "3")
     argv[argv.index("--depth-model") + 1] = "none"
@@ -100,7 +121,7 @@ def test_errors(assets, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, err = run_main(cli(assets, tmp_path / "o2", "--videos", str(tmp_path / "empty")), capsys)
     assert code == 2 and len(err) == 1 and "empty" in err[0]
-    code, err = run_main(cli(assets, tmp_path / "o3", "--raft", "large"), capsys)     # small weights, large model
+    code, err = run_main(cli(assets, tmp_path / "o3", "--raft", "large"), capsys)  # small weights, large model
     assert code == 2 and len(err) == 1 and "RAFT-large" in err[0]
     other = tmp_path / "conv.pth"
     torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), other)
@@ -123,8 +144,8 @@ def test_bad_inputs(assets, tmp_path, capsys):
     Image.new("RGB", (48, 64)).save(videos / "short" / "2.png")
     code, err = run_main(cli(assets, tmp_path / "o", "--videos", str(videos)), capsys)
     assert code == 2 and len(err) == 1 and "2.png" in err[0] and "size" in err[0]
-    Image.new("RGB", (64, 64)).save(videos / "short" / "2.png")         # the folder is fine again
-    (videos / "clip.mp4").write_bytes(b"\0" * 64)                   # undecodable (or no decoder installed)
+    Image.new("RGB", (64, 64)).save(videos / "short" / "2.png")  # the folder is fine again
+    (videos / "clip.mp4").write_bytes(b"\0" * 64)  # undecodable (or no decoder installed)
     code, err = run_main(cli(assets, tmp_path / "o", "--videos", str(videos)), capsys)
     assert code == 2 and len(err) == 1 and "clip.mp4" in err[0]
     assert not (tmp_path / "o").exists()
@@ -133,10 +154,13 @@ def test_bad_inputs(assets, tmp_path, capsys):
 def test_failure_leaves_nothing(assets, tmp_path, capsys, monkeypatch):
     def broken_index(root):
         raise DataError(f"{root}: broken on purpose")
+
     monkeypatch.setattr(make_dataset, "write_index", broken_index)
     out = tmp_path / "o"
     code, err = run_main(cli(assets, out, "--max-frames", "3", "--depth-model", "none"), capsys)
-    assert code == 2 and [e for e in err if "error" in e] == [err[-1]] and "broken on purpose" in err[-1]   # after the tqdm bar
+    assert (
+        code == 2 and [e for e in err if "error" in e] == [err[-1]] and "broken on purpose" in err[-1]
+    )  # after the tqdm bar
     assert not list(out.glob("*.safetensors")) and not (out / "index.json").exists()
 
 
@@ -147,10 +171,13 @@ def test_motion_vectors_scaling():
     def fake_raft(img1, img2, num_flow_updates):
         seen.append((img1.shape, num_flow_updates))
         return [torch.tensor([8.0, -4.0]).view(1, 2, 1, 1).expand(len(img1), 2, *img1.shape[-2:])]
+
     mv = make_dataset.motion_vectors(fake_raft, torch.rand(5, 3, 96, 144), (32, 48), iters=3, batch=3)
     assert [s for s, _ in seen] == [(3, 3, 128, 128), (1, 3, 128, 128)] and seen[0][1] == 3
     assert mv.shape == (5, 2, 32, 48) and (mv[0] == 0).all()
-    assert torch.allclose(mv[1:, 0], torch.full((4, 32, 48), 8 * 48 / 128)) and torch.allclose(mv[1:, 1], torch.full((4, 32, 48), -4 * 32 / 128))
+    assert torch.allclose(mv[1:, 0], torch.full((4, 32, 48), 8 * 48 / 128)) and torch.allclose(
+        mv[1:, 1], torch.full((4, 32, 48), -4 * 32 / 128)
+    )
 
 
 def test_game_style():
@@ -159,7 +186,7 @@ def test_game_style():
     styled = make_dataset.game_style(frame)
     assert styled.shape == frame.shape and styled.dtype == frame.dtype
     assert styled.min() >= 0 and styled.max() <= 1 and (styled - frame).abs().mean() > 0.02
-    assert len(torch.unique(styled)) <= 32                            # 5-bit banding
-    assert torch.equal(styled, make_dataset.game_style(frame))        # deterministic
+    assert len(torch.unique(styled)) <= 32  # 5-bit banding
+    assert torch.equal(styled, make_dataset.game_style(frame))  # deterministic
     assert make_dataset.game_style(frame[0]).shape == (3, 32, 48)
     assert torch.equal(make_dataset.game_style(frame, strength=0), frame)
