@@ -52,9 +52,10 @@ case "$cmd" in
     demo)
         which=${1:-nss}
         case "$which" in
-            nss|neuropbr|prism) setup; "$PY" "$which/demo.py" "${@:2}" ;;
+            nss|neuropbr) setup; "$PY" "$which/demo.py" "${@:2}" ;;
+            prism) setup prism/requirements.txt; "$PY" prism/demo.py "${@:2}" ;;
             gamengen) setup gamengen/requirements.txt; "$PY" gamengen/demo.py "${@:2}" ;;
-            all) setup nss/requirements.txt gamengen/requirements.txt; "$PY" nss/demo.py --out runs/demo/nss \
+            all) setup nss/requirements.txt prism/requirements.txt gamengen/requirements.txt; "$PY" nss/demo.py --out runs/demo/nss \
                     && "$PY" neuropbr/demo.py --out runs/demo/neuropbr && "$PY" prism/demo.py --out runs/demo/prism \
                     && "$PY" gamengen/demo.py --out runs/demo/gamengen ;;
             *) echo "error: demo: unknown use case '$which' (have: nss, neuropbr, prism, gamengen, all)" >&2; exit 2 ;;
@@ -63,7 +64,7 @@ case "$cmd" in
         setup gamengen/requirements.txt gamengen/requirements-play.txt
         "$PY" gamengen/play.py "$@" ;;
     smoke)
-        setup nss/requirements.txt gamengen/requirements.txt
+        setup nss/requirements.txt prism/requirements.txt gamengen/requirements.txt
         set +e
         # the formatter and linter (ruff.toml) first: a style failure fails smoke, after the tests have run
         "$VENV/bin/ruff" check --quiet . && "$VENV/bin/ruff" format --check --quiet .
@@ -78,7 +79,7 @@ case "$cmd" in
         [ $rc -eq 0 ] && [ $lint -ne 0 ] && rc=1
         exit $rc ;;
     stress)
-        setup nss/requirements.txt gamengen/requirements.txt
+        setup nss/requirements.txt prism/requirements.txt gamengen/requirements.txt
         report=$(mktemp)
         start=$(date +%s)
         set +e
@@ -91,7 +92,7 @@ case "$cmd" in
         exit $rc ;;
     bench)
         which=${1:-all}; shift || true
-        setup nss/requirements.txt gamengen/requirements.txt
+        setup nss/requirements.txt prism/requirements.txt gamengen/requirements.txt
         case "$which" in
             nss|neuropbr|prism|gamengen) "$PY" "$which/bench.py" "$@" ;;
             all) start=$(date +%s)

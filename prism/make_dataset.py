@@ -6,11 +6,11 @@ downscaled copy is the input, with RAFT motion vectors and monocular depth at in
     python prism/make_dataset.py --videos clips/ --out data/prism_real3 --raft-weights raft_large.safetensors \\
         --raft large --depth-model none --scale 3 --size 256 448 --frames-per-seq 16 --stride 2
 
-clips/ holds video files (.mp4 .mkv .avi .mov .webm; decoding needs `pip install torchcodec` (with FFmpeg)
-or `pip install av`, because torchvision 0.29 no longer decodes video) and/or frame folders (subfolders of
-.png/.jpg frames, sorted by name; no extra package). Output: OUT/seq_XXXX.safetensors + OUT/index.json in
-the layout of prism/dataset.py, is_real = 1. Each clip is cut into sequences of --frames-per-seq frames
-(left-over frames are dropped); motion and depth restart with every sequence.
+clips/ holds video files (.mp4 .mkv .avi .mov .webm; decoded with PyAV: `pip install -r prism/requirements.txt`,
+which bash run.sh does; torchcodec when it is installed; torchvision 0.29 no longer decodes video) and/or frame
+folders (subfolders of .png/.jpg frames, sorted by name; no extra package). Output: OUT/seq_XXXX.safetensors +
+OUT/index.json in the layout of prism/dataset.py, is_real = 1. Each clip is cut into sequences of --frames-per-seq
+frames (left-over frames are dropped); motion and depth restart with every sequence.
 
 Nothing is downloaded. The weights are local files, saved once on a machine with network, e.g.
     torch.save(raft_small(weights=Raft_Small_Weights.DEFAULT).state_dict(), "raft_small.pth")
@@ -331,7 +331,7 @@ def main(argv=None):
     videos = [c for c in clips if c.is_file()]
     if videos and video_backend() is None:
         fail(
-            f"{videos[0]}: no video decoder installed: pip install torchcodec (needs FFmpeg) or pip install av "
+            f"{videos[0]}: no video decoder installed: pip install -r prism/requirements.txt (PyAV) "
             f"(frame folders work without one)"
         )
     frame_count = sum(check_folder(c, args) for c in clips if c.is_dir())

@@ -190,3 +190,39 @@ def test_game_style():
     assert torch.equal(styled, make_dataset.game_style(frame))  # deterministic
     assert make_dataset.game_style(frame[0]).shape == (3, 32, 48)
     assert torch.equal(make_dataset.game_style(frame, strength=0), frame)
+
+
+def encode(frames_dir, path, codec):
+    """The pan's PNG frames -> a video file, encoded by PyAV itself (near-lossless where the codec allows)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10, options={"crf": "0"} if codec == "libx264" else {})
+        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
+        if codec == "libvpx-vp9":
+            stream.options = {"lossless": "1"}
+        for f in sorted(frames_dir.glob("*.png")):
+            frame = av.VideoFrame.from_ndarray(np.asarray(Image.open(f).convert("RGB")), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_video_files_decode_with_pyav(assets, tmp_path, capsys):
+    """--videos with .mp4 (H.264), .mkv (H.264) and .webm (VP9) files, decoded with PyAV (prism/requirements.txt):
+    each 6-frame clip gives two 3-frame sequences whose targets are the clip's frames (up to 4:2:0 chroma)."""
+    pytest.importorskip("av", reason="video decoding needs PyAV: pip install -r prism/requirements.txt")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name, codec in (("pan.mp4", "libx264"), ("pan.mkv", "libx264"), ("pan.webm", "libvpx-vp9")):
+        encode(assets["videos"] / "pan", videos / name, codec)
+    out = tmp_path / "out"
+    make_dataset.main(cli(assets, out, "--videos", str(videos), "--depth-model", "none"))
+    ds = check_dataset(out, 64, 64, 2, sequences=6)
+    first = torch.from_numpy(np.asarray(Image.open(assets["videos"] / "pan" / "0000.png"), dtype=np.float32) / 255)
+    for clip in (ds[0], ds[2], ds[4]):  # the first sequence of each file starts at the clip's first frame
+        assert (clip["ground_truth"][0] - first.permute(2, 0, 1)).abs().mean() < 0.03
+
+    (videos / "pan.webm").write_bytes((videos / "pan.webm").read_bytes()[:300])  # truncated: undecodable
+    code, err = run_main(cli(assets, tmp_path / "o", "--videos", str(videos), "--depth-model", "none"), capsys)
+    assert code == 2 and [e for e in err if "error" in e] == [err[-1]] and "pan.webm" in err[-1]
+    assert not (tmp_path / "o").exists()
