@@ -256,7 +256,7 @@ def load_into(module, weights, strict=True, prefix=None):
 def resuming(ckpt_root, what, map_location="cpu", log=print):
     """--resume, as every train.py does it:
 
-        with ckpt.resuming(ck, "a Prism checkpoint of this preset", rt.device, logger.info) as latest:
+        with ckpt.resuming(ck, "a checkpoint of this preset", rt.device, logger.info) as latest:
             if latest:   # (weights, state, meta) of ck/latest; None: nothing saved yet, start at step 0
                 ...load them into the models and optimizers...
 

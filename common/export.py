@@ -2,9 +2,9 @@
 then check that each export computes what eager PyTorch computes.
 
     from common.export import export_fp32
-    report = export_fp32(net, (x,), "runs/nss/export")    # net: tensors in, a tensor or a tuple out
+    report = export_fp32(net, (x,), "runs/net/export")    # net: tensors in, a tensor or a tuple out
 
-    runs/nss/export/model.vgf           the standalone VGF (what a Vulkan app with the ML extensions loads)
+    runs/net/export/model.vgf           the standalone VGF (what a Vulkan app with the ML extensions loads)
                     model.tosa          the same graph as a TOSA flatbuffer (the input to model-converter)
                     model_vgf.pte       ExecuTorch program with the VGF delegate
                     model.pte           ExecuTorch program with the XNNPACK delegate, for CPUs

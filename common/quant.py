@@ -1,15 +1,15 @@
 """int8 quantization the way Arm ships models to its GPUs: PT2E post-training quantization (PTQ) with
 ExecuTorch's Arm VGF quantizer, and an XNNPACK-quantizer path for CPU `.pte` files; the quantizer, capture and
-train/eval switch that NSS's quantization-aware training (nss/quantize.py: prepare_qat, convert) builds on.
+train/eval switch that a use case's quantization-aware training builds on.
 
     from common import quant
     q = quant.ptq(net, (x,), calibration_batches)            # -> converted int8 graph (q/dq + int8 weights)
     q_cpu = quant.ptq(net, (x,), calibration_batches, backend="xnnpack")    # the same for a CPU .pte
     # then common.export.export_int8(q, q_cpu, (x,), out)
 
-Arm's scheme (NSS QAT in arm/neural-graphics-model-gym): activations int8 per-tensor affine [-128, 127];
-weights int8 per-channel symmetric [-127, 127]; bias int32; and sigmoid outputs with *fixed* qparams, scale
-1/254 and zero point -127, so [0, 1] maps exactly onto [-127, 127] and a GPU can store them in an SNORM
+Arm's scheme (the QAT of Neural Super Sampling in arm/neural-graphics-model-gym): activations int8 per-tensor affine
+[-128, 127]; weights int8 per-channel symmetric [-127, 127]; bias int32; and sigmoid outputs with *fixed* qparams,
+scale 1/254 and zero point -127, so [0, 1] maps exactly onto [-127, 127] and a GPU can store them in an SNORM
 texture and filter them with hardware. A quantized graph is a plain torch.fx GraphModule that runs in PyTorch
 (fake-quant maths), so it can be evaluated with the fp32 pre/post-process around it before any export.
 """
@@ -54,7 +54,7 @@ BACKENDS = tuple(SIGMOID_QSPEC)
 
 
 class FixedSigmoidQParams(Quantizer):
-    """Wraps a quantizer and gives every sigmoid output fixed qparams (Arm's NSS: the SNORM ones), read with the
+    """Wraps a quantizer and gives every sigmoid output fixed qparams (Arm's SNORM ones), read with the
     same qparams by its consumers; a sigmoid the inner quantizer leaves alone gets its input quantized too."""
 
     def __init__(self, inner, output_qspec, input_qspec):
@@ -237,7 +237,7 @@ def train_mode(graph_module, training=True):
 
 def trainable(graph_module):
     """Let .train()/.eval() work on a PT2E graph (exported graphs refuse them), so it can sit inside a normal
-    nn.Module (e.g. as NSS.net) and follow that module's train/eval calls."""
+    nn.Module (as a sub-module of a model) and follow that module's train/eval calls."""
     graph_module.train = types.MethodType(lambda self, mode=True: train_mode(self, mode), graph_module)
     graph_module.eval = types.MethodType(lambda self: train_mode(self, False), graph_module)
     return graph_module

@@ -3,8 +3,8 @@ a `.tosa` in the TOSA reference model, a `.vgf` with Arm's scenario runner on th
 over Mesa's lavapipe (Debian `mesa-vulkan-drivers libvulkan1`).
 
     from common.runtimes import load_pte, run_tosa, run_vgf
-    forward = load_pte("runs/nss/export/model.pte")    # forward([x]) -> [outputs]
-    outputs = run_vgf("runs/nss/export/model.vgf", [x], "runs/tmp")   # None when Vulkan is unavailable here
+    forward = load_pte("runs/net/export/model.pte")    # forward([x]) -> [outputs]
+    outputs = run_vgf("runs/net/export/model.vgf", [x], "runs/tmp")   # None when Vulkan is unavailable here
 
 model_vgf.pte needs a runtime built from source with the VGF backend, so nothing here runs it.
 """

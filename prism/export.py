@@ -4,11 +4,15 @@
     python prism/export.py --model-path runs/prism/ckpt/best --out runs/prism/export            # 2x, data size
     python prism/export.py --model-path runs/prism/ckpt/best --scale 3 --out runs/prism/export_3x
     python prism/export.py --preset quality --size 540 960 --no-vgf --out runs/prism/cost  # untrained: cost
+    python prism/export.py --model-path runs/prism/ckpt/best --export-type ptq_int8 --out runs/prism/export_int8
 
 Graph: forward(color (1,3,h,w), depth (1,1,h,w), motion_vectors (1,2,h,w), state (1,C,h/8,w/8))
 -> (frame (1,3,s*h,s*w), new state). The engine feeds the state back each frame (zeros after a camera cut).
 The check inputs are a held-out frame of the run's data (state after streaming the frames before it), or
 random frames with --size. Writes model.vgf, model.tosa, model_vgf.pte, model.pte, export_report.json.
+ptq_int8: Arm's int8 scheme (common/quant.py), calibrated on --calibration-frames frames of the data streamed
+with their GRU state; the TOSA and VGF graphs take and return int8 tensors (scales in metadata.json) and are
+checked in int8 output steps against the converted graph in PyTorch.
 Needs Arm's model-converter on PATH for the .vgf (run.sh sets it).
 """
 
@@ -21,29 +25,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import ckpt
-from common.export import export_fp32, verdict
+from common import ckpt, quant
+from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
 from prism.dataset import DataError, PrismDataset
 from prism.model import MODELS, ExportPrism, Prism
 
 
-def check_inputs(model, data_root, scale, frames=3):
-    """A real frame of the data's first sequence at this scale, with the GRU state of the frames before it."""
-    ds = PrismDataset(data_root, clip_len=1)
-    seq = next((s for s in ds.sequences if s["scale"] == scale), None)
-    if seq is None:
-        raise DataError(f"{data_root}: no sequence at {scale}x to check the export on")
+def streamed_inputs(model, data_root, scale, frames, sequences=None):
+    """Up to `frames` graph inputs (color, depth, motion, state) from the data's (first `sequences`) sequences at
+    this scale, each frame with the GRU state its sequence's frames before it left, in order."""
     from safetensors.torch import load_file
 
-    data = load_file(str(seq["path"]))
-    state = model.initial_state(1, *seq["size"])
-    with torch.no_grad():
-        for t in range(min(frames, seq["frames"])):
-            x = tuple(data[k][t : t + 1].float() for k in ("color", "depth", "motion_vectors"))
-            if t < min(frames, seq["frames"]) - 1:
+    seqs = [s for s in PrismDataset(data_root, clip_len=1).sequences if s["scale"] == scale]
+    if not seqs:
+        raise DataError(f"{data_root}: no sequence at {scale}x to check the export on")
+    inputs = []
+    for seq in seqs[:sequences]:
+        data, state = load_file(str(seq["path"])), model.initial_state(1, *seq["size"])
+        with torch.no_grad():
+            for t in range(seq["frames"]):
+                x = tuple(data[k][t : t + 1].float() for k in ("color", "depth", "motion_vectors"))
+                inputs.append((*x, state))
+                if len(inputs) == frames:
+                    return inputs
                 state = model(*x, state, scale)[1]
-    return (*x, state)
+    return inputs
+
+
+def check_inputs(model, data_root, scale, frames=3):
+    """A real frame of the data's first sequence at this scale, with the GRU state of the frames before it."""
+    seq = streamed_inputs(model, data_root, scale, frames, sequences=1)
+    return seq[min(frames, len(seq)) - 1]
 
 
 def main():
@@ -59,7 +72,13 @@ def main():
         help="without --model-path: an untrained network of this "
         "architecture (prism/model.py MODELS; for cost and lowering only, its output is meaningless)",
     )
-    p.add_argument("--export-type", default="fp32", choices=["fp32"], help="fp32 (TOSA-1.0+FP)")
+    p.add_argument(
+        "--export-type",
+        default="fp32",
+        choices=["fp32", "ptq_int8"],
+        help="fp32 (TOSA-1.0+FP) or ptq_int8 (Arm's int8 scheme, calibrated on real frames; TOSA-1.0+INT)",
+    )
+    p.add_argument("--calibration-frames", type=int, default=8, help="ptq_int8: frames (with state) to calibrate on")
     p.add_argument("--scale", type=int, default=2, choices=[2, 3], help="upscaling factor of the exported graph")
     p.add_argument(
         "--size",
@@ -107,7 +126,22 @@ def main():
     net, out = ExportPrism(model, args.scale).eval(), Path(args.out)
     with FlopCounterMode(display=False) as flops, torch.no_grad():
         net(*x)
-    report = export_fp32(net, x, out, vgf=not args.no_vgf, repeats=args.repeats)
+    if args.export_type == "fp32":
+        report = export_fp32(net, x, out, vgf=not args.no_vgf, repeats=args.repeats)
+    else:  # calibrate on the data's frames; with --size (random check frames) on random frames of that size
+        n = max(1, args.calibration_frames)
+        calib = [x] * n if args.size else streamed_inputs(model, root, args.scale, n)
+        vgf_graph, pte_graph = (quant.ptq(net, x, calib, backend=b) for b in ("vgf", "xnnpack"))
+        report = export_int8(
+            vgf_graph,
+            pte_graph,
+            x,
+            out,
+            export_type="ptq_int8",
+            fp32_model=net,
+            vgf=not args.no_vgf,
+            repeats=args.repeats,
+        )
     h, w = x[0].shape[-2:]
     ok = verdict(
         report,
@@ -124,7 +158,8 @@ def main():
     )
     print(
         f"cost at {h}x{w} -> {args.scale * h}x{args.scale * w}: {report['params']:,} params, "
-        f"{report['gflops_per_frame']} GFLOPs/frame, eager {report['checks']['eager_ms']:.1f} ms, "
+        f"{report['gflops_per_frame']} GFLOPs/frame, eager "
+        f"{report['checks'].get('eager_ms', report['checks'].get('eager_int8_ms', 0)):.1f} ms, "
         f".pte {report['checks']['pte_ms']:.1f} ms"
         + (f", VGF delegated {report['vgf']['delegated_fraction']:.1%}" if "vgf" in report else "")
     )

@@ -93,7 +93,9 @@ class WindowBlock(nn.Module):
 
 
 class ConvGRU(nn.Module):
-    """h' = (1 - z) * h + z * tanh(W [x, r * h]); z, r = sigmoid(W_zr [x, h])."""
+    """h' = (1 - z) * h + z * tanh(W [x, r * h]); z, r = sigmoid(W_zr [x, h]). Computed as h + z * (cand - h),
+    the same blend: written with (1 - z) the int8 VGF lowering (ExecuTorch 1.5 Arm backend) mixes NHWC and NCHW
+    shapes in the rescaled multiply and fails."""
 
     def __init__(self, ch):
         super().__init__()
@@ -105,7 +107,7 @@ class ConvGRU(nn.Module):
         xh = torch.cat([x, h], 1)
         z, r = torch.sigmoid(self.update(xh)), torch.sigmoid(self.reset(xh))
         cand = torch.tanh(self.cand(torch.cat([x, r * h], 1)))
-        return (1 - z) * h + z * cand
+        return h + z * (cand - h)
 
 
 class Up(nn.Module):

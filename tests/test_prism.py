@@ -267,3 +267,21 @@ def test_help_explains_every_flag():
     for script in ("prism/export.py", "prism/synth.py", "prism/make_dataset.py"):
         r = run([script, "--help"])
         assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+
+
+def test_int8_export_for_arm_gpus(data, tmp_path):
+    """--export-type ptq_int8: Arm's int8 scheme calibrated on the data's frames (with their GRU state); the .vgf
+    computes what the TOSA reference computes and both stay within a step or two of PyTorch's int8 graph."""
+    assert _train(data, tmp_path / "run", "--max-steps", "2", "--w-gan", "0").returncode == 0
+    out = tmp_path / "int8"
+    ckpt_dir = str(tmp_path / "run" / "ckpt" / "latest")
+    argv = ["prism/export.py", "--model-path", ckpt_dir, "--data", str(data), "--export-type", "ptq_int8"]
+    r = run([*argv, "--calibration-frames", "4", "--repeats", "1", "--out", str(out)])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((out / "export_report.json").read_text())
+    c = rep["checks"]
+    assert rep["export_type"] == "ptq_int8" and rep["pte_matches_eager"] and rep["vgf"]["delegated_fraction"] > 0.95
+    assert c["tosa_p99_steps"] <= 1 and c["tosa_steps"] <= 4 and c["int8_vs_fp32_max_abs_error"] < 0.1
+    assert c.get("vgf_vs_tosa_steps", 0) == 0  # when Vulkan is there, the .vgf equals the TOSA reference
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["export_type"] == "ptq_int8" and len(meta["inputs"]) == 4 and len(meta["outputs"]) == 2
