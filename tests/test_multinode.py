@@ -1,0 +1,92 @@
+"""Training across machines, played on this host: two torchrun "nodes" (`--nnodes 2 --nproc-per-node 1
+--rdzv-backend c10d --rdzv-endpoint 127.0.0.1:PORT`, one process each, as two hosts would be launched) train one
+NSS model on the tiny preset into one run folder (the shared filesystem two hosts would mount): only the global
+rank 0 writes, both ranks take part, and after one node is killed with SIGKILL mid-run, `--resume` on both nodes
+finishes the run from the last checkpoint.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.ckpt import load
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+STEPS = 8
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node(port, out, data, *extra, pause=0.0):
+    """One "host": torchrun's agent joins the c10d rendezvous at 127.0.0.1:port and starts one training process
+    (pause: seconds each checkpoint write waits, NANONG_CKPT_PAUSE, so that a kill lands mid-run)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "nanong-test"]
+    cmd += ["nss/train.py", "--data", str(data), "--out", str(out), "--preset", "tiny"]
+    cmd += ["--max-steps", str(STEPS), "--save-every", "1", "--no-evaluate", "--log-level", "quiet", *extra]
+    env = dict(ENV, NANONG_CKPT_PAUSE=str(pause))
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def kill_host(pid):
+    """SIGKILL a node's agent and every process below it (torchrun starts its workers in sessions of their own)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def finish(procs, timeout=600):
+    """Wait for both nodes -> their (exit code, stderr tail)."""
+    results = []
+    for p in procs:
+        _, err = p.communicate(timeout=timeout)
+        results.append((p.returncode, err[-3000:]))
+    return results
+
+
+def test_two_nodes_train_one_model_only_rank0_writes_and_resume_after_a_kill(synth_data, tmp_path):
+    out = tmp_path / "run"
+    port = free_port()
+    a, b = node(port, out, synth_data, pause=0.3), node(port, out, synth_data, pause=0.3)
+    latest = out / "ckpt" / "latest"
+    deadline = time.time() + 600
+    while not (latest / "meta.json").exists() and time.time() < deadline and a.poll() is None:
+        time.sleep(0.2)  # the first checkpoint: the two nodes have met and trained a step together
+    kill_host(b.pid)  # one host dies mid-run; the other loses its peer and stops with an error
+    codes = finish([a, b])
+    assert codes[1][0] != 0 and codes[0][0] != 0, codes
+    step_at_kill = load(latest, with_state=False)[2]["step"]
+    assert 1 <= step_at_kill < STEPS
+
+    port = free_port()  # both hosts relaunched with --resume: the run continues from OUT/ckpt/latest
+    results = finish([node(port, out, synth_data, "--resume"), node(port, out, synth_data, "--resume")])
+    assert all(code == 0 for code, _ in results), results
+    assert load(latest, with_state=False)[2]["step"] == STEPS
+    log = (out / "output.log").read_text()
+    assert "x2" in log and log.count("resumed from") == 1  # both ranks trained; one writer logged the resume
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt", "metrics.jsonl", "output.log"]  # nothing from rank 1
