@@ -276,8 +276,9 @@ class NanGuard:
 
     def skip_step(self, loss, step, rt, logger):
         """The check every training loop makes before backward: False for a finite loss (averaged over DDP ranks,
-        so all ranks decide alike); otherwise a warning, the count, and True: the loop skips the update, and when
-        `must_stop` (--nan-policy stop, or max_consecutive in a row) saves the last good state and exits 2."""
+        so all ranks decide alike); otherwise a warning, the count, and True. The caller skips the update and,
+        when `must_stop` (--nan-policy stop, or max_consecutive in a row), saves the last good state and exits 2
+        with `reason()`: this method neither saves nor exits."""
         if self.ok(all_reduce_mean(loss.detach(), rt)):
             return False
         logger.warning(f"step {step}: non-finite loss, skipped ({self.skipped} so far)")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 pytest.importorskip("vizdoom", reason="GameNGen needs vizdoom (bash run.sh smoke installs gamengen/requirements.txt)")
 
 from gamengen.collect import collect  # noqa: E402
-from gamengen.doom import ACTIONS, DoomEnv  # noqa: E402
+from gamengen.doom import ACTIONS, VARIABLES, DoomEnv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,22 +51,7 @@ def test_game_frames_are_padded_and_actions_move_the_player():
 
 
 def test_shaped_reward_follows_the_paper():
-    base = dict.fromkeys(
-        (
-            "KILLCOUNT",
-            "HITCOUNT",
-            "HITS_TAKEN",
-            "ITEMCOUNT",
-            "SECRETCOUNT",
-            "HEALTH",
-            "ARMOR",
-            "SELECTED_WEAPON_AMMO",
-            "POSITION_X",
-            "POSITION_Y",
-            "DEAD",
-        ),
-        0.0,
-    )
+    base = dict.fromkeys(VARIABLES, 0.0)  # every game variable DoomEnv reads, at zero
     r = lambda **d: DoomEnv.shaped_reward(base, dict(base, **d))  # noqa: E731
     assert r(KILLCOUNT=1) == pytest.approx(1.0) and r(HITCOUNT=1) == pytest.approx(0.3)
     assert r(HITS_TAKEN=1) == pytest.approx(-0.1) and r(ITEMCOUNT=1) == pytest.approx(0.1)
