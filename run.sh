@@ -4,6 +4,7 @@
 #   bash run.sh demo [nss|neuropbr|prism|gamengen|all]  generate built-in data, train, evaluate vs baselines, export
 #   bash run.sh play [play.py flags]  play the GameNGen model in a window (installs pygame; default: the shipped weights)
 #   bash run.sh smoke                 the test suite (pytest), what CI runs
+#   bash run.sh gpucheck              the CUDA suite (tests/test_cuda.py) on a GPU machine -> runs/gpucheck.log
 #   bash run.sh stress                the long reliability tests: kill -9, signals, 5,000 fuzzed files per reader
 #   bash run.sh bench [nss|neuropbr|prism|gamengen|all] [--quick]  train each for a fixed budget, measure quality,
 #                                     speed and cost against the baselines -> bench/results.md + results.json
@@ -78,6 +79,14 @@ case "$cmd" in
         if [ $rc -eq 5 ] && [ -z "$(ls tests/test_*.py 2>/dev/null)" ]; then rc=0; fi
         [ $rc -eq 0 ] && [ $lint -ne 0 ] && rc=1
         exit $rc ;;
+    gpucheck)
+        setup nss/requirements.txt prism/requirements.txt gamengen/requirements.txt
+        mkdir -p runs
+        "$PY" -c "import torch; n = torch.cuda.device_count(); print(f'[run.sh] torch {torch.__version__}, CUDA ' +
+            (f'{torch.version.cuda}: {n} x {torch.cuda.get_device_name(0)}' if n else 'device: none (the suite skips)'))"
+        # one test at a time (they share the GPU); -s prints the CUDA bench table into the log
+        "$PY" -m pytest -v -s -rs --durations=0 tests/test_cuda.py "$@" 2>&1 | tee runs/gpucheck.log
+        exit "${PIPESTATUS[0]}" ;;
     stress)
         setup nss/requirements.txt prism/requirements.txt gamengen/requirements.txt
         report=$(mktemp)
@@ -101,5 +110,5 @@ case "$cmd" in
             *) echo "error: bench: unknown use case '$which' (have: nss, neuropbr, prism, gamengen, all)" >&2; exit 2 ;;
         esac ;;
     help|-h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' ;;
-    *) echo "error: unknown command '$cmd' (setup | demo | play | smoke | stress | bench)" >&2; exit 2 ;;
+    *) echo "error: unknown command '$cmd' (setup | demo | play | smoke | gpucheck | stress | bench)" >&2; exit 2 ;;
 esac

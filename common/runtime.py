@@ -57,8 +57,13 @@ def add_common_args(p, presets):
     )
     p.add_argument(
         "--profile",
-        action="store_true",
-        help="trace a few steps with torch.profiler to OUT/trace.json (open in ui.perfetto.dev)",
+        nargs="?",
+        const="trace",
+        default=None,
+        choices=["trace", "memory"],
+        help="trace (the default of a bare --profile): a few steps of torch.profiler to OUT/trace.json (open in "
+        "ui.perfetto.dev); memory: every CUDA allocation of the first steps to OUT/cuda_memory.pickle (drop it on "
+        "pytorch.org/memory_viz; CUDA only)",
     )
     p.add_argument(
         "--nan-policy",
@@ -175,6 +180,8 @@ def setup(args):
             device = f"cuda:{local}"
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     device = torch.device(device)
+    if getattr(args, "profile", None) == "memory" and device.type != "cuda":
+        fail(f"--profile memory records CUDA allocations; this run is on {device.type} (use --profile trace)")
     amp = {
         "off": None,
         "bf16": torch.bfloat16,
@@ -299,27 +306,45 @@ def all_reduce_mean(x, rt):
 
 
 @contextlib.contextmanager
-def profiler(enabled, out_dir, steps=6):
-    """Yields a step() callback; writes a Chrome/Perfetto trace (and a CUDA memory snapshot) when enabled."""
-    if not enabled:
+def profiler(mode, out_dir, steps=6):
+    """Yields a step() callback for the training loop. mode None: nothing; "trace": a Chrome/Perfetto trace of
+    `steps` steps (CPU and CUDA activity) to OUT/trace.json; "memory": the CUDA caching allocator's history of the
+    first `steps` steps (every alloc/free with its stack) to OUT/cuda_memory.pickle, the snapshot PyTorch's
+    memory_viz shows."""
+    if mode is None:
         yield lambda: None
-        return
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-        torch.cuda.memory._record_memory_history()
-    trace = os.path.join(out_dir, "trace.json")
-    sched = torch.profiler.schedule(wait=1, warmup=1, active=steps - 2, repeat=1)
-    with torch.profiler.profile(
-        activities=acts,
-        schedule=sched,
-        record_shapes=True,
-        profile_memory=True,
-        on_trace_ready=lambda p: p.export_chrome_trace(trace),
-    ) as prof:
-        yield prof.step
-    if torch.cuda.is_available():
-        torch.cuda.memory._dump_snapshot(os.path.join(out_dir, "cuda_memory.pickle"))
+    elif mode == "memory":
+        torch.cuda.memory._record_memory_history(max_entries=200_000)
+        done = [0]
+
+        def step():
+            done[0] += 1
+            if done[0] == steps:
+                _dump_memory(out_dir)
+
+        try:
+            yield step
+        finally:
+            if done[0] < steps:  # the run ended first: keep what was recorded
+                _dump_memory(out_dir)
+    else:
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        trace = os.path.join(out_dir, "trace.json")
+        with torch.profiler.profile(
+            activities=acts,
+            schedule=torch.profiler.schedule(wait=1, warmup=1, active=steps - 2, repeat=1),
+            record_shapes=True,
+            profile_memory=True,
+            on_trace_ready=lambda p: p.export_chrome_trace(trace),
+        ) as prof:
+            yield prof.step
+
+
+def _dump_memory(out_dir):
+    torch.cuda.memory._dump_snapshot(os.path.join(out_dir, "cuda_memory.pickle"))
+    torch.cuda.memory._record_memory_history(enabled=None)
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -292,45 +292,48 @@ def main():
     checkpoint = functools.partial(save, ck, args, cfg, mcfg, guard, rt, model, ema, opt, scaler)
     start_step, t_last, t_data, t_step, seen = step, time.time(), 0.0, 0.0, 0
     model.train()
-    while step < cfg.max_steps:
-        t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # batch and noise depend on (seed, step) only
-        idx = torch.randint(len(train_set), (cfg.batch_size,), generator=g)[rt.rank :: rt.world]
-        b = batch_of(train_set, idx, rt.device)
-        t1 = time.perf_counter()
-        lr = get_lr(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with rt.autocast():
-            loss = training_loss(net, b["target"], b["context"], b["actions"], b["valid"], generator=g)
-        if guard.skip_step(loss, step, rt, logger):  # non-finite loss: no update, the step still counts
-            if guard.must_stop:  # --nan-policy stop, or too many in a row: keep the last good state, exit 2
+    with runtime.profiler(args.profile if rt.master else None, out) as prof_step:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            # batch and noise depend on (seed, step) only
+            g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            idx = torch.randint(len(train_set), (cfg.batch_size,), generator=g)[rt.rank :: rt.world]
+            b = batch_of(train_set, idx, rt.device)
+            t1 = time.perf_counter()
+            lr = get_lr(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with rt.autocast():
+                loss = training_loss(net, b["target"], b["context"], b["actions"], b["valid"], generator=g)
+            if guard.skip_step(loss, step, rt, logger):  # non-finite loss: no update, the step still counts
+                if guard.must_stop:  # --nan-policy stop, or too many in a row: keep the last good state, exit 2
+                    checkpoint(step, best)
+                    runtime.fail(guard.reason(ck / "latest"))
+            else:
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                update_ema(ema, model, step, cfg.ema)
+            step += 1
+            prof_step()
+            seen += len(idx) * rt.world
+            t_data, t_step = t_data + t1 - t0, t_step + time.perf_counter() - t1
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                dt, t_last = time.time() - t_last, time.time()
+                log_train(step, loss, lr, seen, dt, t_data, t_step, metrics, logger)
+                seen, t_data, t_step = 0, 0.0, 0.0
+            score = None
+            if rt.master and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                score = validate(ema, val_set, step, cfg, rt, metrics, logger)
+                best = min(best, score)
+            if score is not None or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+                checkpoint(step, best, score)
+            if stop.requested(step - start_step):  # SIGINT/SIGTERM or --stop-after: save, leave the loop
                 checkpoint(step, best)
-                runtime.fail(guard.reason(ck / "latest"))
-        else:
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            update_ema(ema, model, step, cfg.ema)
-        step += 1
-        seen += len(idx) * rt.world
-        t_data, t_step = t_data + t1 - t0, t_step + time.perf_counter() - t1
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            dt, t_last = time.time() - t_last, time.time()
-            log_train(step, loss, lr, seen, dt, t_data, t_step, metrics, logger)
-            seen, t_data, t_step = 0, 0.0, 0.0
-        score = None
-        if rt.master and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            score = validate(ema, val_set, step, cfg, rt, metrics, logger)
-            best = min(best, score)
-        if score is not None or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-            checkpoint(step, best, score)
-        if stop.requested(step - start_step):  # SIGINT/SIGTERM or --stop-after: save, leave the loop
-            checkpoint(step, best)
-            break
+                break
     if stop.asked:  # saved above: say where, exit 130/0 on a signal
         return stop.leave(step, ck / "latest", logger, rt)
 

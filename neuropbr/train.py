@@ -501,7 +501,7 @@ def main():
     # --- loop: the hybrid loss (+ the GAN's after gan_start_epoch), AdamW; validate per epoch, leave on request --
     gen.train()
     start_step, t_last, s_last = step, time.time(), step
-    with runtime.profiler(args.profile and rt.master, out) as prof_step:
+    with runtime.profiler(args.profile if rt.master else None, out) as prof_step:
         while step < total:
             batch = {
                 k: v.to(rt.device) for k, v in batch_at(train_set, step, cfg, args.seed, rt.rank, rt.world).items()

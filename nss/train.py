@@ -375,7 +375,7 @@ def main():
     # --- loop: a window batch, BPTT through the recurrent model, AdamW; validate, checkpoint, leave on request ---
     model.train()
     start_step, t_last, frames = step, time.time(), 0
-    with runtime.profiler(args.profile and rt.master, out) as prof_step:
+    with runtime.profiler(args.profile if rt.master else None, out) as prof_step:
         while step < cfg.max_steps:
             g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 7919 + rt.rank)
             t_data = time.time()

@@ -350,7 +350,7 @@ def main():
     checkpoint = functools.partial(save, ck, args, cfg, guard, rt, model, disc, opt, opt_d, scaler)
     model.train()
     start_step, t_last, seen = step, time.time(), 0
-    with runtime.profiler(args.profile and rt.master, out) as prof_step:
+    with runtime.profiler(args.profile if rt.master else None, out) as prof_step:
         while step < cfg.max_steps:
             clip = get_batch(train_set, step, cfg, args.seed, rt)
             lr = get_lr(step, cfg)

@@ -206,3 +206,24 @@ def test_progress_writes_whole_lines_in_a_log_and_nothing_for_a_short_task(capsy
     err = capsys.readouterr().err
     assert "\r" not in err and err.endswith("\n") and len(err.splitlines()) >= 3
     assert all(line.startswith("slow:") for line in err.splitlines())
+
+
+def test_profile_trace_and_memory_needs_cuda(tmp_path, capsys):
+    """--profile (trace) writes a Perfetto trace of the steps it saw; --profile memory on a CPU run is a one-line
+    error (exit 2) before anything runs, since it records the CUDA allocator."""
+    import argparse
+    import json
+
+    with runtime.profiler("trace", tmp_path, steps=4) as step:
+        for _ in range(4):
+            torch.randn(64, 64) @ torch.randn(64, 64)
+            step()
+    assert json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    with runtime.profiler(None, tmp_path) as step:
+        step()  # off: a no-op
+    p = argparse.ArgumentParser()
+    runtime.add_common_args(p, {"cpu": None})
+    assert p.parse_args(["--profile"]).profile == "trace" and p.parse_args([]).profile is None
+    with pytest.raises(SystemExit) as e:
+        runtime.setup(p.parse_args(["--device", "cpu", "--profile", "memory"]))
+    assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
