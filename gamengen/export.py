@@ -5,6 +5,8 @@ and .vgf/.tosa for Arm's ML extensions for Vulkan; check them against PyTorch an
     python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents \\
                               --decoder runs/gg/decoder/ckpt/best --no-vgf --out runs/gg/export_ft
     python gamengen/export.py --preset cpu --no-vgf --out runs/gg/cost_cpu      # untrained: cost and lowering only
+    python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents \
+                              --export-type ptq_int8 --out runs/gg/export_int8      # Arm's int8 scheme, both parts
 
 OUT/denoise_step/  DenoiseStep(model, guidance) of gamengen/model.py at batch 1: forward(x (1,4,16,20),
                    t (1,), s (1,), context (1,N,4,16,20), actions (1,N) int64, bucket (1,) int64) -> x at s; the
@@ -21,6 +23,12 @@ feed them stay on the CPU: model_vgf.pte runs them before its delegated graph, a
 takes the looked-up vectors ((2, N, action_dim) and (2, cond_dim)) as inputs instead of actions and bucket, so
 its TOSA/VGF check against eager is skipped (said in the report). t and s as float tensors lower (cos, sin, exp).
 XNNPACK has no group norm, embedding or nearest upsampling: those run as portable CPU ops between its graphs.
+--export-type ptq_int8 quantizes both parts with Arm's int8 scheme (common/quant.py: int8 activations per
+tensor, int8 weights per channel, int32 bias), calibrated on the inputs they see when a frame is played: the
+DDIM chain of --calibration-windows held-out windows (each of its steps), and those windows' latents and
+results for the decoder. Each part's report then holds its int8 checks (TOSA reference, .vgf, .pte in output
+int8 steps against PyTorch's int8 graph), and with --data export_summary.json holds `heldout`: PSNR against the
+true next frame (decoded from its latent) of the fp32 and the int8 pipeline, played from the same noise.
 Cost: parameters of the denoiser and decoder, FLOPs (torch.utils.flop_counter: convolutions and matmuls) of a
 played frame = steps x denoise step + decode, and the eager and .pte milliseconds of a frame measured so.
 """
@@ -39,8 +47,9 @@ import torch.nn as nn
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import ckpt
-from common.export import export_fp32, lower_vgf, max_abs_error, run_tosa_and_vgf, verdict
+from common import ckpt, quant
+from common.export import export_fp32, export_int8, lower_vgf, max_abs_error, run_tosa_and_vgf, verdict
+from common.metrics import psnr
 from common.runtime import fail
 from gamengen import autoencoder
 from gamengen.model import MODELS, Denoiser, DenoiseStep, bucket_of
@@ -58,6 +67,10 @@ class DecodeFrame(nn.Module):
 
     def forward(self, z):
         return self.ae.decode(z * self.inv_scale).clamp(0, 1)
+
+
+def eager_ms(checks):
+    return checks.get("eager_ms", checks.get("eager_int8_ms"))
 
 
 def flops_of(net, inputs):
@@ -96,6 +109,28 @@ def export_part(net, inputs, out, vgf, repeats, xnnpack=True):
     return report
 
 
+# measured with ExecuTorch 1.5.1: lowering the int8 denoise step for the VGF backend kills the process (SIGSEGV, a
+# recursion in copy.deepcopy inside to_edge_transform_and_lower; also with a 1 GiB thread stack and without the
+# attention layers), so it is not tried
+INT8_STEP_VGF = (
+    "not lowered: ExecuTorch 1.5.1's Arm int8 lowering of the denoise step crashes the process (SIGSEGV in "
+    "copy.deepcopy during to_edge_transform_and_lower); use the fp32 step's .vgf (--export-type fp32) or model.pte"
+)
+
+
+def export_int8_part(part, net, inputs, calibration, out, args):
+    """PTQ of one part for the VGF and XNNPACK backends, its int8 export and checks -> (report, the VGF graph)."""
+    vgf_graph = quant.ptq(net, inputs, calibration, backend="vgf")
+    pte_graph = quant.ptq(net, inputs, calibration, backend="xnnpack")
+    vgf = not args.no_vgf and part != "denoise_step"
+    kw = dict(export_type="ptq_int8", fp32_model=net, vgf=vgf, repeats=args.repeats)
+    report = export_int8(vgf_graph, pte_graph, inputs, out, **kw)
+    if part == "denoise_step" and not args.no_vgf:
+        report["vgf"] = {"skipped": INT8_STEP_VGF}
+        print(f"VGF {part}: {INT8_STEP_VGF}")
+    return report, vgf_graph
+
+
 def check_inputs(model, data, steps, seed=0):
     """Denoiser step inputs (the first DDIM step of a held-out window when data, else random) and a latent."""
     cfg, g = model.cfg, torch.Generator().manual_seed(seed)
@@ -116,6 +151,56 @@ def check_inputs(model, data, steps, seed=0):
     t, s = torch.ones(1), torch.full((1,), 1 - 1 / steps)
     bucket = bucket_of(torch.zeros(1), cfg)
     return (x, t, s, context, actions, bucket), (context[:, -1],), scale
+
+
+def windows(data, n, count):
+    """Up to `count` held-out windows of a latents folder -> [(context (1,N,C,H,W), actions (1,N), target)]."""
+    from gamengen.play import Episodes
+
+    ep = Episodes(data, n)
+    items = [ep.ds[ep.item[e]] for e in ep.ids[:count]]
+    return [(it["context"][None], it["actions"][None], it["target"][None]) for it in items]
+
+
+@torch.no_grad()
+def play_frame(step, context, actions, steps, seed, cfg):
+    """The DDIM chain of one played frame from seeded noise -> (the inputs of each step, the next latent)."""
+    x = torch.randn(1, cfg.latent_channels, *cfg.latent_size, generator=torch.Generator().manual_seed(seed))
+    ts, bucket, seen = torch.linspace(1, 0, steps + 1), bucket_of(torch.zeros(1), cfg), []
+    for i in range(steps):
+        seen.append((x, ts[i : i + 1], ts[i + 1 : i + 2], context, actions, bucket))
+        x = step(*seen[-1])
+    return seen, x
+
+
+def calibration(model, step_net, data, count, steps):
+    """What each part sees when frames are played: every denoise-step input of the DDIM chains of `count` held-out
+    windows (random windows without data), and the windows' latents and results for the decoder."""
+    cfg = model.cfg
+    if data:
+        wins = [(c, a) for c, a, _ in windows(data, cfg.context, count)]
+    else:
+        wins = [check_inputs(model, None, steps, seed=i)[0][3:5] for i in range(count)]
+    step_calib, dec_calib = [], []
+    for i, (context, actions) in enumerate(wins):
+        seen, x = play_frame(step_net, context, actions, steps, i, cfg)
+        step_calib += seen
+        dec_calib += [(context[:, j],) for j in range(context.shape[1])] + [(x,)]
+    return {"denoise_step": step_calib, "decoder": dec_calib}
+
+
+@torch.no_grad()
+def heldout_quality(model, data, parts, steps, count=16):
+    """PSNR against the true next frame (its latent decoded by the fp32 decoder) of each pipeline in `parts`
+    ({name: (step, decoder)}), all played from the same noise, and copy-last-frame's."""
+    cfg, (_, fp32_dec) = model.cfg, parts["fp32"]
+    scores = {name: [] for name in [*parts, "copy_last_frame"]}
+    for i, (context, actions, target) in enumerate(windows(data, cfg.context, count)):
+        truth = fp32_dec(target)
+        scores["copy_last_frame"].append(psnr(fp32_dec(context[:, -1]), truth).item())
+        for name, (step, dec) in parts.items():
+            scores[name].append(psnr(dec(play_frame(step, context, actions, steps, 1000 + i, cfg)[1]), truth).item())
+    return {name: round(sum(v) / len(v), 3) for name, v in scores.items()} | {"windows": len(scores["fp32"])}
 
 
 def write_weights(out, model_path, data, decoder=None, episodes=8, guidance=None):
@@ -190,6 +275,19 @@ def main():
     p.add_argument(
         "--guidance", type=float, help="context guidance weight baked into the step (default: the model's, 1.5)"
     )
+    p.add_argument(
+        "--export-type",
+        default="fp32",
+        choices=["fp32", "ptq_int8"],
+        help="fp32 (TOSA-1.0+FP), or ptq_int8: both parts in Arm's int8 scheme (TOSA-1.0+INT), calibrated on "
+        "played frames of held-out windows",
+    )
+    p.add_argument(
+        "--calibration-windows",
+        type=int,
+        default=8,
+        help="ptq_int8: held-out windows whose played frames (every DDIM step) calibrate the quantizer",
+    )
     p.add_argument("--out", help="output folder (denoise_step/ and decoder/ inside)")
     p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte files")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of eager and .pte (median reported)")
@@ -242,7 +340,7 @@ def main():
         fail(str(e))
     except KeyError as e:
         fail(f"{args.model_path}: not a GameNGen diffusion checkpoint (no {e} in meta.json)")
-    out = Path(args.out)
+    out, int8_export = Path(args.out), args.export_type != "fp32"
     step_net, dec_net = DenoiseStep(model, guidance).eval(), DecodeFrame(ae, scale).eval()
     step_flops, dec_flops = flops_of(step_net, step_in), flops_of(dec_net, dec_in)
     name = args.preset or meta["config"]["model"]
@@ -258,13 +356,17 @@ def main():
         guidance=guidance,
         steps_per_frame=steps,
     )
-    ok, reports = True, {}
+    ok, reports, int8 = True, {}, {}
+    calib = calibration(model, step_net, args.data, args.calibration_windows, steps) if int8_export else None
     for part, net, inputs, flops, n in (
         ("denoise_step", step_net, step_in, step_flops, params["denoiser"]),
         ("decoder", dec_net, dec_in, dec_flops, params["decoder"]),
     ):
         print(f"--- {part}")
-        report = export_part(net, inputs, out / part, not args.no_vgf, args.repeats)
+        if int8_export:
+            report, int8[part] = export_int8_part(part, net, inputs, calib[part], out / part, args)
+        else:
+            report = export_part(net, inputs, out / part, not args.no_vgf, args.repeats)
         ok &= verdict(report, out / part, args.tolerance, part=part, params=n, gflops=round(flops / 1e9, 4), **common)
         if "note" in report.get("vgf", {}) or "error" in report.get("vgf", {}):
             print(f"VGF {part}: {report['vgf'].get('note') or report['vgf']['error']}")
@@ -272,13 +374,14 @@ def main():
     c1, c2 = reports["denoise_step"]["checks"], reports["decoder"]["checks"]
     summary = dict(
         common,
+        export_type=args.export_type,
         latent_scale=scale,
         decoder_config=asdict(ae_cfg),
         model_config=asdict(cfg),
         params=params,
         params_total=sum(params.values()),
         gflops_per_frame=round((steps * step_flops + dec_flops) / 1e9, 3),
-        eager_ms_per_frame=round(steps * c1["eager_ms"] + c2["eager_ms"], 2),
+        eager_ms_per_frame=round(steps * eager_ms(c1) + eager_ms(c2), 2),
         pte_ms_per_frame=round(steps * c1["pte_ms"] + c2["pte_ms"], 2),
         delegated={
             p: {k: r[k]["delegated_fraction"] for k in ("xnnpack", "vgf") if "delegated_fraction" in r.get(k, {})}
@@ -286,6 +389,12 @@ def main():
         },
         pte_matches_eager=ok,
     )
+    if args.data:
+        pipelines = {"fp32": (step_net, dec_net)}
+        if int8_export:
+            pipelines[args.export_type] = (int8["denoise_step"], int8["decoder"])
+        summary["heldout"] = heldout_quality(model, args.data, pipelines, steps)
+        print(f"held-out next-frame PSNR (dB, vs the decoded true latent): {json.dumps(summary['heldout'])}")
     (out / "export_summary.json").write_text(json.dumps(summary, indent=2))
     print(
         f"cost of a played frame ({name}, context {cfg.context}, {steps} steps x guided denoise step (batch 2) + "

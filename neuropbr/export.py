@@ -8,11 +8,17 @@
 Input (1, 3 views, 3, S, S) in [0, 1] with S the checkpoint's image size; outputs albedo (1,3,S,S),
 roughness, metallic (1,1,S,S), normal (1,3,S,S). Writes model.vgf, model.tosa, model_vgf.pte, model.pte,
 export_report.json (+ metadata.json for int8). Needs Arm's model-converter on PATH (run.sh sets it).
+An int8 export also scores PyTorch's int8 graph (what the .vgf computes, within a step) against the fp32
+generator on held-out materials (--eval-data; default the run's OUT/heldout, else --eval-samples built-in
+materials rendered from the held-out seed 1338 into OUT/heldout): report["heldout"].
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -20,8 +26,34 @@ from common import ckpt, quant
 from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
 from neuropbr.dataset import DataError, PBRDataset
+from neuropbr.evaluate import evaluate
 from neuropbr.infer import SHIPPED, load_generator
-from neuropbr.model import ExportGenerator
+from neuropbr.model import MAPS, ExportGenerator
+
+HELDOUT_SEED = 1338  # the built-in held-out materials: train.py renders them from --seed (1337) + 1
+
+
+class Maps(nn.Module):
+    """A graph with ExportGenerator's tuple outputs as the generator's {map: tensor}, for evaluate()."""
+
+    def __init__(self, graph):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, views):
+        return dict(zip(MAPS, self.graph(views)))
+
+
+def heldout_quality(models, root, size, samples):
+    """evaluate() of each {name: generator-like} on the first `samples` held-out materials under root (input/,
+    output/); rendered there from HELDOUT_SEED first when root holds none. -> {name: flat metrics, "samples": n}"""
+    if not (root / "input").is_dir():
+        from neuropbr.synth import make_dataset
+
+        make_dataset(root, samples, size=size, seed=HELDOUT_SEED, progress=False)
+    ds = PBRDataset(root / "input", root / "output", image_size=size)
+    res = {k: evaluate(m, ds, None, "cpu", max_samples=samples, progress=False)["flat"] for k, m in models.items()}
+    return res | {"samples": min(samples, len(ds))}
 
 
 def main():
@@ -51,6 +83,12 @@ def main():
         "materials rendered into OUT/data)",
     )
     p.add_argument("--calibration-samples", type=int, default=8, help="ptq_int8: samples to calibrate on")
+    p.add_argument(
+        "--eval-data",
+        help="ptq_int8: held-out dataset root (input/, output/) to score int8 against fp32 on (default: the run's "
+        "OUT/heldout, else built-in held-out materials rendered into OUT/heldout)",
+    )
+    p.add_argument("--eval-samples", type=int, default=16, help="ptq_int8: held-out materials to score on")
     p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte")
     p.add_argument(
         "--tolerance",
@@ -93,6 +131,15 @@ def main():
         report = export_int8(
             vgf_graph, pte_graph, (x,), out, export_type="ptq_int8", fp32_model=net, vgf=not args.no_vgf
         )
+        run_heldout = Path(args.model_path).resolve().parents[1] / "heldout"
+        eval_root = Path(args.eval_data) if args.eval_data else run_heldout if run_heldout.is_dir() else out / "heldout"
+        try:
+            report["heldout"] = heldout_quality(
+                {"fp32": gen, "ptq_int8": Maps(vgf_graph)}, eval_root, size, args.eval_samples
+            )
+        except DataError as e:
+            fail(str(e))
+        print(f"held-out ({eval_root}): {json.dumps(report['heldout'])}")
     ok = verdict(report, out, args.tolerance, usecase="neuropbr", input_shape=list(x.shape))
     sys.exit(0 if ok else 1)
 

@@ -12,24 +12,53 @@ The check inputs are a held-out frame of the run's data (state after streaming t
 random frames with --size. Writes model.vgf, model.tosa, model_vgf.pte, model.pte, export_report.json.
 ptq_int8: Arm's int8 scheme (common/quant.py), calibrated on --calibration-frames frames of the data streamed
 with their GRU state; the TOSA and VGF graphs take and return int8 tensors (scales in metadata.json) and are
-checked in int8 output steps against the converted graph in PyTorch.
+checked in int8 output steps against the converted graph in PyTorch; with a checkpoint and its data, the
+report's "heldout" scores PyTorch's int8 graph (what the .vgf computes, within a step) and the fp32 network on
+the run's held-out sequences of the exported scale and size (train.py's split: val_sequences, seed 42).
 Needs Arm's model-converter on PATH for the .vgf (run.sh sets it).
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import ckpt, quant
 from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
 from prism.dataset import DataError, PrismDataset
+from prism.evaluate import evaluate
 from prism.model import MODELS, ExportPrism, Prism
+
+
+class Streamed(nn.Module):
+    """A graph of ExportPrism's signature (color, depth, motion, state) -> (frame, state) behind Prism's streaming
+    interface, for evaluate() (one scale: the graph's)."""
+
+    def __init__(self, graph, model):
+        super().__init__()
+        self.graph, self.initial_state = graph, model.initial_state
+
+    def forward(self, color, depth, motion, state, scale):
+        return tuple(self.graph(color, depth, motion, state))
+
+
+def heldout_quality(models, root, val_sequences, scale, hw):
+    """PSNR / SSIM / tPSNR of each {name: model} (and bilinear) on the held-out sequences of train.py's split at
+    this scale and LR size hw (a graph runs at the size it was captured at)."""
+    val = PrismDataset(root, clip_len=1).split(val_sequences, seed=42)[1]
+    val.sequences = [q for q in val.sequences if q["scale"] == scale and tuple(q["size"]) == tuple(hw)]
+    if not val.sequences:
+        return {"note": f"no held-out sequence at {scale}x and {hw[0]}x{hw[1]}"}
+    res = {name: evaluate(m, val, "cpu")[f"{scale}x"] for name, m in models.items()}
+    first = next(iter(res.values()))
+    return {name: r["prism"] for name, r in res.items()} | {"bilinear": first["bilinear"], "frames": first["frames"]}
 
 
 def streamed_inputs(model, data_root, scale, frames, sequences=None):
@@ -142,6 +171,15 @@ def main():
             vgf=not args.no_vgf,
             repeats=args.repeats,
         )
+        if args.model_path and not args.size:
+            report["heldout"] = heldout_quality(
+                {"fp32": model, "ptq_int8": Streamed(vgf_graph, model)},
+                root,
+                meta["config"]["val_sequences"],
+                args.scale,
+                x[0].shape[-2:],
+            )
+            print(f"held-out: {json.dumps(report['heldout'])}")
     h, w = x[0].shape[-2:]
     ok = verdict(
         report,
