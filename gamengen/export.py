@@ -5,7 +5,7 @@ and .vgf/.tosa for Arm's ML extensions for Vulkan; check them against PyTorch an
     python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents \\
                               --decoder runs/gg/decoder/ckpt/best --no-vgf --out runs/gg/export_ft
     python gamengen/export.py --preset cpu --no-vgf --out runs/gg/cost_cpu      # untrained: cost and lowering only
-    python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents \
+    python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents \\
                               --export-type ptq_int8 --out runs/gg/export_int8      # Arm's int8 scheme, both parts
 
 OUT/denoise_step/  DenoiseStep(model, guidance) of gamengen/model.py at batch 1: forward(x (1,4,16,20),
@@ -52,7 +52,7 @@ from common.export import export_fp32, export_int8, lower_vgf, max_abs_error, ru
 from common.metrics import psnr
 from common.runtime import fail
 from gamengen import autoencoder
-from gamengen.model import MODELS, Denoiser, DenoiseStep, bucket_of
+from gamengen.model import MODELS, Denoiser, DenoiseStep, bucket_of, sample
 from gamengen.train import load_denoiser
 
 AE_FOR = {"tiny": "tiny", "cpu": "cpu", "paper": "gpu"}  # untrained autoencoder beside an untrained --preset
@@ -162,15 +162,16 @@ def windows(data, n, count):
     return [(it["context"][None], it["actions"][None], it["target"][None]) for it in items]
 
 
-@torch.no_grad()
-def play_frame(step, context, actions, steps, seed, cfg):
-    """The DDIM chain of one played frame from seeded noise -> (the inputs of each step, the next latent)."""
-    x = torch.randn(1, cfg.latent_channels, *cfg.latent_size, generator=torch.Generator().manual_seed(seed))
-    ts, bucket, seen = torch.linspace(1, 0, steps + 1), bucket_of(torch.zeros(1), cfg), []
-    for i in range(steps):
-        seen.append((x, ts[i : i + 1], ts[i + 1 : i + 2], context, actions, bucket))
-        x = step(*seen[-1])
-    return seen, x
+def play_frame(step, context, actions, steps, seed, model):
+    """model.sample() of one frame from seeded noise through `step` -> (the inputs of each step, the next latent)."""
+    cfg, seen = model.cfg, []
+    noise = torch.randn(1, cfg.latent_channels, *cfg.latent_size, generator=torch.Generator().manual_seed(seed))
+
+    def recorded(*inputs):
+        seen.append(inputs)
+        return step(*inputs)
+
+    return seen, sample(model, context, actions, steps, noise=noise, step=recorded)
 
 
 def calibration(model, step_net, data, count, steps):
@@ -183,7 +184,7 @@ def calibration(model, step_net, data, count, steps):
         wins = [check_inputs(model, None, steps, seed=i)[0][3:5] for i in range(count)]
     step_calib, dec_calib = [], []
     for i, (context, actions) in enumerate(wins):
-        seen, x = play_frame(step_net, context, actions, steps, i, cfg)
+        seen, x = play_frame(step_net, context, actions, steps, i, model)
         step_calib += seen
         dec_calib += [(context[:, j],) for j in range(context.shape[1])] + [(x,)]
     return {"denoise_step": step_calib, "decoder": dec_calib}
@@ -199,7 +200,7 @@ def heldout_quality(model, data, parts, steps, count=16):
         truth = fp32_dec(target)
         scores["copy_last_frame"].append(psnr(fp32_dec(context[:, -1]), truth).item())
         for name, (step, dec) in parts.items():
-            scores[name].append(psnr(dec(play_frame(step, context, actions, steps, 1000 + i, cfg)[1]), truth).item())
+            scores[name].append(psnr(dec(play_frame(step, context, actions, steps, 1000 + i, model)[1]), truth).item())
     return {name: round(sum(v) / len(v), 3) for name, v in scores.items()} | {"windows": len(scores["fp32"])}
 
 
