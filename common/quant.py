@@ -85,7 +85,13 @@ class FixedSigmoidQParams(Quantizer):
         return model
 
     def validate(self, model):
-        self.inner.validate(model)
+        """Each op's tensor inputs on one device: Arm's own check, minus its false alarm on symbolic sizes (the
+        `sym_size` of a dynamic batch feeding a reshape has no device; ExecuTorch 1.5.1 raises on it)."""
+        for node in model.graph.nodes:
+            vals = [a.meta.get("val") for a in node.all_input_nodes]
+            vals = [t for v in vals for t in (v if isinstance(v, (tuple, list)) else [v])]
+            if len({str(t.device) for t in vals if isinstance(t, torch.Tensor)}) > 1:
+                raise ValueError(f"{node.name}: inputs on more than one device")
 
     def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
         self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
@@ -221,6 +227,21 @@ def bias_on_int32_grid(graph_module):
         q = torch.clamp(torch.round(bias.detach().float() * (1.0 / scale)), -(2**31), 2**31 - 1)
         bias.data.copy_((q * scale).to(bias.dtype))
     return graph_module
+
+
+def prepare_qat(model, example_inputs, backend="vgf", dynamic_shapes=None):
+    """Quantization-aware training with this scheme: a copy of the model as a graph with observers and fake-quant
+    on weights and activations. Train it with the usual loop (its parameters are the fp32 weights), then
+    `convert`. Rebuilt from the same model class, it loads a saved state_dict exactly (ckpt.load_into)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    graph = capture(copy.deepcopy(model).train(), example_inputs, dynamic_shapes)
+    return trainable(prepare_qat_pt2e(graph, quantizer(backend, qat=True)))
+
+
+def convert(qat_graph):
+    """QAT graph -> int8 graph (the trained fake-quant scales become the real ones). Leaves qat_graph as is."""
+    return trainable(convert_pt2e(train_mode(copy.deepcopy(qat_graph), False)))
 
 
 def train_mode(graph_module, training=True):

@@ -8,6 +8,7 @@ logs and saves; gloo on CPU, nccl on CUDA.
 
 import contextlib
 import functools
+import hashlib
 import os
 import random
 import signal
@@ -196,6 +197,21 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def same_weights(modules, rt, logger):
+    """After a DDP run: every rank holds the same weights (a sha256 of each rank's parameters, gathered to all).
+    A mismatch, which DDP should make impossible, is an error; a match is logged by rank 0."""
+    if not rt.ddp:
+        return
+    h = hashlib.sha256()
+    for p in (p for m in modules if m is not None for p in m.parameters()):
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    digests = [None] * rt.world
+    dist.all_gather_object(digests, h.hexdigest()[:16])
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"DDP ranks hold different weights after training: {digests}")
+    logger.info(f"weights identical on all {rt.world} ranks (sha256 {digests[0]})")
 
 
 def teardown(rt):

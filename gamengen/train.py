@@ -336,6 +336,7 @@ def main():
                 break
     if stop.asked:  # saved above: say where, exit 130/0 on a signal
         return stop.leave(step, ck / "latest", logger, rt)
+    runtime.same_weights([model, ema], rt, logger)  # DDP: one model on every rank, or an error
 
     # --- report: where the best checkpoint is and how to evaluate it
     if rt.master:

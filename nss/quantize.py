@@ -9,13 +9,13 @@ calibrates on. Only the autoencoder is quantized (as Arm does); pre/post-process
 Used by train.py (--qat, --evaluate --model-type), export.py (--export-type) and upscale.py (--model-type).
 """
 
-import copy
 import json
 from pathlib import Path
 
 import torch
 
 from common import ckpt, quant
+from common.quant import convert, prepare_qat
 from nss.dataset import DataError, list_captures, stream
 from nss.model import NSS, AutoEncoder, NSSConfig
 
@@ -33,25 +33,6 @@ def image_dims(example_inputs, multiple=8, max_side=4096):
     n = Dim("batch", min=1, max=1024)
     h, w = Dim("h_blocks", min=1, max=max_side // multiple), Dim("w_blocks", min=1, max=max_side // multiple)
     return tuple({0: n, 2: multiple * h, 3: multiple * w} for _ in example_inputs)
-
-
-def prepare_qat(model, example_inputs, backend="vgf", dynamic_shapes=None):
-    """Quantization-aware training with Arm's int8 scheme (common/quant.py): a copy of the model as a graph with
-    observers and fake-quant on weights and activations. Train it with the usual loop (its parameters are the fp32
-    weights), then `convert`. Rebuilding it from the same model class and loading a saved state_dict restores it
-    exactly."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-
-    model = copy.deepcopy(model).train()
-    graph = quant.capture(model, example_inputs, dynamic_shapes)
-    return quant.trainable(prepare_qat_pt2e(graph, quant.quantizer(backend, qat=True)))
-
-
-def convert(qat_graph):
-    """QAT graph -> int8 graph (the trained fake-quant scales become the real ones). Leaves qat_graph as is."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-    return quant.trainable(convert_pt2e(quant.train_mode(copy.deepcopy(qat_graph), False)))
 
 
 def qat_net(net, backend="vgf"):

@@ -418,6 +418,7 @@ def main():
                 break
     if stop.asked:  # saved above: say where, exit 130/0 on a signal
         return stop.leave(step, ck / "latest", logger, rt)
+    runtime.same_weights([model], rt, logger)  # DDP: one model on every rank, or an error
 
     # --- report: the trained model vs bilinear, bicubic and TAA on the held-out captures ---------------------------
     if rt.master and not args.no_evaluate and test_dir is not None:

@@ -389,6 +389,7 @@ def main():
                 break
     if stop.asked:  # saved above: say where, exit 130/0 on a signal
         return stop.leave(step, ck / "latest", logger, rt)
+    runtime.same_weights([model], rt, logger)  # DDP: one model on every rank, or an error
 
     # --- report: the held-out table and comparison grids in OUT/eval
     if rt.master:

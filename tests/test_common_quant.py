@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import ckpt, export, quant, runtimes
-from nss.quantize import convert, image_dims, prepare_qat
+from common.quant import convert, prepare_qat
+from nss.quantize import image_dims
 
 
 class SmallNet(nn.Module):
