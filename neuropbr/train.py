@@ -547,6 +547,7 @@ def main():
                 break
     if stop.asked:  # saved above: say where, exit 130/0 on a signal
         return stop.leave(step, ck / "latest", logger, rt)
+    runtime.same_weights([gen, disc], rt, logger)  # DDP: one model on every rank, or an error
 
     # --- report: the four maps vs the mean material and the view average on the held-out set --------------------
     if rt.master:
