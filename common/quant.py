@@ -85,13 +85,7 @@ class FixedSigmoidQParams(Quantizer):
         return model
 
     def validate(self, model):
-        """Each op's tensor inputs on one device: Arm's own check, minus its false alarm on symbolic sizes (the
-        `sym_size` of a dynamic batch feeding a reshape has no device; ExecuTorch 1.5.1 raises on it)."""
-        for node in model.graph.nodes:
-            vals = [a.meta.get("val") for a in node.all_input_nodes]
-            vals = [t for v in vals for t in (v if isinstance(v, (tuple, list)) else [v])]
-            if len({str(t.device) for t in vals if isinstance(t, torch.Tensor)}) > 1:
-                raise ValueError(f"{node.name}: inputs on more than one device")
+        self.inner.validate(model)
 
     def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
         self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
