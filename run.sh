@@ -71,8 +71,9 @@ case "$cmd" in
         "$VENV/bin/ruff" check --quiet . && "$VENV/bin/ruff" format --check --quiet .
         lint=$?
         [ $lint -ne 0 ] && echo "[run.sh] ruff: fix with \`.venv/bin/ruff check --fix . && .venv/bin/ruff format .\`" >&2
-        # two workers, one torch thread each (2 cores); each test file stays on one worker (tests/conftest.py)
-        OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m pytest -q -n ${NANONG_TEST_WORKERS:-2} --dist loadgroup --durations=15 tests "$@"
+        # two workers, one torch thread each (2 cores); each test file stays on one worker, tests marked slow run
+        # first, each on its own, in collection order (tests/conftest.py)
+        OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m pytest -q -n ${NANONG_TEST_WORKERS:-2} --dist loadgroup --no-loadscope-reorder --durations=15 tests "$@"
         rc=$?
         set -e
         # pytest exits 5 when it collected no tests: only acceptable while tests/ is empty.

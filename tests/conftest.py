@@ -10,13 +10,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes minutes (export lowering, bench); scheduled first, on its own")
+
+
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist (`run.sh smoke` runs two workers): keep each file on one worker, so module fixtures are
-    built once, and the two files that use the session fixture `gamengen_tiny` on the same worker."""
+    built once, and the two files that use the session fixture `gamengen_tiny` on the same worker. A test marked
+    `slow` is a group of its own (its module fixtures are cheap to build twice), and the slow groups come first:
+    run.sh passes --no-loadscope-reorder, so the workers take groups in this order and end together instead of
+    one starting a four-minute export while the other has nothing left."""
+    group = {}
     for item in items:
         name = Path(str(item.fspath)).stem
-        group = "gamengen_tiny" if "gamengen_tiny" in getattr(item, "fixturenames", ()) else name
-        item.add_marker(pytest.mark.xdist_group(group))
+        if "gamengen_tiny" in getattr(item, "fixturenames", ()):
+            name = "gamengen_tiny"
+        elif item.get_closest_marker("slow"):
+            name = item.nodeid
+        group[item] = name
+        item.add_marker(pytest.mark.xdist_group(name))
+    slow = {group[item] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: group[item] not in slow)  # stable: collection order within each part
 
 
 def run_main(main, *argv):

@@ -120,6 +120,7 @@ def test_engine_slides_the_context_and_bad_scripts_fail_in_one_line(gamengen_tin
     assert e.value.code == 2 and err.count("\n") == 1 and "nope" in err, err
 
 
+@pytest.mark.slow
 def test_export_of_the_denoise_step_and_decoder_matches_eager(gamengen_tiny, tmp_path, capsys):
     ckpt, lat = paths(gamengen_tiny)
     with pytest.raises(SystemExit) as e:

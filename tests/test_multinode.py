@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from common.ckpt import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,11 +96,13 @@ def two_nodes_then_kill_then_resume(script, out):
     return sorted(p.name for p in out.iterdir())
 
 
+@pytest.mark.slow
 def test_nss_two_nodes(synth_data, tmp_path):
     names = two_nodes_then_kill_then_resume(["nss/train.py", "--data", synth_data, "--no-evaluate"], tmp_path / "r")
     assert names == ["ckpt", "metrics.jsonl", "output.log"]  # nothing from rank 1
 
 
+@pytest.mark.slow
 def test_neuropbr_two_nodes(tmp_path):
     from neuropbr.synth import make_dataset
 
@@ -108,6 +112,7 @@ def test_neuropbr_two_nodes(tmp_path):
     assert names == ["ckpt", "eval", "metrics.jsonl", "output.log", "val"]
 
 
+@pytest.mark.slow
 def test_prism_two_nodes(tmp_path):
     from prism.synth import make_dataset
 

@@ -85,6 +85,7 @@ def test_train_with_gan_and_exact_resume(data, tmp_path):
     assert _losses(split) == _losses(full)
 
 
+@pytest.mark.slow
 def test_infer_on_a_png_folder_and_export(data, tmp_path):
     out = tmp_path / "run"
     assert _train(data, out, ["--no-gan", "--max-steps", "2"]).returncode == 0
@@ -130,6 +131,8 @@ def test_infer_on_a_png_folder_and_export(data, tmp_path):
             "ptq_int8",
             "--calibration-samples",
             "2",
+            "--eval-samples",
+            "2",
             "--no-vgf",
             "--out",
             str(tmp_path / "export_int8"),
@@ -140,6 +143,7 @@ def test_infer_on_a_png_folder_and_export(data, tmp_path):
     assert (
         rep["pte_matches_eager"] and rep["checks"]["pte_p99_steps"] <= 1 and rep["xnnpack"]["delegated_fraction"] > 0.9
     )
+    assert rep["heldout"]["samples"] == 2 and set(rep["heldout"]) == {"fp32", "ptq_int8", "samples"}, rep["heldout"]
 
 
 def test_cli_errors_are_one_line_exit_2(data, tmp_path):

@@ -247,6 +247,7 @@ def test_evaluate_beats_nothing_silly_and_writes_grid(synth_data, tmp_path):
     assert (tmp_path / "comparison.png").exists() and json.loads((tmp_path / "results.json").read_text())["frames"] == 6
 
 
+@pytest.mark.slow
 def test_export_pte_matches_eager(synth_data, tmp_path):
     r = _train(synth_data, tmp_path / "run", 3)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -282,6 +283,7 @@ def test_export_pte_matches_eager(synth_data, tmp_path):
     assert static["vgf"]["io_shapes"] == {"inputs": [[1, 40, 48, 12]], "outputs": [[1, 10, 12, 36], [1, 40, 48, 4]]}
 
 
+@pytest.mark.slow
 def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
     fp, qat = tmp_path / "fp", tmp_path / "qat"
     assert (r := _train(synth_data, fp, 10)).returncode == 0, r.stderr[-2000:]
@@ -343,6 +345,7 @@ def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
             assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_bench_quick(tmp_path):
     """`bash run.sh bench nss --quick`: every kind of row, from this run, with sane values."""
     res = tmp_path / "results"
@@ -365,7 +368,7 @@ def test_bench_quick(tmp_path):
         assert ms > 0 and math.isclose(got["share_of_peak", v]["value"], 100 * flops / (ms * 1e-3) / peak, rel_tol=1e-3)
     assert got["pte_max_abs_error", "pte_xnnpack_fp32"]["value"] < 1e-3
     assert {v for m, v in got if m == "psnr_drop_vs_fp32"} == {"ptq_int8", "qat_int8"}
-    assert got["flops_per_frame", "fp32"]["value"] > 1  # GFLOP of a 544x960 network input
+    assert got["flops_per_frame", "fp32"]["value"] > 0.5  # GFLOP of the 136x240 network input (11.8 at 544x960)
     assert 0 <= got["data_loading_share", "fp32"]["value"] < 100 and got["peak_rss", "train.py"]["value"] > 100
     assert {"data", "forward", "backward", "optimizer"} <= {v for m, v in got if m == "step_ms"}
     assert (

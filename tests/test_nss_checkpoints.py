@@ -128,6 +128,7 @@ class Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.mark.slow
 def test_commands_take_arm_checkpoints_and_refuse_objects(synth_data, tmp_path):
     data = synth_data
     arm = save_arm(tmp_path / "nss_v1_high_fp32.pt", arm_state_dict(2))

@@ -236,6 +236,7 @@ def test_gan_training_on_real_video_and_exact_resume(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_export_matches_eager(data, tmp_path):
     assert _train(data, tmp_path / "run", "--max-steps", "2", "--w-gan", "0").returncode == 0
     r = run(
@@ -269,6 +270,7 @@ def test_help_explains_every_flag():
         assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_int8_export_for_arm_gpus(data, tmp_path):
     """--export-type ptq_int8: Arm's int8 scheme calibrated on the data's frames (with their GRU state); the .vgf
     computes what the TOSA reference computes and both stay within a step or two of PyTorch's int8 graph."""
