@@ -5,7 +5,8 @@
 #   bash run.sh play [play.py flags]  play the GameNGen model in a window (installs pygame; default: the shipped weights)
 #   bash run.sh smoke                 the test suite (pytest), what CI runs
 #   bash run.sh gpucheck              the CUDA suite (tests/test_cuda.py) on a GPU machine -> runs/gpucheck.log
-#   bash run.sh stress                the long tests: kill -9, signals, 5,000 fuzzed files per reader; GameNGen int8
+#   bash run.sh stress                the long tests: kill -9, signals, 5,000 fuzzed files per reader; the int8
+#                                     exports of all four use cases; bench nss --quick
 #   bash run.sh bench [nss|neuropbr|prism|gamengen|all] [--quick]  train each for a fixed budget, measure quality,
 #                                     speed and cost against the baselines -> bench/results.md + results.json
 set -euo pipefail
@@ -93,9 +94,10 @@ case "$cmd" in
         report=$(mktemp)
         start=$(date +%s)
         set +e
-        NANONG_STRESS=1 NANONG_STRESS_REPORT=$report "$PY" -m pytest -q --durations=15 tests/test_reliability_resume.py tests/test_reliability_fuzz.py \
-            tests/test_gamengen_play.py::test_int8_export_of_the_denoise_step_and_decoder "$@"
+        NANONG_STRESS=1 NANONG_STRESS_REPORT=$report "$PY" -m pytest -q --durations=15 tests/test_reliability_resume.py tests/test_reliability_fuzz.py "$@"
         rc=$?
+        # the tests marked stress (tests/conftest.py): the int8 exports of every use case and bench --quick
+        NANONG_STRESS=1 "$PY" -m pytest -q --durations=15 -m stress tests "$@" || rc=1
         set -e
         echo "[run.sh] stress: $(( $(date +%s) - start ))s; kills survived and fuzz outcomes per reader:"
         cat "$report"; echo

@@ -10,7 +10,7 @@
 Rows go to bench/results.json and bench/results.md (bench/harness.py).
 
     python nss/bench.py                  # cpu preset, 1200 steps + 300 QAT steps (bash run.sh bench nss)
-    python nss/bench.py --quick          # tiny preset, speed at 136x240, ~2.5 min: what tests/test_nss.py runs
+    python nss/bench.py --quick          # tiny preset, speed at 136x240, ~3 min: what run.sh stress tests
 """
 
 import copy

@@ -19,9 +19,9 @@ ExecuTorch program), model.pte (XNNPACK, for CPUs, at the first check size) and 
 The dynamic graph is checked at two sizes (the data's frame and one 8 x 16 pixels larger): TOSA's reference
 model and Arm's scenario runner 0.11 only run static graphs (the dynamic .tosa fails the reference model's graph
 validation; the runner refuses a -1 input dimension), so the same network is also lowered with static shapes at
-each size into OUT/static/<H>x<W>/, and those TOSA and VGF (on the emulation layer) files and the first size's
-.pte are run against PyTorch. --size H W exports one static channels-last graph of that size instead. Needs
-Arm's `model-converter` on PATH (bash run.sh puts the venv's bin there).
+each size into OUT/static/<H>x<W>/, and those TOSA, VGF (on the emulation layer) and .pte files are run against
+PyTorch. --size H W exports one static channels-last graph of that size instead. Needs Arm's `model-converter`
+on PATH (bash run.sh puts the venv's bin there).
 """
 
 import argparse
@@ -127,17 +127,16 @@ def real_network_input(model, data, frames=3):
 def export_dynamic(export_static, lower_dynamic, example_inputs, check_inputs, out_dir):
     """A dynamic-shape export: lower_dynamic() (None: no VGF) writes the dynamic model.vgf / model.tosa into
     out_dir; TOSA's reference model and the scenario runner only run static graphs, so the same network is also
-    exported with static shapes at each check size by export_static(inputs, dir, pte) into out_dir/static/<H>x<W>/
-    (every file and check of a static export; the XNNPACK .pte only at the first size, pte=True), and
-    out_dir/model.pte is that program (XNNPACK plans memory for the largest shape a dynamic program allows).
-    The report: the first size's header, each size's checks, and over all sizes the worst of each error (the
-    first size's other values). Writes and returns out_dir/export_report.json."""
+    exported with static shapes at each check size by export_static(inputs, dir) into out_dir/static/<H>x<W>/
+    (every file and check of a static export), and out_dir/model.pte is the XNNPACK program of the first size
+    (XNNPACK plans memory for the largest shape a dynamic program allows). The report: the first size's header,
+    each size's checks, and over all sizes the worst of each error (the first size's other values). Writes and
+    returns out_dir/export_report.json."""
     out_dir, start = Path(out_dir), time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     size = lambda inputs: "x".join(map(str, inputs[0].shape[-2:]))
     vgf = lower_dynamic() if lower_dynamic is not None else None
-    inputs = (example_inputs, *check_inputs)
-    sizes = {size(x): export_static(x, out_dir / "static" / size(x), x is example_inputs) for x in inputs}
+    sizes = {size(x): export_static(x, out_dir / "static" / size(x)) for x in (example_inputs, *check_inputs)}
     first, head = out_dir / "static" / size(example_inputs), sizes[size(example_inputs)]
     report = {
         k: head[k] for k in ("export_type", "input_shapes", "io_qparams", "channels_last", "versions") if k in head
@@ -213,9 +212,7 @@ def main():
     out = Path(args.out)
     if args.export_type == "fp32":
         cpu = SubpixelNet(model.net)
-        export = lambda x, d, pte=True: export_fp32(
-            model.net, x, d, vgf=not args.no_vgf, xnnpack=pte, channels_last=True, pte_model=cpu
-        )
+        export = lambda x, d: export_fp32(model.net, x, d, vgf=not args.no_vgf, channels_last=True, pte_model=cpu)
     else:
         # the CPU .pte: XNNPACK's own quantizer (its int8 sigmoid needs other qparams than Arm's SNORM ones),
         # calibrated on the same frames; for qat_int8 on the QAT-trained weights
@@ -223,7 +220,7 @@ def main():
         pte_graph = quant.ptq(
             SubpixelNet(fp32), ex, [(c,) for c in calib], backend="xnnpack", dynamic_shapes=image_dims(ex)
         )
-        export = lambda x, d, pte=True: export_int8(
+        export = lambda x, d: export_int8(
             model.net,
             pte_graph,
             x,
@@ -231,7 +228,6 @@ def main():
             export_type=args.export_type,
             fp32_model=fp32,
             vgf=not args.no_vgf,
-            xnnpack=pte,
             channels_last=True,
         )
     if args.size:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common import ckpt, quant
-from common.quant import convert, prepare_qat
+from common import ckpt
 from nss.dataset import DataError, list_captures, stream
 from nss.model import NSS, AutoEncoder, NSSConfig
 
@@ -37,6 +36,8 @@ def image_dims(example_inputs, multiple=8, max_side=4096):
 
 def qat_net(net, backend="vgf"):
     """A fake-quant copy of the AutoEncoder, any batch and any H, W multiple of 8."""
+    from common.quant import prepare_qat  # torchao: seconds to import, so only where int8 is asked for
+
     ex = example_input()
     return prepare_qat(net.cpu(), ex, backend, dynamic_shapes=image_dims(ex))
 
@@ -92,10 +93,12 @@ def network(weights, kind, model_type=None, calibration=None, backend="vgf", sou
     if (kind == "qat_int8") != (model_type == "qat_int8"):
         hint = "qat_int8 needs a train.py --qat checkpoint" if model_type == "qat_int8" else "use --model-type qat_int8"
         raise ckpt.CheckpointError(f"{source}: a {kind} checkpoint cannot be used as {model_type} ({hint})")
+    from common import quant
+
     if kind == "qat_int8":
         net = qat_net(AutoEncoder(kpn_ch=weights["kpn_head.bias"].shape[0]), backend)
         ckpt.load_into(net, weights)
-        return convert(net), model_type
+        return quant.convert(net), model_type
     net = fp32_net(weights)
     if model_type == "fp32":
         return net, model_type

@@ -44,7 +44,7 @@ from nss.dataset import DataError, NSSWindows
 from nss.evaluate import evaluate, evaluate_checkpoint, table, tonemap
 from nss.loss import LossConfig, backward_warp, load_lpips, loss_v1
 from nss.model import NSS, NSSConfig
-from nss.quantize import MODEL_TYPES, checkpoint_meta, convert, qat_net
+from nss.quantize import MODEL_TYPES, checkpoint_meta, qat_net
 
 
 @dataclass
@@ -321,6 +321,8 @@ def validate(model, test_dir, cfg, rt):
 def report(model, test_dir, cfg, args, qat, rt, out, metrics, step, logger):
     """The trained model (QAT: converted to real int8, what ships) vs the baselines on the held-out set."""
     if qat:
+        from common.quant import convert
+
         model.net = convert(model.net).to(rt.device)
     res = evaluate(model, test_dir, rt.device, cfg.tonemapper, cfg.exposure, out / "eval", args.eval_frames)
     res["model_type"] = "qat_int8" if qat else "fp32"

@@ -2,6 +2,7 @@
 tiny autoencoder, latents, tiny diffusion checkpoint), through the same commands a user runs."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,8 +11,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+STRESS = os.environ.get("NANONG_STRESS") == "1"
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes minutes (export lowering, bench); scheduled first, on its own")
+    config.addinivalue_line("markers", "slow: takes minutes (export lowering); scheduled first, on its own")
+    config.addinivalue_line(
+        "markers", "stress: minutes of int8 lowering or the bench; runs in `bash run.sh stress`, skipped in smoke"
+    )
 
 
 def pytest_collection_modifyitems(items):
@@ -22,6 +29,8 @@ def pytest_collection_modifyitems(items):
     one starting a four-minute export while the other has nothing left."""
     group = {}
     for item in items:
+        if item.get_closest_marker("stress") and not STRESS:
+            item.add_marker(pytest.mark.skip(reason="minutes: in bash run.sh stress (NANONG_STRESS=1), not in smoke"))
         name = Path(str(item.fspath)).stem
         if "gamengen_tiny" in getattr(item, "fixturenames", ()):
             name = "gamengen_tiny"

@@ -2,7 +2,6 @@
 engine's sliding context, one-line errors) and the export of a guided denoiser step and the decoder."""
 
 import json
-import os
 from argparse import Namespace
 
 import pytest
@@ -215,7 +214,7 @@ def test_the_shipped_denoiser_predicts_the_next_frame_better_than_copying_the_la
     assert len(items) == 8 and ((z - target) ** 2).mean() < 0.85 * ((ctx[:, -1] - target) ** 2).mean()
 
 
-@pytest.mark.skipif(not os.environ.get("NANONG_STRESS"), reason="4 min: in bash run.sh stress, not in smoke")
+@pytest.mark.stress
 def test_int8_export_of_the_denoise_step_and_decoder(gamengen_tiny, tmp_path, capsys):
     """--export-type ptq_int8: both parts in Arm's int8 scheme, calibrated on played frames of held-out windows; the
     decoder's .vgf equals the TOSA reference and both stay within a step of PyTorch's int8 graph; the denoise step's

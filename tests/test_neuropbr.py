@@ -120,6 +120,12 @@ def test_infer_on_a_png_folder_and_export(data, tmp_path):
     rep = json.loads((tmp_path / "export" / "export_report.json").read_text())
     assert rep["pte_matches_eager"] and rep["vgf"]["delegated_fraction"] > 0.9
     assert (tmp_path / "export" / "model.vgf").stat().st_size > 0
+
+
+@pytest.mark.stress
+def test_int8_export_scores_int8_against_fp32_on_heldout_materials(data, tmp_path):
+    out = tmp_path / "run"
+    assert _train(data, out, ["--no-gan", "--max-steps", "2"]).returncode == 0
     r = run(
         [
             "neuropbr/export.py",

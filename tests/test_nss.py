@@ -284,7 +284,7 @@ def test_export_pte_matches_eager(synth_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
+def test_qat_resumes_exactly_evaluates_as_int8_and_is_not_fp32(synth_data, tmp_path):
     fp, qat = tmp_path / "fp", tmp_path / "qat"
     assert (r := _train(synth_data, fp, 10)).returncode == 0, r.stderr[-2000:]
     q = ["--qat", "--finetune", str(fp / "ckpt" / "latest")]
@@ -301,7 +301,13 @@ def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
     a, b = load(qat / "ckpt" / "latest")[0], load(tmp_path / "split" / "ckpt" / "latest")[0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed QAT run differs"
     assert any("activation_post_process" in k for k in a)  # observer state is checkpointed
-    # (evaluating a qat_int8 and a ptq_int8 model is covered by test_bench_quick)
+    # evaluated as what ships (converted to real int8), and the same fp32 weights quantized after training
+    for ck, kind in ((qat, "qat_int8"), (fp, "ptq_int8")):
+        argv = ["nss/train.py", "--evaluate", "--model-path", str(ck / "ckpt" / "latest"), "--model-type", kind]
+        argv += ["--data", str(synth_data), "--eval-data", str(synth_data / "test"), "--out", str(tmp_path / kind)]
+        assert (r := run(argv)).returncode == 0, r.stderr[-2000:]
+        res = json.loads((tmp_path / kind / "eval" / "results.json").read_text())
+        assert res["model_type"] == kind and math.isfinite(res["nss"]["psnr"]) and res["nss"]["psnr"] > 10, res
     r = run(
         [
             "nss/export.py",
@@ -314,6 +320,13 @@ def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
         ]
     )
     assert r.returncode == 2 and "qat_int8" in r.stderr  # a QAT checkpoint is not fp32
+
+
+@pytest.mark.stress
+def test_qat_int8_export_is_dynamic_and_checked_at_two_sizes(synth_data, tmp_path):
+    fp, qat = tmp_path / "fp", tmp_path / "qat"
+    assert (r := _train(synth_data, fp, 10)).returncode == 0, r.stderr[-2000:]
+    assert (r := _train(synth_data, qat, 12, ["--qat", "--finetune", str(fp / "ckpt" / "latest")])).returncode == 0
     for kind, ck in (("qat_int8", qat),):  # ptq_int8 lowers through the same export_int8 (test_common_quant)
         out = tmp_path / f"export_{kind}"
         r = run(
@@ -345,7 +358,7 @@ def test_qat_resume_evaluate_and_int8_exports(synth_data, tmp_path):
             assert (out / name).stat().st_size > 0
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_bench_quick(tmp_path):
     """`bash run.sh bench nss --quick`: every kind of row, from this run, with sane values."""
     res = tmp_path / "results"

@@ -270,7 +270,7 @@ def test_help_explains_every_flag():
         assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_int8_export_for_arm_gpus(data, tmp_path):
     """--export-type ptq_int8: Arm's int8 scheme calibrated on the data's frames (with their GRU state); the .vgf
     computes what the TOSA reference computes and both stay within a step or two of PyTorch's int8 graph."""
