@@ -283,12 +283,19 @@ def test_export_pte_matches_eager(synth_data, tmp_path):
     assert static["vgf"]["io_shapes"] == {"inputs": [[1, 40, 48, 12]], "outputs": [[1, 10, 12, 36], [1, 40, 48, 4]]}
 
 
+def _fp32_then_qat(data, tmp_path):
+    """10 fp32 steps, then 12 QAT steps fine-tuned from them -> (fp32 run, QAT run)."""
+    fp, qat = tmp_path / "fp", tmp_path / "qat"
+    assert (r := _train(data, fp, 10)).returncode == 0, r.stderr[-2000:]
+    qat_args = ["--qat", "--finetune", str(fp / "ckpt" / "latest")]
+    assert (r := _train(data, qat, 12, qat_args)).returncode == 0, r.stderr[-2000:]
+    return fp, qat
+
+
 @pytest.mark.slow
 def test_qat_resumes_exactly_evaluates_as_int8_and_is_not_fp32(synth_data, tmp_path):
-    fp, qat = tmp_path / "fp", tmp_path / "qat"
-    assert (r := _train(synth_data, fp, 10)).returncode == 0, r.stderr[-2000:]
+    fp, qat = _fp32_then_qat(synth_data, tmp_path)
     q = ["--qat", "--finetune", str(fp / "ckpt" / "latest")]
-    assert (r := _train(synth_data, qat, 12, q)).returncode == 0, r.stderr[-2000:]
     assert json.loads((qat / "ckpt" / "latest" / "meta.json").read_text())["model_type"] == "qat_int8"
     assert (r := _train(synth_data, tmp_path / "split", 12, q + ["--stop-after", "5"])).returncode == 0, r.stderr[
         -2000:
@@ -324,9 +331,7 @@ def test_qat_resumes_exactly_evaluates_as_int8_and_is_not_fp32(synth_data, tmp_p
 
 @pytest.mark.stress
 def test_qat_int8_export_is_dynamic_and_checked_at_two_sizes(synth_data, tmp_path):
-    fp, qat = tmp_path / "fp", tmp_path / "qat"
-    assert (r := _train(synth_data, fp, 10)).returncode == 0, r.stderr[-2000:]
-    assert (r := _train(synth_data, qat, 12, ["--qat", "--finetune", str(fp / "ckpt" / "latest")])).returncode == 0
+    _, qat = _fp32_then_qat(synth_data, tmp_path)
     for kind, ck in (("qat_int8", qat),):  # ptq_int8 lowers through the same export_int8 (test_common_quant)
         out = tmp_path / f"export_{kind}"
         r = run(
