@@ -85,7 +85,16 @@ class FixedSigmoidQParams(Quantizer):
         return model
 
     def validate(self, model):
-        self.inner.validate(model)
+        # Arm's check reads the device of every input's meta["val"]; a size computed in the graph (a SymInt or
+        # int node, from dynamic shapes) has none and fails it ("Could not get device from s22"). It skips
+        # inputs without a "val", so sizes are hidden from it while it runs: every tensor input is still checked.
+        scalar = (torch.SymInt, torch.SymFloat, int, float)
+        sizes = {n: n.meta.pop("val") for n in model.graph.nodes if isinstance(n.meta.get("val"), scalar)}
+        try:
+            self.inner.validate(model)
+        finally:
+            for n, v in sizes.items():
+                n.meta["val"] = v
 
     def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
         self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)

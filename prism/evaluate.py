@@ -89,10 +89,17 @@ def evaluate(model, dataset, device, out_dir=None, max_sequences=None):
 
 
 def evaluate_checkpoint(path, dataset, device, out_dir=None):
-    """train.py --evaluate: the Prism of a checkpoint directory (its own architecture, from its meta) on dataset."""
+    """train.py --evaluate: the Prism of a checkpoint directory (its own architecture, from its meta) on dataset;
+    a QAT checkpoint as its real int8 graph (what the .vgf computes), on the held-out sequences of its scale."""
     weights, _, meta = ckpt.load(path, with_state=False)
-    model = Prism(MODELS[meta["config"]["model"]])
-    ckpt.load_into(model, weights, prefix="model")
+    if meta.get("model_type") == "qat_int8":
+        from prism.quantize import Int8Prism, load_qat, one_scale
+
+        model = Int8Prism(load_qat(weights, meta))
+        dataset = one_scale(dataset, model.scale)
+    else:
+        model = Prism(MODELS[meta["config"]["model"]])
+        ckpt.load_into(model, weights, prefix="model")
     return evaluate(model.to(device), dataset, device, out_dir)
 
 

@@ -5,6 +5,7 @@
     python prism/export.py --model-path runs/prism/ckpt/best --scale 3 --out runs/prism/export_3x
     python prism/export.py --preset quality --size 540 960 --no-vgf --out runs/prism/cost  # untrained: cost
     python prism/export.py --model-path runs/prism/ckpt/best --export-type ptq_int8 --out runs/prism/export_int8
+    python prism/export.py --model-path runs/prism_qat/ckpt/best --export-type qat_int8 --out runs/prism/export_qat
 
 Graph: forward(color (1,3,h,w), depth (1,1,h,w), motion_vectors (1,2,h,w), state (1,C,h/8,w/8))
 -> (frame (1,3,s*h,s*w), new state). The engine feeds the state back each frame (zeros after a camera cut).
@@ -15,6 +16,8 @@ with their GRU state; the TOSA and VGF graphs take and return int8 tensors (scal
 checked in int8 output steps against the converted graph in PyTorch; with a checkpoint and its data, the
 report's "heldout" scores PyTorch's int8 graph (what the .vgf computes, within a step) and the fp32 network on
 the run's held-out sequences of the exported scale and size (train.py's split: val_sequences, seed 42).
+qat_int8: a train.py --qat checkpoint (prism/quantize.py), its fake-quant graph converted to int8 at the export
+size; the CPU .pte is XNNPACK's int8 (its own quantizer, calibrated as for ptq_int8) of the QAT-trained weights.
 Needs Arm's model-converter on PATH for the .vgf (run.sh sets it).
 """
 
@@ -35,6 +38,7 @@ from common.runtime import fail
 from prism.dataset import DataError, PrismDataset
 from prism.evaluate import evaluate
 from prism.model import MODELS, ExportPrism, Prism
+from prism.quantize import load_qat
 
 
 class Streamed(nn.Module):
@@ -104,8 +108,9 @@ def main():
     p.add_argument(
         "--export-type",
         default="fp32",
-        choices=["fp32", "ptq_int8"],
-        help="fp32 (TOSA-1.0+FP) or ptq_int8 (Arm's int8 scheme, calibrated on real frames; TOSA-1.0+INT)",
+        choices=["fp32", "ptq_int8", "qat_int8"],
+        help="fp32 (TOSA-1.0+FP); ptq_int8 (Arm's int8 scheme, calibrated on real frames) or qat_int8 (a train.py "
+        "--qat checkpoint, converted): TOSA-1.0+INT",
     )
     p.add_argument("--calibration-frames", type=int, default=8, help="ptq_int8: frames (with state) to calibrate on")
     p.add_argument("--scale", type=int, default=2, choices=[2, 3], help="upscaling factor of the exported graph")
@@ -125,11 +130,24 @@ def main():
     args = p.parse_args()
     if not (args.model_path or args.preset):
         fail("give --model-path CKPT_DIR (a trained network) or --preset NAME (untrained, for cost only)")
+    if args.export_type == "qat_int8" and not args.model_path:
+        fail("--export-type qat_int8 needs --model-path of a train.py --qat checkpoint")
     try:
+        qat = None
         if args.model_path:
             weights, _, meta = ckpt.load(args.model_path, with_state=False)
-            model = Prism(MODELS[meta["config"]["model"]])
-            ckpt.load_into(model, weights, prefix="model")
+            kind = meta.get("model_type", "fp32")
+            if (kind == "qat_int8") != (args.export_type == "qat_int8"):
+                hint = "use --export-type qat_int8" if kind == "qat_int8" else "it needs a train.py --qat checkpoint"
+                fail(f"{args.model_path}: a {kind} checkpoint cannot be exported as {args.export_type} ({hint})")
+            if kind == "qat_int8":
+                qat = load_qat(weights, meta)
+                if qat.scale != args.scale:
+                    fail(f"{args.model_path}: this QAT checkpoint is the {qat.scale}x graph (use --scale {qat.scale})")
+                model = qat.fp32()  # the QAT-trained weights, for the check frames and the CPU .pte
+            else:
+                model = Prism(MODELS[meta["config"]["model"]])
+                ckpt.load_into(model, weights, prefix="model")
         else:
             torch.manual_seed(0)
             model = Prism(MODELS[args.preset])
@@ -160,20 +178,27 @@ def main():
     else:  # calibrate on the data's frames; with --size (random check frames) on random frames of that size
         n = max(1, args.calibration_frames)
         calib = [x] * n if args.size else streamed_inputs(model, root, args.scale, n)
-        vgf_graph, pte_graph = (quant.ptq(net, x, calib, backend=b) for b in ("vgf", "xnnpack"))
+        pte_graph = quant.ptq(net, x, calib, backend="xnnpack")  # XNNPACK's own int8 sigmoid needs its own scheme
+        if qat is None:
+            vgf_graph = quant.ptq(net, x, calib, backend="vgf")
+        else:
+            try:
+                vgf_graph = quant.convert(qat.graph_at(1, *x[0].shape[-2:]))
+            except ValueError as e:
+                fail(f"--size: {e}")
         report = export_int8(
             vgf_graph,
             pte_graph,
             x,
             out,
-            export_type="ptq_int8",
+            export_type=args.export_type,
             fp32_model=net,
             vgf=not args.no_vgf,
             repeats=args.repeats,
         )
         if args.model_path and not args.size:
             report["heldout"] = heldout_quality(
-                {"fp32": model, "ptq_int8": Streamed(vgf_graph, model)},
+                {"fp32": model, args.export_type: Streamed(vgf_graph, model)},
                 root,
                 meta["config"]["val_sequences"],
                 args.scale,

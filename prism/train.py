@@ -9,6 +9,9 @@ Two processes (DDP; gloo on CPU, rank 0 logs and saves), resume bit-exactly, eva
     torchrun --nproc_per_node=2 prism/train.py --out runs/prism
     python prism/train.py --out runs/prism --resume
     python prism/train.py --out runs/prism --evaluate --model-path runs/prism/ckpt/best
+int8 for Arm GPUs: quantization-aware fine-tuning of one scale (prism/quantize.py), then export.py --export-type
+qat_int8; --evaluate of the QAT checkpoint scores it as real int8:
+    python prism/train.py --qat --finetune runs/prism/ckpt/best --out runs/prism_qat
 
 Loss per frame: L1 to the target + w_temporal * temporal consistency (the frame-to-frame change, after
 warping the previous frame with the motion vectors, must match the target's) + w_gan * adversarial, from a
@@ -19,6 +22,7 @@ synthetic clips, each batch is half of each.
 
 import argparse
 import functools
+import json
 import math
 import sys
 import time
@@ -36,6 +40,7 @@ from common import ckpt, log, runtime
 from prism.dataset import DataError, PrismDataset, batches, collate
 from prism.evaluate import evaluate, evaluate_checkpoint, table
 from prism.model import MODELS, MultiScaleDiscriminator, Prism
+from prism.quantize import Int8Prism, QATPrism, one_scale
 
 ModelName = Literal[tuple(MODELS)]  # an architecture of prism/model.py: fast, balanced, quality, tiny
 
@@ -64,6 +69,9 @@ class Config:
     log_every: int = 25  # steps between train log lines and metrics.jsonl rows
     save_every: int = 0  # also keep ckpt/step_N every N steps (0: only latest and best)
     synth: tuple = (24, 16, 128)  # built-in data: sequences, frames, input size
+    qat_scale: int = 2  # --qat: the scale to fine-tune and export (a QAT graph holds one)
+    qat_steps: int = 300  # --qat: steps of int8 fake-quant fine-tuning (replaces max_steps)
+    qat_lr: float = 1e-4  # --qat: AdamW lr, cosine to qat_lr / 100, no warm-up (replaces lr)
 
 
 PRESETS = {  # --preset: the training budget (tiny: tests); the architecture is --model
@@ -82,6 +90,8 @@ PRESETS = {  # --preset: the training budget (tiny: tests); the architecture is 
         d_scales=2,
         ndf=8,
         synth=(6, 4, 32),
+        qat_steps=4,
+        qat_lr=3e-4,
     ),
     "cpu": Config(),
     "gpu": Config(
@@ -115,6 +125,13 @@ def build_parser():
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out sequences")
     p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
     p.add_argument(
+        "--qat",
+        action="store_true",
+        help="quantization-aware training: fine-tune --finetune's fp32 weights at qat_scale under Arm's int8 "
+        "fake-quant for qat_steps at qat_lr (no GAN); resumable; the report scores the int8 graph",
+    )
+    p.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint's network weights (fp32)")
+    p.add_argument(
         "--stop-after",
         type=int,
         metavar="N",
@@ -125,8 +142,16 @@ def build_parser():
 
 
 def configure(args):
-    """The --preset's Config with the flags given on top."""
-    return runtime.override(replace(PRESETS[args.preset]), args)
+    """-> (config, qat): the --preset's Config (the QAT schedule under --qat or a resumed QAT run: qat_steps at
+    qat_lr, cosine to qat_lr / 100, no warm-up, no GAN), then the flags given on top."""
+    latest = Path(args.out) / "ckpt" / "latest" / "meta.json"
+    resumed = json.loads(latest.read_text()) if args.resume and latest.exists() else {}
+    qat = args.qat or resumed.get("model_type") == "qat_int8"
+    base = replace(PRESETS[args.preset])
+    if qat:
+        base = replace(base, max_steps=base.qat_steps, lr=base.qat_lr, min_lr=base.qat_lr / 100, warmup_steps=0)
+        base.w_gan = 0.0
+    return runtime.override(base, args), qat
 
 
 def resolve_data(args, cfg, rt, logger):
@@ -201,11 +226,25 @@ def stream_clip(net, model, clip, rt, cfg, disc=None, use_gan=False):
     return loss, parts, d_loss
 
 
-def build_model(cfg, rt):
-    """Prism of cfg.model on the device, and its PatchGAN discriminator when w_gan > 0 (else None)."""
-    model = Prism(MODELS[cfg.model]).to(rt.device)
+def build_model(cfg, rt, args, qat, frame, logger):
+    """Prism of cfg.model (--finetune's weights when given; under --qat its QATPrism at qat_scale, in the shape
+    of a training batch: batch_size clips of crop x crop, or of whole `frame`s) on the device, and its PatchGAN
+    discriminator when w_gan > 0 (else None)."""
+    model = Prism(MODELS[cfg.model])
+    if args.finetune:
+        weights, _, meta = ckpt.load(args.finetune, with_state=False)
+        if meta.get("model_type", "fp32") != "fp32" or meta.get("config", {}).get("model") != cfg.model:
+            runtime.fail(f"{args.finetune}: --finetune takes an fp32 Prism-{cfg.model} checkpoint (see --model)")
+        ckpt.load_into(model, weights, prefix="model")
+        logger.info(f"fine-tuning from {args.finetune}")
+    elif qat and not args.resume:
+        runtime.fail("--qat fine-tunes trained fp32 weights: give them with --finetune CKPT")
+    if qat:
+        h, w = (cfg.crop, cfg.crop) if cfg.crop else frame
+        model = QATPrism(model, cfg.qat_scale, (cfg.batch_size, h, w))
+        logger.info(f"QAT at {cfg.qat_scale}x: Arm's int8 fake-quant, a graph of {cfg.batch_size} clips of {h}x{w}")
     disc = MultiScaleDiscriminator(cfg.d_scales, ndf=cfg.ndf).to(rt.device) if cfg.w_gan > 0 else None
-    return model, disc
+    return model.to(rt.device), disc
 
 
 def resume(ck, model, disc, opt, opt_d, scaler, rt, logger):
@@ -214,7 +253,10 @@ def resume(ck, model, disc, opt, opt_d, scaler, rt, logger):
         if not latest:
             return 0, -math.inf
         weights, state, meta = latest
-        ckpt.load_into(model, weights, prefix="model")
+        if isinstance(model, QATPrism):
+            model.load(weights)  # the graph's state and the fp32 Prism around it
+        else:
+            ckpt.load_into(model, weights, prefix="model")
         opt.load_state_dict(state.get("optimizer", state.get("opt")))  # "opt": checkpoints written before
         if disc:
             ckpt.load_into(disc, weights, prefix="disc")
@@ -228,7 +270,8 @@ def save(ck, args, cfg, guard, rt, model, disc, opt, opt_d, scaler, step, best, 
     """Write OUT/ckpt/step_N (and latest; best too when this validation score is the best so far), rank 0 only."""
     if not rt.master:
         return
-    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    qat = isinstance(model, QATPrism)
+    weights = model.checkpoint_weights() if qat else {f"model.{k}": v for k, v in model.state_dict().items()}
     weights.update({f"disc.{k}": v for k, v in disc.state_dict().items()} if disc else {})
     state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": ckpt.rng_state()}
     state.update({"optimizer_d": opt_d.state_dict()} if disc else {})
@@ -237,6 +280,8 @@ def save(ck, args, cfg, guard, rt, model, disc, opt, opt_d, scaler, step, best, 
         "preset": args.preset,
         "config": asdict(cfg),
         "model": asdict(MODELS[cfg.model]),
+        "model_type": "qat_int8" if qat else "fp32",
+        **({"qat": {"scale": model.scale, "shape": list(model.shape)}} if qat else {}),
         "best": best,  # best validation score so far: mean PSNR gain over bilinear (dB), higher is better
         "val": score,
         "nan_skipped": guard.skipped,
@@ -316,7 +361,7 @@ def describe(cfg, model, disc, train_set, val_set, rt):
 def main():
     # --- setup: flags -> Config, device / DDP / seed / AMP, OUT/output.log and OUT/metrics.jsonl
     args = build_parser().parse_args()
-    cfg = configure(args)
+    cfg, qat = configure(args)
     rt = runtime.setup(args)
     out, ck = Path(args.out), Path(args.out) / "ckpt"
     logger = log.setup(out, args.log_level, rt.master)
@@ -326,13 +371,15 @@ def main():
     root = resolve_data(args, cfg, rt, logger)
     data = PrismDataset(root, clip_len=cfg.clip_len, crop=cfg.crop or None, seed=args.seed)
     train_set, val_set = data.split(cfg.val_sequences, seed=42)
+    if qat:  # a QAT graph is one scale
+        train_set, val_set = one_scale(train_set, cfg.qat_scale), one_scale(val_set, cfg.qat_scale)
     if args.evaluate:  # evaluation only: prism/evaluate.py
         if not args.model_path:
             runtime.fail("--evaluate needs --model-path CKPT_DIR")
         return logger.info(table(evaluate_checkpoint(args.model_path, val_set, rt.device, out / "eval")))
 
     # --- model: Prism (+ PatchGAN), AdamW (+ Adam), fp16 loss scaling; --resume continues bit-exactly
-    model, disc = build_model(cfg, rt)
+    model, disc = build_model(cfg, rt, args, qat, train_set.sequences[0]["size"], logger)
     net = DDP(model, find_unused_parameters=True) if rt.ddp else model  # a batch is one scale: the other head idles
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999)) if disc else None
@@ -393,8 +440,9 @@ def main():
 
     # --- report: the held-out table and comparison grids in OUT/eval
     if rt.master:
-        res = evaluate(model, val_set, rt.device, out / "eval")
-        logger.info(table(res) + f"\n\nimages: {out / 'eval'}")
+        res = evaluate(Int8Prism(model) if qat else model, val_set, rt.device, out / "eval")
+        kind = f"int8 (the QAT graph converted), {cfg.qat_scale}x" if qat else "fp32"
+        logger.info(f"held-out, {kind}:\n" + table(res) + f"\n\nimages: {out / 'eval'}")
     runtime.teardown(rt)
 
 

@@ -287,3 +287,101 @@ def test_int8_export_for_arm_gpus(data, tmp_path):
     assert c.get("vgf_vs_tosa_steps", 0) == 0  # when Vulkan is there, the .vgf equals the TOSA reference
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["export_type"] == "ptq_int8" and len(meta["inputs"]) == 4 and len(meta["outputs"]) == 2
+
+
+@pytest.fixture(scope="module")
+def data128(tmp_path_factory):
+    """Frames of 128x128: at 64x64 crops and 128x128 frames the tiny network's attention sees several windows
+    per batch, so the QAT graph of the training crops and that of whole frames are the same ops."""
+    from prism.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("prism_data128")
+    make_dataset(root, sequences=6, frames=4, size=128, seed=0, progress=False)
+    return root
+
+
+def test_qat_capture_maps_every_weight_back_to_prism():
+    """The PT2E capture renames parameters; QATPrism maps each back to its Prism name, so the fp32 view holds
+    the source weights exactly and, after training, the trained ones of its scale (reloading a checkpoint is
+    pinned by the exact resume of the next test)."""
+    from prism.quantize import QATPrism
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    for p in model.parameters():  # non-trivial heads (they start at zero)
+        p.data.normal_(0, 0.05)
+    qat = QATPrism(model, 2, (2, 64, 64))
+    assert len(qat.names) == len(list(qat.graph.parameters())) == len(list(model.parameters())) - 2  # no 3x head
+    view = qat.fp32().state_dict()
+    assert all(torch.equal(view[k], v) for k, v in model.state_dict().items())
+    opt = torch.optim.SGD(qat.parameters(), lr=0.1)
+    x = _frame(2, 64, 64)
+    for _ in range(2):
+        frame, _ = qat(*x, qat.initial_state(2, 64, 64), 2)
+        opt.zero_grad()
+        frame.mean().backward()
+        opt.step()
+    trained = qat.fp32().state_dict()
+    qat.eval()
+    x = (*_frame(2, 64, 64, seed=1), qat.initial_state(2, 64, 64))
+    with torch.no_grad():  # the fp32 view is the graph without its fake-quant: close to it, not equal
+        a, b = qat(*x)[0], qat.fp32()(*x, 2)[0]
+    assert 0 < (a - b).abs().max() < 0.1
+    assert not torch.equal(trained["heads.2.0.weight"], view["heads.2.0.weight"])  # QAT moved the 2x head
+    assert torch.equal(trained["heads.3.0.weight"], view["heads.3.0.weight"])  # and left the 3x one alone
+    with pytest.raises(ValueError, match="2x graph"):
+        qat(*x, 3)
+
+
+def _fp32_checkpoint(tmp_path):
+    """A tiny fp32 checkpoint as train.py writes it (weights "model.*", meta), without running train.py."""
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    meta = {"step": 0, "config": {"model": "tiny"}, "model_type": "fp32"}
+    return ckpt.save(tmp_path, "fp32", {f"model.{k}": v for k, v in model.state_dict().items()}, {}, meta)
+
+
+def test_qat_fine_tune_resumes_exactly_and_evaluates_as_int8(data128, tmp_path):
+    """--qat --finetune: one scale under Arm's int8 fake-quant; stopped and resumed it ends bit-identical; the
+    report and --evaluate score the converted int8 graph; the wrong inputs give one-line errors."""
+    base = ["--crop", "64"]
+    fp32 = str(_fp32_checkpoint(tmp_path))
+    r = _train(data128, tmp_path / "full", *base, "--qat", "--finetune", fp32)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "int8 (the QAT graph converted), 2x" in r.stderr + r.stdout
+    res = json.loads((tmp_path / "full" / "eval" / "results.json").read_text())
+    assert set(res) == {"2x", "score"} and res["2x"]["prism"]["psnr"] > res["2x"]["nearest"]["psnr"]
+    assert _train(data128, tmp_path / "half", *base, "--qat", "--finetune", fp32, "--stop-after", "2").returncode == 0
+    assert _train(data128, tmp_path / "half", *base, "--resume").returncode == 0  # a QAT run resumes as QAT
+    a, _, meta = ckpt.load(tmp_path / "full" / "ckpt" / "latest", with_state=False)
+    b = ckpt.load(tmp_path / "half" / "ckpt" / "latest", with_state=False)[0]
+    assert meta["model_type"] == "qat_int8" and meta["step"] == PRESETS["tiny"].qat_steps
+    assert meta["qat"] == {"scale": 2, "shape": [2, 64, 64]}
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    qat = str(tmp_path / "full" / "ckpt" / "latest")
+    r = _train(data128, tmp_path / "ev", *base, "--evaluate", "--model-path", qat)
+    assert r.returncode == 0 and "| 2x | **Prism** |" in r.stderr + r.stdout, r.stderr[-2000:]
+    r = _train(data128, tmp_path / "bad", *base, "--qat", "--finetune", qat)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--finetune takes an fp32" in r.stderr, r.stderr
+    r = run(["prism/export.py", "--model-path", qat, "--export-type", "ptq_int8", "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "use --export-type qat_int8" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.stress
+def test_qat_int8_export_for_arm_gpus(data128, tmp_path):
+    """--export-type qat_int8: the QAT graph converted at the data's size; the .vgf is one delegate that computes
+    what the TOSA reference computes, within a few int8 steps of PyTorch's int8 graph; held-out int8 vs fp32."""
+    assert _train(data128, tmp_path / "fp32", "--max-steps", "4", "--w-gan", "0").returncode == 0
+    fp32 = str(tmp_path / "fp32" / "ckpt" / "latest")
+    qat = tmp_path / "qat"
+    assert _train(data128, qat, "--crop", "64", "--qat", "--finetune", fp32, "--val-sequences", "2").returncode == 0
+    out = tmp_path / "export"
+    argv = ["prism/export.py", "--model-path", str(qat / "ckpt" / "latest"), "--data", str(data128)]
+    r = run([*argv, "--export-type", "qat_int8", "--calibration-frames", "2", "--repeats", "1", "--out", str(out)])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((out / "export_report.json").read_text())
+    c = rep["checks"]
+    assert rep["export_type"] == "qat_int8" and rep["pte_matches_eager"] and rep["vgf"]["delegated_fraction"] > 0.95
+    assert c["tosa_p99_steps"] <= 1 and c["tosa_steps"] <= 8 and c.get("vgf_vs_tosa_steps", 0) == 0
+    held = rep["heldout"]
+    assert held["frames"] > 0 and abs(held["qat_int8"]["psnr"] - held["fp32"]["psnr"]) < 1.0, held
