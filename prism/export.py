@@ -183,7 +183,7 @@ def main():
             vgf_graph = quant.ptq(net, x, calib, backend="vgf")
         else:
             try:
-                vgf_graph = quant.convert(qat.graph_at(1, *x[0].shape[-2:]))
+                vgf_graph = quant.convert(qat.graph_at(x))
             except ValueError as e:
                 fail(f"--size: {e}")
         report = export_int8(

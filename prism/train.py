@@ -281,7 +281,7 @@ def save(ck, args, cfg, guard, rt, model, disc, opt, opt_d, scaler, step, best, 
         "config": asdict(cfg),
         "model": asdict(MODELS[cfg.model]),
         "model_type": "qat_int8" if qat else "fp32",
-        **({"qat": {"scale": model.scale, "shape": list(model.shape)}} if qat else {}),
+        **({"qat": {"scale": model.scale, "shape": list(model.batch_shape)}} if qat else {}),
         "best": best,  # best validation score so far: mean PSNR gain over bilinear (dB), higher is better
         "val": score,
         "nan_skipped": guard.skipped,
