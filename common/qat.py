@@ -28,12 +28,25 @@ def _shapes(inputs):
     return tuple(tuple(x.shape) for x in inputs)
 
 
+def _without_dropout(model):
+    """Dropout(p=0) layers replaced by Identity, in place. torchao's train/eval switch of a PT2E graph
+    (move_exported_model_to_train, torchao/quantization/pt2e/export_utils.py `_replace_dropout`) matches dropout
+    with any p and writes it back with p=0.5, so a p=0 dropout would train at 0.5; other rates are refused."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Dropout):
+                if child.p:
+                    raise ValueError(f"QAT: {name} is Dropout(p={child.p}); the PT2E train switch would run it at 0.5")
+                setattr(parent, name, nn.Identity())
+    return model
+
+
 def capture(model, wrap, example_inputs, backend="vgf"):
     """wrap(model) as a PT2E fake-quant graph at the shapes of example_inputs -> (graph, {graph param: model
     param name}); the graph's parameters hold model's values."""
     from common import quant
 
-    marked = copy.deepcopy(model).cpu().eval()
+    marked = _without_dropout(copy.deepcopy(model).cpu().eval())
     with torch.no_grad():
         for i, p in enumerate(marked.parameters()):
             p.fill_(i + 1)

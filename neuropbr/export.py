@@ -3,6 +3,7 @@
 
     python neuropbr/export.py --model-path runs/pbr/ckpt/best --out runs/pbr/export
     python neuropbr/export.py --model-path runs/pbr/ckpt/best --export-type ptq_int8 --out runs/pbr/export_int8
+    python neuropbr/export.py --model-path runs/pbr_qat/ckpt/best --export-type qat_int8 --out runs/pbr/export_qat
     python neuropbr/export.py --model-path runs/pbr/ckpt/best --weights-out neuropbr/weights/neuropbr   # what ships
 
 Input (1, 3 views, 3, S, S) in [0, 1] with S the checkpoint's image size; outputs albedo (1,3,S,S),
@@ -11,6 +12,9 @@ export_report.json (+ metadata.json for int8). Needs Arm's model-converter on PA
 An int8 export also scores PyTorch's int8 graph (what the .vgf computes, within a step) against the fp32
 generator on held-out materials (--eval-data; default the run's OUT/heldout, else --eval-samples built-in
 materials rendered from the held-out seed 1338 into OUT/heldout): report["heldout"].
+qat_int8: a train.py --qat checkpoint (neuropbr/quantize.py), its fake-quant graph converted to int8; the CPU
+.pte is XNNPACK's int8 (its own quantizer, calibrated as for ptq_int8) of the QAT-trained (BatchNorm-folded)
+generator.
 """
 
 import argparse
@@ -29,6 +33,7 @@ from neuropbr.dataset import DataError, PBRDataset
 from neuropbr.evaluate import evaluate
 from neuropbr.infer import SHIPPED, load_generator
 from neuropbr.model import MAPS, ExportGenerator
+from neuropbr.quantize import load_qat
 
 HELDOUT_SEED = 1338  # the built-in held-out materials: train.py renders them from --seed (1337) + 1
 
@@ -72,8 +77,9 @@ def main():
     p.add_argument(
         "--export-type",
         default="fp32",
-        choices=["fp32", "ptq_int8"],
-        help="fp32 (TOSA-1.0+FP) or ptq_int8 (Arm's int8 scheme, calibrated on real samples; TOSA-1.0+INT)",
+        choices=["fp32", "ptq_int8", "qat_int8"],
+        help="fp32 (TOSA-1.0+FP); ptq_int8 (Arm's int8 scheme, calibrated on real samples) or qat_int8 (a train.py "
+        "--qat checkpoint, converted): TOSA-1.0+INT",
     )
     p.add_argument("--out", help="output folder (required unless --weights-out)")
     p.add_argument(
@@ -107,7 +113,16 @@ def main():
             return
         if not args.out:
             fail("--out DIR is required (or --weights-out DIR)")
-        gen, meta = load_generator(args.model_path)
+        weights, _, meta = ckpt.load(args.model_path, with_state=False)
+        kind, qat = meta.get("model_type", "fp32"), None
+        if (kind == "qat_int8") != (args.export_type == "qat_int8"):
+            hint = "use --export-type qat_int8" if kind == "qat_int8" else "it needs a train.py --qat checkpoint"
+            fail(f"{args.model_path}: a {kind} checkpoint cannot be exported as {args.export_type} ({hint})")
+        if kind == "qat_int8":
+            qat = load_qat(weights, meta)
+            gen = qat.fp32()  # the QAT-trained weights (BatchNorms folded), for the CPU .pte and the fp32 row
+        else:
+            gen, meta = load_generator(args.model_path)
         size = meta["config"]["image_size"]
         root = Path(args.data) if args.data else Path(args.model_path).resolve().parents[1] / "data"
         if not args.data and not root.is_dir():  # e.g. the shipped weights: render a few built-in materials
@@ -126,16 +141,16 @@ def main():
         report = export_fp32(net, (x,), out, vgf=not args.no_vgf)
     else:
         calib = [(s,) for s in samples]
-        vgf_graph = quant.ptq(net, (x,), calib, backend="vgf")
-        pte_graph = quant.ptq(net, (x,), calib, backend="xnnpack")
+        vgf_graph = quant.ptq(net, (x,), calib, backend="vgf") if qat is None else quant.convert(qat.graph_at((x,)))
+        pte_graph = quant.ptq(net, (x,), calib, backend="xnnpack")  # XNNPACK's int8 sigmoid needs its own scheme
         report = export_int8(
-            vgf_graph, pte_graph, (x,), out, export_type="ptq_int8", fp32_model=net, vgf=not args.no_vgf
+            vgf_graph, pte_graph, (x,), out, export_type=args.export_type, fp32_model=net, vgf=not args.no_vgf
         )
         run_heldout = Path(args.model_path).resolve().parents[1] / "heldout"
         eval_root = Path(args.eval_data) if args.eval_data else run_heldout if run_heldout.is_dir() else out / "heldout"
         try:
             report["heldout"] = heldout_quality(
-                {"fp32": gen, "ptq_int8": Maps(vgf_graph)}, eval_root, size, args.eval_samples
+                {"fp32": gen, args.export_type: Maps(vgf_graph)}, eval_root, size, args.eval_samples
             )
         except DataError as e:
             fail(str(e))

@@ -47,8 +47,13 @@ def load_views(folder):
 
 
 def load_generator(path):
-    """A NeuroPBR checkpoint directory (a training checkpoint or the shipped fp16 weights) -> (generator, meta)."""
+    """A NeuroPBR checkpoint directory (a training checkpoint or the shipped fp16 weights) -> (generator, meta);
+    a train.py --qat checkpoint gives its int8 graph (neuropbr/quantize.py), which runs at any size, slowly."""
     weights, _, meta = ckpt.load(path, with_state=False)
+    if meta.get("model_type") == "qat_int8":
+        from neuropbr.quantize import Int8Generator, load_qat
+
+        return Int8Generator(load_qat(weights, meta)).eval(), meta
     gen = Generator(ModelConfig(**meta["model"]))
     ckpt.load_into(gen, {k: v.float() for k, v in weights.items()}, prefix="gen")
     return gen.eval(), meta

@@ -11,9 +11,13 @@ Two processes (DDP; gloo on CPU, rank 0 logs and saves):
 Resume (bit-exact) / evaluate a checkpoint (default: the shipped weights) on held-out materials:
     python neuropbr/train.py --out runs/pbr --resume
     python neuropbr/train.py --out runs/pbr --evaluate [--model-path runs/pbr/ckpt/best] [--eval-data DIR]
+int8 for Arm GPUs: quantization-aware fine-tuning (neuropbr/quantize.py; the report and --evaluate score the
+int8 graph), then neuropbr/export.py --export-type qat_int8:
+    python neuropbr/train.py --preset long --qat --finetune neuropbr/weights/neuropbr --out runs/pbr_qat
 """
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -34,6 +38,7 @@ from neuropbr.dataset import DataError, PBRDataset
 from neuropbr.evaluate import evaluate, evaluate_checkpoint, table
 from neuropbr.infer import SHIPPED, load_generator
 from neuropbr.model import Generator, ModelConfig, PatchGAN, stack_maps
+from neuropbr.quantize import Int8Generator, QATGenerator
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Config:
     # optimisation
     batch_size: int = 4  # samples (each three views) per optimizer step
     epochs: int = 20  # epochs to train (--max-steps caps the steps)
+    qat_steps: int = 300  # --qat: steps of int8 fake-quant fine-tuning (instead of epochs)
+    qat_lr: float = 1e-4  # --qat: generator lr, cosine to qat_lr / 100, no warm-up and no GAN (instead of g_lr)
     g_lr: float = 1e-3  # generator AdamW learning rate
     d_lr: float = 2e-4  # PatchGAN Adam learning rate
     weight_decay: float = 1e-4  # generator AdamW weight decay
@@ -145,6 +152,8 @@ PRESETS = {
         ndf=8,
         log_every=2,
         synth=(10, 64),
+        qat_steps=4,
+        qat_lr=3e-4,
     ),
     "cpu": Config(),
     "long": Config(synth=(1200, 128), epochs=20, eval_every_epochs=2, log_every=50),  # the shipped weights
@@ -224,6 +233,13 @@ def build_parser():
         help="local .safetensors/.pth state dict for the ResNet encoder (nothing is downloaded)",
     )
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the validation materials")
+    p.add_argument(
+        "--qat",
+        action="store_true",
+        help="quantization-aware training: fine-tune --finetune's fp32 generator (BatchNorms folded) under Arm's "
+        "int8 fake-quant for qat_steps at qat_lr; resumable; the report scores the int8 graph",
+    )
+    p.add_argument("--finetune", metavar="CKPT", help="start from this fp32 checkpoint's generator (e.g. the shipped)")
     p.add_argument(
         "--model-path",
         metavar="CKPT",
@@ -333,13 +349,19 @@ def model_config(cfg):
 
 
 def configure(args):
-    """-> (config, generator or None): the preset and the flags given; under --evaluate the checkpoint's generator
-    and its own config (image size...), then the flags."""
-    if not args.evaluate:
-        return runtime.override(replace(PRESETS[args.preset]), args), None
-    gen, meta = load_generator(args.model_path)
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
-    return runtime.override(cfg, args), gen
+    """-> (config, generator or None, qat): the preset (the QAT schedule under --qat or a resumed QAT run) and the
+    flags given; under --evaluate the checkpoint's generator (a QAT one as int8) and its own config, then the flags."""
+    if args.evaluate:
+        gen, meta = load_generator(args.model_path)
+        cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+        return runtime.override(cfg, args), gen, False
+    latest = Path(args.checkpoint_dir or Path(args.out) / "ckpt") / "latest" / "meta.json"
+    resumed = json.loads(latest.read_text()) if args.resume and latest.exists() else {}
+    qat, base = args.qat or resumed.get("model_type") == "qat_int8", replace(PRESETS[args.preset])
+    if qat:
+        base = replace(base, g_lr=base.qat_lr, min_lr=base.qat_lr / 100, warmup_epochs=0.0, scheduler="cosine")
+        base.use_gan = False
+    return runtime.override(base, args), None, qat
 
 
 def load_data(args, cfg, rt, logger):
@@ -355,9 +377,24 @@ def load_data(args, cfg, rt, logger):
     return train_set, val_set, test_set
 
 
-def build_model(args, cfg, rt, logger):
-    """-> (generator, PatchGAN or None) on the device; --init loads ImageNet-style encoder weights."""
+def build_model(args, cfg, qat, rt, logger):
+    """-> (generator, PatchGAN or None) on the device; --init loads ImageNet-style encoder weights, --finetune a
+    checkpoint's generator; --qat wraps it in int8 fake-quant (a graph of batch_size x image_size²)."""
     gen = Generator(model_config(cfg))
+    if args.finetune:
+        weights, _, meta = ckpt.load(args.finetune, with_state=False)
+        if meta.get("model_type", "fp32") != "fp32":
+            runtime.fail(f"{args.finetune}: --finetune takes an fp32 checkpoint (this one is {meta['model_type']})")
+        try:
+            ckpt.load_into(gen, {k: v.float() for k, v in weights.items()}, prefix="gen")
+        except RuntimeError as e:
+            runtime.fail(f"{args.finetune}: not a generator of this --preset ({str(e).splitlines()[0]})")
+        logger.info(f"fine-tuning from {args.finetune}")
+    elif qat and not args.resume:
+        runtime.fail("--qat fine-tunes a trained fp32 generator: give it with --finetune CKPT")
+    if qat:
+        gen = QATGenerator(gen, (cfg.batch_size, cfg.image_size))
+        logger.info(f"QAT: BatchNorms folded, Arm's int8 fake-quant on a graph of {cfg.batch_size} x {cfg.image_size}²")
     if args.init:
         try:
             state = ckpt.read_state_dict(args.init)  # a CheckpointError is one line, exit 2
@@ -391,7 +428,10 @@ def resume(ck, gen, disc, opts, metrics, rt, logger):
     with ckpt.resuming(ck, "a NeuroPBR checkpoint of this preset", rt.device, logger.info) as latest:
         if latest:
             weights, state, meta = latest
-            ckpt.load_into(gen, weights, prefix="gen")
+            if isinstance(gen, QATGenerator):
+                gen.load(weights)  # the graph's state and the folded fp32 generator around it
+            else:
+                ckpt.load_into(gen, weights, prefix="gen")
             if disc:
                 ckpt.load_into(disc, weights, prefix="disc")
             for key, obj in opts.items():  # optimizer, optimizer_d, plateau, scaler (older runs: opt_g, opt_d)
@@ -403,9 +443,17 @@ def resume(ck, gen, disc, opts, metrics, rt, logger):
     return step, best
 
 
+def kind_meta(gen):
+    """meta["model_type"] (and meta["qat"], the QAT graph's batch shape) of a checkpoint of `gen`."""
+    if not isinstance(gen, QATGenerator):
+        return {"model_type": "fp32"}
+    return {"model_type": "qat_int8", "qat": {"shape": list(gen.batch_shape)}}
+
+
 def save(ck, step, gen, disc, opts, meta, keep_every, is_best):
     """Rank 0's checkpoint: gen.* and disc.* weights, every optimizer/scheduler/scaler state and the RNG."""
-    weights = {f"gen.{k}": v for k, v in gen.state_dict().items()}
+    qat = isinstance(gen, QATGenerator)  # its checkpoint: model.* (fp32 view) and qat.* (the graph)
+    weights = gen.checkpoint_weights() if qat else {f"gen.{k}": v for k, v in gen.state_dict().items()}
     weights.update({f"disc.{k}": v for k, v in disc.state_dict().items()} if disc else {})
     state = {k: obj.state_dict() for k, obj in opts.items() if obj is not None}
     state["rng"] = ckpt.rng_state()
@@ -467,7 +515,7 @@ def validate(gen, val_set, rt, out, metrics, step, logger):
 def main():
     # --- setup: preset + flags (or the checkpoint's under --evaluate), device / DDP, logs -------------------------
     args = build_parser().parse_args()
-    cfg, evaluated = configure(args)
+    cfg, evaluated, qat = configure(args)
     rt = runtime.setup(args)
     out, ck = Path(args.out), Path(args.checkpoint_dir) if args.checkpoint_dir else Path(args.out) / "ckpt"
     logger, metrics = log.setup(out, args.log_level, rt.master), log.Metrics(out, enabled=rt.master)
@@ -477,10 +525,10 @@ def main():
     if args.evaluate:  # evaluation only: neuropbr/evaluate.py
         return evaluate_checkpoint(evaluated, test_set, train_set, rt, out, logger)
     steps_per_epoch = max(1, len(train_set) // (cfg.batch_size * rt.world))
-    total = min(args.max_steps or 10**12, cfg.epochs * steps_per_epoch)
+    total = min(args.max_steps or 10**12, cfg.qat_steps if qat else cfg.epochs * steps_per_epoch)
 
     # --- model, optimizers, resume -------------------------------------------------------------------------------
-    gen, disc = build_model(args, cfg, rt, logger)
+    gen, disc = build_model(args, cfg, qat, rt, logger)
     if rt.master:
         ckpt.check_room(ck, gen, disc)
     net = DDP(gen) if rt.ddp else gen
@@ -489,7 +537,7 @@ def main():
     step, best = resume(ck, gen, disc, opts, metrics, rt, logger) if args.resume else (0, -math.inf)
     logger.info(summary(gen, disc, train_set, val_set, steps_per_epoch, total, rt))
     stop, guard = runtime.StopSignal(args.stop_after), runtime.NanGuard(args.nan_policy)
-    run = dict(preset=args.preset, config=asdict(cfg), model=asdict(model_config(cfg)))
+    run = dict(preset=args.preset, config=asdict(cfg), model=asdict(model_config(cfg)), **kind_meta(gen))
     keep_every = args.save_every or cfg.save_every_epochs * steps_per_epoch
 
     def checkpoint(score=None):  # rank 0: OUT/ckpt/latest, best when score is the best so far
@@ -551,7 +599,7 @@ def main():
 
     # --- report: the four maps vs the mean material and the view average on the held-out set --------------------
     if rt.master:
-        res = evaluate(gen, test_set, train_set, rt.device, out / "eval")  # writes results.json
+        res = evaluate(Int8Generator(gen) if qat else gen, test_set, train_set, rt.device, out / "eval")
         logger.info(table(res) + f"\n\nimages: {out / 'eval'}")
     runtime.teardown(rt)
 
