@@ -152,6 +152,76 @@ def test_int8_export_scores_int8_against_fp32_on_heldout_materials(data, tmp_pat
     assert rep["heldout"]["samples"] == 2 and set(rep["heldout"]) == {"fp32", "ptq_int8", "samples"}, rep["heldout"]
 
 
+def test_batchnorm_folds_into_the_convolutions_before_qat():
+    """QAT starts from the generator with every BatchNorm folded into its conv (running statistics): same output,
+    no BatchNorm left (left in, convert_pt2e keeps them and the VGF splits into many graphs)."""
+    from neuropbr.quantize import fold_batchnorm
+
+    torch.manual_seed(0)
+    gen = Generator(ModelConfig(encoder_stride=2, transformer_dim=32, transformer_heads=2, transformer_depth=1))
+    gen.train()
+    gen(torch.rand(4, 3, 3, 64, 64))  # running statistics away from their 0 / 1 start
+    gen.eval()
+    count = lambda m: sum(isinstance(b, torch.nn.BatchNorm2d) for b in m.modules())  # noqa: E731
+    n = count(gen)
+    folded = fold_batchnorm(gen)
+    assert count(folded) == 0 and count(gen) == n > 30  # the original is untouched
+    x = torch.rand(1, 3, 3, 64, 64)
+    with torch.no_grad():
+        a, b = gen(x), folded(x)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def _fp32_then_qat(data, tmp_path):
+    """A tiny fp32 run, then --qat --finetune from it (4 steps), and the same QAT stopped at 2 and resumed."""
+    assert _train(data, tmp_path / "fp32", ["--no-gan", "--max-steps", "2"]).returncode == 0
+    finetune = ["--qat", "--finetune", str(tmp_path / "fp32" / "ckpt" / "latest")]
+    r = _train(data, tmp_path / "qat", finetune)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_qat_fine_tune_resumes_exactly_and_evaluates_as_int8(data, tmp_path):
+    """--qat --finetune: the generator, BatchNorms folded, under Arm's int8 fake-quant; stopped and resumed it
+    ends bit-identical; the report and --evaluate score the converted int8 graph."""
+    from common.ckpt import load
+
+    _fp32_then_qat(data, tmp_path)
+    finetune = ["--qat", "--finetune", str(tmp_path / "fp32" / "ckpt" / "latest")]
+    assert _train(data, tmp_path / "split", [*finetune, "--stop-after", "2"]).returncode == 0
+    assert _train(data, tmp_path / "split", ["--resume"]).returncode == 0  # a QAT run resumes as QAT
+    (a, _, meta), b = load(tmp_path / "qat" / "ckpt" / "latest"), load(tmp_path / "split" / "ckpt" / "latest")[0]
+    assert meta["model_type"] == "qat_int8" and meta["step"] == 4 and meta["qat"] == {"shape": [2, 64]}
+    assert any(k.startswith("qat.") for k in a) and any(k.startswith("model.") for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    res = json.loads((tmp_path / "qat" / "eval" / "results.json").read_text())
+    qat = str(tmp_path / "qat" / "ckpt" / "latest")
+    r = _train(data, tmp_path / "ev", ["--evaluate", "--model-path", qat])
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((tmp_path / "ev" / "eval" / "results.json").read_text())
+    assert again["model"]["albedo"]["psnr"] == pytest.approx(res["model"]["albedo"]["psnr"], abs=1e-6)
+    r = _train(data, tmp_path / "bad", ["--qat", "--finetune", qat])
+    assert r.returncode == 2 and "--finetune takes an fp32" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.stress
+def test_qat_int8_export_for_arm_gpus(data, tmp_path):
+    """--export-type qat_int8: the QAT graph converted; the .vgf is one delegate that equals the TOSA reference,
+    within a step of PyTorch's int8 graph on 99% of values; int8 vs fp32 on held-out materials."""
+    _fp32_then_qat(data, tmp_path)
+    out = tmp_path / "export"
+    argv = ["neuropbr/export.py", "--model-path", str(tmp_path / "qat" / "ckpt" / "latest"), "--data", str(data)]
+    r = run(
+        [*argv, "--export-type", "qat_int8", "--calibration-samples", "2", "--eval-samples", "2", "--out", str(out)]
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((out / "export_report.json").read_text())
+    c = rep["checks"]
+    assert rep["export_type"] == "qat_int8" and rep["pte_matches_eager"] and rep["vgf"]["delegated_fraction"] > 0.95
+    assert c["tosa_p99_steps"] <= 1 and c.get("vgf_vs_tosa_steps", 0) == 0
+    assert set(rep["heldout"]) == {"fp32", "qat_int8", "samples"}, rep["heldout"]
+
+
 def test_cli_errors_are_one_line_exit_2(data, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(data, bad)
