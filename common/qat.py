@@ -19,6 +19,7 @@ graph is made, since torchao takes seconds to import).
 """
 
 import copy
+import types
 
 import torch
 import torch.nn as nn
@@ -41,6 +42,25 @@ def _without_dropout(model):
     return model
 
 
+def _floor_rsqrt_inputs(graph, eps=1e-5):
+    """Under fake-quant a LayerNorm's variance (decomposed by Arm's quantizer: mean, squares, sum, + eps, rsqrt)
+    is an int8 tensor: a token whose variance is below half a step of the batch's range reads 0, and rsqrt(0) is
+    inf, which poisons the next observer's range, and near 0 rsqrt's gradient blows up every weight (a NaN loss
+    from step 0). The fake-quant that feeds each rsqrt is floored at half its step (+ eps), the largest value
+    that reads as 0, so those tokens are normalised by a bounded factor and pass no gradient back. In place.
+    The int8 graph needs no floor: there rsqrt(0) saturates to the top of its int8 range."""
+    modules = dict(graph.named_modules())
+
+    def floored(self, x, forward):
+        return torch.clamp(forward(self, x), min=self.scale.detach() / 2 + eps)
+
+    for node in graph.graph.nodes:
+        if node.target is torch.ops.aten.rsqrt.default and getattr(node.args[0], "op", None) == "call_module":
+            fq = modules[node.args[0].target]
+            fq.forward = types.MethodType(lambda self, x, f=type(fq).forward: floored(self, x, f), fq)
+    return graph
+
+
 def capture(model, wrap, example_inputs, backend="vgf"):
     """wrap(model) as a PT2E fake-quant graph at the shapes of example_inputs -> (graph, {graph param: model
     param name}); the graph's parameters hold model's values."""
@@ -50,7 +70,7 @@ def capture(model, wrap, example_inputs, backend="vgf"):
     with torch.no_grad():
         for i, p in enumerate(marked.parameters()):
             p.fill_(i + 1)
-    graph = quant.prepare_qat(wrap(marked), tuple(x.cpu() for x in example_inputs), backend)
+    graph = _floor_rsqrt_inputs(quant.prepare_qat(wrap(marked), tuple(x.cpu() for x in example_inputs), backend))
     index = {i + 1: name for i, (name, _) in enumerate(model.named_parameters())}
     source, names = dict(model.named_parameters()), {}
     with torch.no_grad():

@@ -1,11 +1,13 @@
 """Export a Prism network (one scale, GRU state in and out) to a .vgf for Arm's ML extensions for Vulkan and a
 .pte for CPUs, check both against PyTorch, and report its cost: parameters, FLOPs per frame, CPU ms.
 
+    python prism/export.py --out runs/prism/export_shipped      # the shipped weights (prism/weights/prism_fast)
     python prism/export.py --model-path runs/prism/ckpt/best --out runs/prism/export            # 2x, data size
     python prism/export.py --model-path runs/prism/ckpt/best --scale 3 --out runs/prism/export_3x
     python prism/export.py --preset quality --size 540 960 --no-vgf --out runs/prism/cost  # untrained: cost
     python prism/export.py --model-path runs/prism/ckpt/best --export-type ptq_int8 --out runs/prism/export_int8
     python prism/export.py --model-path runs/prism_qat/ckpt/best --export-type qat_int8 --out runs/prism/export_qat
+    python prism/export.py --model-path runs/prism/ckpt/latest --weights-out prism/weights/prism_fast  # what ships
 
 Graph: forward(color (1,3,h,w), depth (1,1,h,w), motion_vectors (1,2,h,w), state (1,C,h/8,w/8))
 -> (frame (1,3,s*h,s*w), new state). The engine feeds the state back each frame (zeros after a camera cut).
@@ -16,6 +18,8 @@ with their GRU state; the TOSA and VGF graphs take and return int8 tensors (scal
 checked in int8 output steps against the converted graph in PyTorch; with a checkpoint and its data, the
 report's "heldout" scores PyTorch's int8 graph (what the .vgf computes, within a step) and the fp32 network on
 the run's held-out sequences of the exported scale and size (train.py's split: val_sequences, seed 42).
+A checkpoint without its run's data next to it (the shipped weights) is checked on built-in rooms it never saw
+(HELDOUT_SEED), rendered into OUT/data, and "heldout" scores all of those.
 qat_int8: a train.py --qat checkpoint (prism/quantize.py), its fake-quant graph converted to int8 at the export
 size; the CPU .pte is XNNPACK's int8 (its own quantizer, calibrated as for ptq_int8) of the QAT-trained weights.
 Needs Arm's model-converter on PATH for the .vgf (run.sh sets it).
@@ -40,6 +44,9 @@ from prism.evaluate import evaluate
 from prism.model import MODELS, ExportPrism, Prism
 from prism.quantize import load_qat
 
+SHIPPED = Path(__file__).resolve().parent / "weights" / "prism_fast"
+HELDOUT_SEED = 11337  # built-in rooms no shipped or demo run trains on (train.py renders from --seed 1337)
+
 
 class Streamed(nn.Module):
     """A graph of ExportPrism's signature (color, depth, motion, state) -> (frame, state) behind Prism's streaming
@@ -54,9 +61,11 @@ class Streamed(nn.Module):
 
 
 def heldout_quality(models, root, val_sequences, scale, hw):
-    """PSNR / SSIM / tPSNR of each {name: model} (and bilinear) on the held-out sequences of train.py's split at
-    this scale and LR size hw (a graph runs at the size it was captured at)."""
-    val = PrismDataset(root, clip_len=1).split(val_sequences, seed=42)[1]
+    """PSNR / SSIM / tPSNR of each {name: model} (and bilinear) on the held-out sequences of train.py's split
+    (val_sequences; None: every sequence of root) at this scale and LR size hw (a graph runs at the size it was
+    captured at)."""
+    val = PrismDataset(root, clip_len=1)
+    val = val.split(val_sequences, seed=42)[1] if val_sequences else val
     val.sequences = [q for q in val.sequences if q["scale"] == scale and tuple(q["size"]) == tuple(hw)]
     if not val.sequences:
         return {"note": f"no held-out sequence at {scale}x and {hw[0]}x{hw[1]}"}
@@ -98,7 +107,17 @@ def main():
         epilog=__doc__.split("\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model-path", help="checkpoint directory (e.g. runs/prism/ckpt/best)")
+    p.add_argument(
+        "--model-path",
+        default=str(SHIPPED),
+        help="checkpoint directory (default: the shipped weights, prism/weights/prism_fast)",
+    )
+    p.add_argument(
+        "--weights-out",
+        metavar="DIR",
+        help="only write the network's weights as fp16 safetensors and the run's meta into DIR (no optimizer or "
+        "discriminator state): the form the weights ship in",
+    )
     p.add_argument(
         "--preset",
         choices=sorted(MODELS),
@@ -123,16 +142,23 @@ def main():
         "default: the size of the run's data, e.g. 540 960 for 1080p output at 2x",
     )
     p.add_argument("--data", help="dataset root for the check frame (default: the run's built-in data)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder (required unless --weights-out)")
     p.add_argument("--no-vgf", action="store_true", help="only the XNNPACK .pte")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of eager and .pte (median reported)")
     p.add_argument("--tolerance", type=float, default=None, help=".pte vs eager max-abs-error (default 1e-4)")
     args = p.parse_args()
-    if not (args.model_path or args.preset):
-        fail("give --model-path CKPT_DIR (a trained network) or --preset NAME (untrained, for cost only)")
+    if args.preset:  # an untrained network: no checkpoint
+        args.model_path = None
     if args.export_type == "qat_int8" and not args.model_path:
         fail("--export-type qat_int8 needs --model-path of a train.py --qat checkpoint")
+    if not (args.out or args.weights_out):
+        fail("--out DIR is required (or --weights-out DIR)")
     try:
+        if args.weights_out:
+            weights, _, meta = ckpt.load(args.model_path, with_state=False)
+            model_w = {k: v for k, v in weights.items() if k.startswith("model.")}
+            ckpt.save_fp16(args.weights_out, model_w, meta)
+            return print(f"wrote {Path(args.weights_out) / 'model.safetensors'} (fp16, {len(model_w)} tensors)")
         qat = None
         if args.model_path:
             weights, _, meta = ckpt.load(args.model_path, with_state=False)
@@ -165,6 +191,12 @@ def main():
             if not args.model_path:
                 fail("--preset without a checkpoint needs --size H W")
             root = Path(args.data) if args.data else Path(args.model_path).resolve().parents[1] / "data"
+            val_sequences = meta["config"]["val_sequences"] if (root / "index.json").exists() else None
+            if not args.data and val_sequences is None:  # e.g. the shipped weights: rooms they never saw
+                from prism.synth import make_dataset
+
+                root = Path(args.out) / "data"
+                make_dataset(root, sequences=4, frames=8, size=128, seed=HELDOUT_SEED, progress=False)
             x = check_inputs(model, root, args.scale)
     except (DataError, ckpt.CheckpointError) as e:
         fail(str(e))
@@ -200,7 +232,7 @@ def main():
             report["heldout"] = heldout_quality(
                 {"fp32": model, args.export_type: Streamed(vgf_graph, model)},
                 root,
-                meta["config"]["val_sequences"],
+                val_sequences,
                 args.scale,
                 x[0].shape[-2:],
             )

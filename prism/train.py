@@ -42,6 +42,8 @@ from prism.evaluate import evaluate, evaluate_checkpoint, table
 from prism.model import MODELS, MultiScaleDiscriminator, Prism
 from prism.quantize import Int8Prism, QATPrism, one_scale
 
+SHIPPED = Path(__file__).resolve().parent / "weights" / "prism_fast"  # trained by this project, see its README
+
 ModelName = Literal[tuple(MODELS)]  # an architecture of prism/model.py: fast, balanced, quality, tiny
 
 
@@ -123,7 +125,12 @@ def build_parser():
         help="built-in data: mark the synthetic sequences real (exercises the GAN path)",
     )
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out sequences")
-    p.add_argument("--model-path", metavar="CKPT", help="checkpoint directory for --evaluate")
+    p.add_argument(
+        "--model-path",
+        metavar="CKPT",
+        default=str(SHIPPED),
+        help="checkpoint directory for --evaluate (default: the shipped weights, prism/weights/prism_fast)",
+    )
     p.add_argument(
         "--qat",
         action="store_true",
@@ -155,7 +162,8 @@ def configure(args):
 
 
 def resolve_data(args, cfg, rt, logger):
-    """--data, or the built-in sequences rendered into OUT/data on first use (rank 0 renders, all wait)."""
+    """--data, or the built-in sequences rendered into OUT/data on first use (rank 0 renders, all wait); under
+    --evaluate from seed + 10000, rooms that no run of the default --seed trains on (the shipped weights' too)."""
     if args.data:
         return Path(args.data)
     root = Path(args.out) / "data"
@@ -165,7 +173,8 @@ def resolve_data(args, cfg, rt, logger):
         n, frames, size = cfg.synth
         logger.info(f"rendering built-in sequences into {root} ({n} x {frames} frames, {size}² input) ...")
         t0 = time.time()
-        make_dataset(root, sequences=n, frames=frames, size=size, seed=args.seed, as_real=args.as_real)
+        seed = args.seed + 10000 if args.evaluate else args.seed
+        make_dataset(root, sequences=n, frames=frames, size=size, seed=seed, as_real=args.as_real)
         logger.info(f"data ready in {time.time() - t0:.0f}s")
     if rt.ddp:
         torch.distributed.barrier()
@@ -374,8 +383,6 @@ def main():
     if qat:  # a QAT graph is one scale
         train_set, val_set = one_scale(train_set, cfg.qat_scale), one_scale(val_set, cfg.qat_scale)
     if args.evaluate:  # evaluation only: prism/evaluate.py
-        if not args.model_path:
-            runtime.fail("--evaluate needs --model-path CKPT_DIR")
         return logger.info(table(evaluate_checkpoint(args.model_path, val_set, rt.device, out / "eval")))
 
     # --- model: Prism (+ PatchGAN), AdamW (+ Adam), fp16 loss scaling; --resume continues bit-exactly
