@@ -233,12 +233,8 @@ def build_parser():
         help="local .safetensors/.pth state dict for the ResNet encoder (nothing is downloaded)",
     )
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the validation materials")
-    p.add_argument(
-        "--qat",
-        action="store_true",
-        help="quantization-aware training: fine-tune --finetune's fp32 generator (BatchNorms folded) under Arm's "
-        "int8 fake-quant for qat_steps at qat_lr; resumable; the report scores the int8 graph",
-    )
+    qat = "quantization-aware training: fine-tune --finetune's generator (BatchNorms folded) under int8 fake-quant"
+    p.add_argument("--qat", action="store_true", help=qat + " for qat_steps at qat_lr; resumable")
     p.add_argument("--finetune", metavar="CKPT", help="start from this fp32 checkpoint's generator (e.g. the shipped)")
     p.add_argument(
         "--model-path",

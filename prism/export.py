@@ -107,17 +107,8 @@ def main():
         epilog=__doc__.split("\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model-path",
-        default=str(SHIPPED),
-        help="checkpoint directory (default: the shipped weights, prism/weights/prism_fast)",
-    )
-    p.add_argument(
-        "--weights-out",
-        metavar="DIR",
-        help="only write the network's weights as fp16 safetensors and the run's meta into DIR (no optimizer or "
-        "discriminator state): the form the weights ship in",
-    )
+    p.add_argument("--model-path", default=str(SHIPPED), help="checkpoint directory (default: the shipped weights)")
+    p.add_argument("--weights-out", metavar="DIR", help="only write what ships into DIR: fp16 weights and meta.json")
     p.add_argument(
         "--preset",
         choices=sorted(MODELS),

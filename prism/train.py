@@ -125,18 +125,10 @@ def build_parser():
         help="built-in data: mark the synthetic sequences real (exercises the GAN path)",
     )
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model-path on the held-out sequences")
-    p.add_argument(
-        "--model-path",
-        metavar="CKPT",
-        default=str(SHIPPED),
-        help="checkpoint directory for --evaluate (default: the shipped weights, prism/weights/prism_fast)",
-    )
-    p.add_argument(
-        "--qat",
-        action="store_true",
-        help="quantization-aware training: fine-tune --finetune's fp32 weights at qat_scale under Arm's int8 "
-        "fake-quant for qat_steps at qat_lr (no GAN); resumable; the report scores the int8 graph",
-    )
+    shipped = f"--evaluate's checkpoint (default: the shipped weights, {SHIPPED.relative_to(SHIPPED.parents[2])})"
+    p.add_argument("--model-path", metavar="CKPT", default=str(SHIPPED), help=shipped)
+    qat = "quantization-aware training: fine-tune --finetune's fp32 weights at qat_scale under Arm's int8 fake-quant"
+    p.add_argument("--qat", action="store_true", help=qat + " for qat_steps at qat_lr (no GAN); resumable")
     p.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint's network weights (fp32)")
     p.add_argument(
         "--stop-after",
