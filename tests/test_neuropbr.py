@@ -173,8 +173,14 @@ def test_batchnorm_folds_into_the_convolutions_before_qat():
 
 
 def _fp32_then_qat(data, tmp_path):
-    """A tiny fp32 run, then --qat --finetune from it (4 steps), and the same QAT stopped at 2 and resumed."""
-    assert _train(data, tmp_path / "fp32", ["--no-gan", "--max-steps", "2"]).returncode == 0
+    """A tiny fp32 checkpoint as train.py writes it (made here, not trained), then --qat --finetune from it."""
+    from common import ckpt
+    from neuropbr.train import PRESETS, model_config
+
+    torch.manual_seed(0)
+    gen = Generator(model_config(PRESETS["tiny"]))
+    weights = {f"gen.{k}": v for k, v in gen.state_dict().items()}
+    ckpt.save(tmp_path / "fp32" / "ckpt", "latest", weights, {}, {"step": 0, "model_type": "fp32"})
     finetune = ["--qat", "--finetune", str(tmp_path / "fp32" / "ckpt" / "latest")]
     r = _train(data, tmp_path / "qat", finetune)
     assert r.returncode == 0, r.stderr[-3000:]
