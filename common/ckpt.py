@@ -186,6 +186,16 @@ def load(path, map_location="cpu", with_state=True):
     return model_state, state, meta
 
 
+def peek_meta(path):
+    """meta.json of checkpoint directory `path` without loading the checkpoint; {} when it is missing or
+    unreadable (load() says so, in one line, where the checkpoint is then read)."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def rng_state():
     import random
 

@@ -17,7 +17,6 @@ int8 graph), then neuropbr/export.py --export-type qat_int8:
 """
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -220,13 +219,7 @@ def build_parser():
     p.add_argument("--output-dir", help="DATA/output (<material>/{albedo,roughness,metallic,normal}.png)")
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default OUT/ckpt)")
     p.add_argument("--no-gan", dest="use_gan", action="store_false", default=None, help="train without the PatchGAN")
-    p.add_argument(
-        "--gan",
-        dest="use_gan",
-        action="store_true",
-        default=None,
-        help="train with the PatchGAN (the reference's presets do)",
-    )
+    p.add_argument("--gan", dest="use_gan", action="store_true", default=None, help="train with the PatchGAN")
     p.add_argument(
         "--init",
         metavar="FILE",
@@ -351,8 +344,7 @@ def configure(args):
         gen, meta = load_generator(args.model_path)
         cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
         return runtime.override(cfg, args), gen, False
-    latest = Path(args.checkpoint_dir or Path(args.out) / "ckpt") / "latest" / "meta.json"
-    resumed = json.loads(latest.read_text()) if args.resume and latest.exists() else {}
+    resumed = ckpt.peek_meta(Path(args.checkpoint_dir or Path(args.out) / "ckpt") / "latest") if args.resume else {}
     qat, base = args.qat or resumed.get("model_type") == "qat_int8", replace(PRESETS[args.preset])
     if qat:
         base = replace(base, g_lr=base.qat_lr, min_lr=base.qat_lr / 100, warmup_epochs=0.0, scheduler="cosine")
@@ -388,9 +380,6 @@ def build_model(args, cfg, qat, rt, logger):
         logger.info(f"fine-tuning from {args.finetune}")
     elif qat and not args.resume:
         runtime.fail("--qat fine-tunes a trained fp32 generator: give it with --finetune CKPT")
-    if qat:
-        gen = QATGenerator(gen, (cfg.batch_size, cfg.image_size))
-        logger.info(f"QAT: BatchNorms folded, Arm's int8 fake-quant on a graph of {cfg.batch_size} x {cfg.image_size}²")
     if args.init:
         try:
             state = ckpt.read_state_dict(args.init)  # a CheckpointError is one line, exit 2
@@ -399,6 +388,9 @@ def build_model(args, cfg, qat, rt, logger):
         except (OSError, RuntimeError) as e:
             runtime.fail(f"{args.init}: {str(e).splitlines()[0]}")
         logger.info(f"encoder initialised from {args.init} ({len(missing)} keys left at random init)")
+    if qat:
+        gen = QATGenerator(gen, (cfg.batch_size, cfg.image_size))
+        logger.info(f"QAT: BatchNorms folded, Arm's int8 fake-quant on a graph of {cfg.batch_size} x {cfg.image_size}²")
     disc = PatchGAN(cfg.d_layers, cfg.ndf).to(rt.device) if cfg.use_gan else None
     return gen.to(rt.device), disc
 
@@ -441,9 +433,8 @@ def resume(ck, gen, disc, opts, metrics, rt, logger):
 
 def kind_meta(gen):
     """meta["model_type"] (and meta["qat"], the QAT graph's batch shape) of a checkpoint of `gen`."""
-    if not isinstance(gen, QATGenerator):
-        return {"model_type": "fp32"}
-    return {"model_type": "qat_int8", "qat": {"shape": list(gen.batch_shape)}}
+    qat = isinstance(gen, QATGenerator)
+    return {"model_type": "qat_int8", "qat": {"shape": list(gen.batch_shape)}} if qat else {"model_type": "fp32"}
 
 
 def save(ck, step, gen, disc, opts, meta, keep_every, is_best):

@@ -22,7 +22,6 @@ synthetic clips, each batch is half of each.
 
 import argparse
 import functools
-import json
 import math
 import sys
 import time
@@ -143,8 +142,7 @@ def build_parser():
 def configure(args):
     """-> (config, qat): the --preset's Config (the QAT schedule under --qat or a resumed QAT run: qat_steps at
     qat_lr, cosine to qat_lr / 100, no warm-up, no GAN), then the flags given on top."""
-    latest = Path(args.out) / "ckpt" / "latest" / "meta.json"
-    resumed = json.loads(latest.read_text()) if args.resume and latest.exists() else {}
+    resumed = ckpt.peek_meta(Path(args.out) / "ckpt" / "latest") if args.resume else {}
     qat = args.qat or resumed.get("model_type") == "qat_int8"
     base = replace(PRESETS[args.preset])
     if qat:
