@@ -364,8 +364,7 @@ def main():
     step, best = resume(ck, model, opt, scaler, metrics, rt, logger) if args.resume else (0, -math.inf)
     net = DDP(model.net) if rt.ddp else model.net
     stop, guard = runtime.StopSignal(args.stop_after), runtime.NanGuard(args.nan_policy)
-    kind = "qat_int8" if qat else "fp32"
-    run = dict(model_type=kind, preset=args.preset, config=asdict(cfg), model=asdict(model.cfg))
+    run = dict(model_type=["fp32", "qat_int8"][qat], preset=args.preset, config=asdict(cfg), model=asdict(model.cfg))
 
     def save(val=None):  # rank 0: OUT/ckpt/latest, best when val is the best so far, step_N every cfg.save_every
         if rt.master:
