@@ -108,9 +108,10 @@ class QATModel(nn.Module):
             self._others[shape] = capture(self._source[0], self._wrap, zeros, self.backend)[0]
             self._stale = True
         if self._stale:
+            state = self.graph.state_dict()
             for other, g in self._others.items():
                 try:
-                    g.load_state_dict(self.graph.state_dict())
+                    g.load_state_dict(state)
                 except RuntimeError:
                     raise ValueError(
                         f"the QAT graph at input shapes {list(other)} traces to other ops than the trained one at "

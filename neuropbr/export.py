@@ -31,7 +31,7 @@ from common.export import export_fp32, export_int8, verdict
 from common.runtime import fail
 from neuropbr.dataset import DataError, PBRDataset
 from neuropbr.evaluate import evaluate
-from neuropbr.infer import SHIPPED, load_generator
+from neuropbr.infer import SHIPPED, generator_from
 from neuropbr.model import MAPS, ExportGenerator
 from neuropbr.quantize import load_qat
 
@@ -122,7 +122,7 @@ def main():
             qat = load_qat(weights, meta)
             gen = qat.fp32()  # the QAT-trained weights (BatchNorms folded), for the CPU .pte and the fp32 row
         else:
-            gen, meta = load_generator(args.model_path)
+            gen = generator_from(weights, meta)  # the checkpoint read above, not a second time
         size = meta["config"]["image_size"]
         root = Path(args.data) if args.data else Path(args.model_path).resolve().parents[1] / "data"
         if not args.data and not root.is_dir():  # e.g. the shipped weights: render a few built-in materials

@@ -54,9 +54,14 @@ def load_generator(path):
         from neuropbr.quantize import Int8Generator, load_qat
 
         return Int8Generator(load_qat(weights, meta)).eval(), meta
+    return generator_from(weights, meta), meta
+
+
+def generator_from(weights, meta):
+    """An fp32 checkpoint's loaded (weights, meta) -> its generator, in eval mode."""
     gen = Generator(ModelConfig(**meta["model"]))
     ckpt.load_into(gen, {k: v.float() for k, v in weights.items()}, prefix="gen")
-    return gen.eval(), meta
+    return gen.eval()
 
 
 @torch.no_grad()

@@ -9,9 +9,6 @@ calibrates on. Only the autoencoder is quantized (as Arm does); pre/post-process
 Used by train.py (--qat, --evaluate --model-type), export.py (--export-type) and upscale.py (--model-type).
 """
 
-import json
-from pathlib import Path
-
 import torch
 
 from common import ckpt
@@ -40,16 +37,6 @@ def qat_net(net, backend="vgf"):
 
     ex = example_input()
     return prepare_qat(net.cpu(), ex, backend, dynamic_shapes=image_dims(ex))
-
-
-def checkpoint_meta(path):
-    """A checkpoint directory's meta.json without loading it; {} when missing or unreadable (ckpt.load says so
-    where the checkpoint is read) and for Arm's .pt files."""
-    try:
-        meta = json.loads((Path(path) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from nss.dataset import DataError, NSSWindows
 from nss.evaluate import evaluate, evaluate_checkpoint, table, tonemap
 from nss.loss import LossConfig, backward_warp, load_lpips, loss_v1
 from nss.model import NSS, NSSConfig
-from nss.quantize import MODEL_TYPES, checkpoint_meta, qat_net
+from nss.quantize import MODEL_TYPES, qat_net
 
 
 @dataclass
@@ -246,7 +246,7 @@ def window_loss(model, net, batch, cfg, g, rt, lpips=None):
 def configure(args):
     """-> (config, qat, quality): the preset (Arm's QAT schedule under --qat or a resumed QAT run), then every flag
     given; the quality mode from --quality, else the resumed run's own, else high."""
-    resumed = checkpoint_meta(Path(args.out) / "ckpt" / "latest") if args.resume else {}
+    resumed = ckpt.peek_meta(Path(args.out) / "ckpt" / "latest") if args.resume else {}  # {} for Arm .pt
     qat = args.qat or resumed.get("model_type") == "qat_int8"
     base = replace(PRESETS[args.preset])
     if qat:  # Arm's QAT schedule: a short fine-tune at a low lr, cosine to lr/100, no warm-up
