@@ -7,6 +7,8 @@ and .vgf/.tosa for Arm's ML extensions for Vulkan; check them against PyTorch an
     python gamengen/export.py --preset cpu --no-vgf --out runs/gg/cost_cpu      # untrained: cost and lowering only
     python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents \\
                               --export-type ptq_int8 --out runs/gg/export_int8      # Arm's int8 scheme, both parts
+    python gamengen/export.py --model-path runs/gg_qat/ckpt/latest --data runs/gg/latents \
+                              --export-type qat_int8 --out runs/gg/export_qat       # a train.py --qat checkpoint
 
 OUT/denoise_step/  DenoiseStep(model, guidance) of gamengen/model.py at batch 1: forward(x (1,4,16,20),
                    t (1,), s (1,), context (1,N,4,16,20), actions (1,N) int64, bucket (1,) int64) -> x at s; the
@@ -26,9 +28,14 @@ XNNPACK has no group norm, embedding or nearest upsampling: those run as portabl
 --export-type ptq_int8 quantizes both parts with Arm's int8 scheme (common/quant.py: int8 activations per
 tensor, int8 weights per channel, int32 bias), calibrated on the inputs they see when a frame is played: the
 DDIM chain of --calibration-windows held-out windows (each of its steps), and those windows' latents and
-results for the decoder. Each part's report then holds its int8 checks (TOSA reference, .vgf, .pte in output
-int8 steps against PyTorch's int8 graph), and with --data export_summary.json holds `heldout`: PSNR against the
-true next frame (decoded from its latent) of the fp32 and the int8 pipeline, played from the same noise.
+results for the decoder. --export-type qat_int8 takes a checkpoint of `train.py diffusion --qat` instead: the
+step's VGF graph is its QAT graph converted to int8 (the guidance it was trained with baked in), its .pte is
+XNNPACK's quantizer calibrated on the QAT-trained weights, and the decoder is quantized as ptq_int8. In int8 the
+lookups lower too: only the int64 -> int32 casts of actions and bucket stay on the CPU, so the standalone
+model.vgf again takes other inputs and its TOSA/VGF check is skipped (said in the report). Each part's report
+holds its int8 checks (TOSA reference, .vgf, .pte in output int8 steps against PyTorch's int8 graph), and with
+--data export_summary.json holds `heldout`: PSNR against the true next frame (decoded from its latent) of the
+fp32 and the int8 pipeline, played from the same noise.
 Cost: parameters of the denoiser and decoder, FLOPs (torch.utils.flop_counter: convolutions and matmuls) of a
 played frame = steps x denoise step + decode, and the eager and .pte milliseconds of a frame measured so.
 """
@@ -53,6 +60,7 @@ from common.metrics import psnr
 from common.runtime import fail
 from gamengen import autoencoder
 from gamengen.model import MODELS, Denoiser, DenoiseStep, bucket_of, sample
+from gamengen.quantize import Int8Step, load_qat
 from gamengen.train import load_denoiser
 
 AE_FOR = {"tiny": "tiny", "cpu": "cpu", "paper": "gpu"}  # untrained autoencoder beside an untrained --preset
@@ -109,26 +117,14 @@ def export_part(net, inputs, out, vgf, repeats, xnnpack=True):
     return report
 
 
-# measured with ExecuTorch 1.5.1: lowering the int8 denoise step for the VGF backend kills the process (SIGSEGV, a
-# recursion in copy.deepcopy inside to_edge_transform_and_lower; also with a 1 GiB thread stack and without the
-# attention layers), so it is not tried
-INT8_STEP_VGF = (
-    "not lowered: ExecuTorch 1.5.1's Arm int8 lowering of the denoise step crashes the process (SIGSEGV in "
-    "copy.deepcopy during to_edge_transform_and_lower); use the fp32 step's .vgf (--export-type fp32) or model.pte"
-)
-
-
-def export_int8_part(part, net, inputs, calibration, out, args):
-    """PTQ of one part for the VGF and XNNPACK backends, its int8 export and checks -> (report, the VGF graph)."""
-    vgf_graph = quant.ptq(net, inputs, calibration, backend="vgf")
+def export_int8_part(part, net, inputs, calibration, out, args, qat=None):
+    """Int8 of one part for the VGF and XNNPACK backends, its export and checks -> (report, the VGF graph). PTQ
+    calibrates both backends' graphs; with `qat` (the denoise step of a QAT checkpoint) the VGF graph is its int8
+    conversion instead, and XNNPACK's quantizer calibrates the QAT-trained fp32 weights (`net`)."""
+    vgf_graph = Int8Step(qat).graph_at(inputs) if qat is not None else quant.ptq(net, inputs, calibration, "vgf")
     pte_graph = quant.ptq(net, inputs, calibration, backend="xnnpack")
-    vgf = not args.no_vgf and part != "denoise_step"
-    kw = dict(export_type="ptq_int8", fp32_model=net, vgf=vgf, repeats=args.repeats)
-    report = export_int8(vgf_graph, pte_graph, inputs, out, **kw)
-    if part == "denoise_step" and not args.no_vgf:
-        report["vgf"] = {"skipped": INT8_STEP_VGF}
-        print(f"VGF {part}: {INT8_STEP_VGF}")
-    return report, vgf_graph
+    kw = dict(export_type=args.export_type, fp32_model=net, vgf=not args.no_vgf, repeats=args.repeats)
+    return export_int8(vgf_graph, pte_graph, inputs, out, **kw), vgf_graph
 
 
 def check_inputs(model, data, steps, seed=0):
@@ -279,9 +275,10 @@ def main():
     p.add_argument(
         "--export-type",
         default="fp32",
-        choices=["fp32", "ptq_int8"],
-        help="fp32 (TOSA-1.0+FP), or ptq_int8: both parts in Arm's int8 scheme (TOSA-1.0+INT), calibrated on "
-        "played frames of held-out windows",
+        choices=["fp32", "ptq_int8", "qat_int8"],
+        help="fp32 (TOSA-1.0+FP); ptq_int8: both parts in Arm's int8 scheme (TOSA-1.0+INT), calibrated on "
+        "played frames of held-out windows; qat_int8 (a --qat checkpoint): its trained int8 step, the decoder as "
+        "ptq_int8",
     )
     p.add_argument(
         "--calibration-windows",
@@ -310,11 +307,24 @@ def main():
             fail(f"--weights-out: {e}")
     if not args.out:
         fail("--out DIR is required (or --weights-out DIR)")
+    if args.export_type == "qat_int8" and not args.model_path:
+        fail("--export-type qat_int8 needs --model-path, a checkpoint of `train.py diffusion --qat`")
     if not (args.model_path or args.preset):
         fail("give --model-path CKPT_DIR (a trained denoiser) or --preset tiny|cpu|paper (untrained, for cost only)")
     try:
+        qat = None
         if args.model_path:
             model, meta = load_denoiser(args.model_path)
+            if (meta.get("model_type") == "qat_int8") != (args.export_type == "qat_int8"):
+                fail(
+                    f"--export-type qat_int8 takes a --qat checkpoint and only that ({args.model_path} is "
+                    f"{meta.get('model_type', 'fp32')})"
+                )
+            if args.export_type == "qat_int8":
+                qat = load_qat(ckpt.load(args.model_path, with_state=False)[0], meta, model.cfg)
+                if args.guidance not in (None, qat.guidance):
+                    fail(f"--guidance {args.guidance}: the QAT step was trained with {qat.guidance} baked in")
+                args.guidance = qat.guidance
             if not args.data and meta.get("data") and (Path(meta["data"]) / "index.json").exists():
                 args.data = meta["data"]
         else:
@@ -365,7 +375,8 @@ def main():
     ):
         print(f"--- {part}")
         if int8_export:
-            report, int8[part] = export_int8_part(part, net, inputs, calib[part], out / part, args)
+            q = qat if part == "denoise_step" else None
+            report, int8[part] = export_int8_part(part, net, inputs, calib[part], out / part, args, q)
         else:
             report = export_part(net, inputs, out / part, not args.no_vgf, args.repeats)
         ok &= verdict(report, out / part, args.tolerance, part=part, params=n, gflops=round(flops / 1e9, 4), **common)

@@ -110,7 +110,8 @@ class Attention(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = (z.clone(memory_format=torch.contiguous_format) for z in qkv.unbind(1))  # same graph at any batch
         attn = torch.softmax(q.transpose(-1, -2) @ k * (C // self.heads) ** -0.5, -1)  # (B, h, HW, HW)
         out = (v @ attn.transpose(-1, -2)).reshape(B, C, H, W)
         return x + self.proj(out)
@@ -248,8 +249,10 @@ class DenoiseStep(nn.Module):
             v = self.model(x, t, context, actions, bucket)
         a_t, s_t = (z.view(-1, 1, 1, 1) for z in alpha_sigma(t))
         a_s, s_s = (z.view(-1, 1, 1, 1) for z in alpha_sigma(s))
-        x0, eps = a_t * x - s_t * v, s_t * x + a_t * v
-        return a_s * x0 + s_s * eps
+        # image first, per-sample factor second: ExecuTorch 1.5.1's Arm int8 lowering breaks `factor * v` where v
+        # comes out of a conv (its permute propagation pass mixes NCHW and NHWC); `v * factor` lowers
+        x0, eps = x * a_t - v * s_t, x * s_t + v * a_t
+        return x0 * a_s + eps * s_s
 
 
 @torch.no_grad()

@@ -16,6 +16,11 @@ exponential moving average (EMA) of the weights that is what evaluation, play an
 are drawn from generators seeded by (seed, step), so --resume continues bit-exactly. Every eval_every steps
 the EMA model samples (4 DDIM steps, guidance 1.5) next latents of a fixed set of held-out windows; the score
 is their latent MSE against the truth (copy-last-frame's is logged beside it) and picks OUT/ckpt/best.
+
+--qat --finetune CKPT fine-tunes a trained denoiser for int8 (gamengen/quantize.py): the guided denoise step under
+Arm's int8 fake-quant, distilled from CKPT's fp32 step for qat_steps at qat_lr; validation plays the fake-quant
+step, and export.py --export-type qat_int8 lowers its int8 conversion:
+    python gamengen/train.py diffusion --qat --finetune gamengen/weights/denoiser --data LATENTS --out runs/gg_qat
 """
 
 import argparse
@@ -36,7 +41,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import ckpt, log, runtime
 from gamengen.dataset import DataError, LatentSequences
-from gamengen.model import MODELS, Denoiser, sample, training_loss
+from gamengen.model import MODELS, Denoiser, DenoiseStep, sample, training_loss
+from gamengen.quantize import QATStep, distill_loss
 
 AE_STAGES = {"ae": "train", "encode": "encode", "decoder-finetune": "decoder-finetune"}
 
@@ -59,6 +65,10 @@ class Config:
     eval_windows: int = 64  # held-out windows sampled at each evaluation
     log_every: int = 50  # steps between train log lines and metrics.jsonl rows
     save_every: int = 0  # also keep ckpt/step_N every N steps (0: only latest and best)
+    qat_steps: int = 300  # --qat: steps of int8 fake-quant distillation (replaces max_steps)
+    qat_lr: float = 5e-5  # --qat: AdamW lr, cosine to qat_lr / 100, no warm-up (replaces lr)
+    qat_ddim_steps: int = 4  # --qat: the DDIM grid (steps per played frame) whose steps t -> s are trained
+    qat_guidance: float = 1.0  # --qat: guidance weight baked into the step (play and export use the same)
 
 
 PRESETS = {  # --preset: the training budget (tiny: tests); the architecture is --model
@@ -72,6 +82,8 @@ PRESETS = {  # --preset: the training budget (tiny: tests); the architecture is 
         eval_every=3,
         eval_windows=4,
         log_every=2,
+        qat_steps=4,
+        qat_lr=1e-4,
     ),
     "cpu": Config(),
     "paper": Config(
@@ -108,13 +120,52 @@ def build_parser():
         metavar="N",
         help="save and exit after N steps in this session (continue with --resume)",
     )
+    qat = "quantization-aware training: distil --finetune's fp32 denoise step into Arm's int8 fake-quant step"
+    p.add_argument("--qat", action="store_true", help=qat + " for qat_steps at qat_lr (no EMA); resumable")
+    p.add_argument("--finetune", metavar="CKPT", help="start from this diffusion checkpoint's EMA weights")
     runtime.add_config_flags(p, PRESETS["cpu"])
     return p
 
 
 def configure(args):
-    """The --preset's Config with the flags given on top."""
-    return runtime.override(replace(PRESETS[args.preset]), args)
+    """-> (config, qat): the --preset's Config (under --qat or a resumed QAT run the QAT schedule: qat_steps at
+    qat_lr, cosine to qat_lr / 100, no warm-up), then the flags given on top."""
+    base = replace(PRESETS[args.preset])
+    resumed = ckpt.peek_meta(Path(args.out) / "ckpt" / "latest") if args.resume else {}
+    qat = args.qat or resumed.get("model_type") == "qat_int8"
+    if qat:
+        base = replace(base, max_steps=base.qat_steps, lr=base.qat_lr, min_lr=base.qat_lr / 100, warmup_steps=0)
+    return runtime.override(base, args), qat
+
+
+def build_model(cfg, qat, args, train_set, rt, logger):
+    """-> (model, ema, teacher, mcfg): a new denoiser and its EMA (teacher None), --finetune's weights in both;
+    under --qat the QATStep of --finetune's weights (ema None) and the frozen fp32 step it distils."""
+    mcfg = model_config(cfg, train_set)
+    resumed = ckpt.peek_meta(Path(args.out) / "ckpt" / "latest").get("model") if args.resume else None
+    if resumed:  # the architecture the run started with (a --finetune'd model's own, e.g. its guidance)
+        mcfg = replace(mcfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in resumed.items()})
+    if args.finetune:
+        finetuned, meta = load_denoiser(args.finetune)
+        if meta.get("model_type") == "qat_int8":
+            runtime.fail(f"--finetune takes an fp32 diffusion checkpoint; {args.finetune} is a QAT one")
+        shape = lambda c: (c.latent_channels, tuple(c.latent_size))  # noqa: E731
+        if shape(finetuned.cfg) != shape(mcfg):
+            runtime.fail(f"--finetune {args.finetune}: latents {shape(finetuned.cfg)}, --data has {shape(mcfg)}")
+        mcfg = finetuned.cfg
+    elif qat and not args.resume:
+        runtime.fail("--qat fine-tunes a trained denoiser: give it with --finetune CKPT")
+    if qat:
+        source = finetuned if args.finetune else Denoiser(mcfg)  # resumed: load() puts the saved state in
+        model = QATStep(source, cfg.qat_guidance, cfg.batch_size // rt.world)
+        teacher = DenoiseStep(copy.deepcopy(source).requires_grad_(False), cfg.qat_guidance)
+        logger.info(
+            f"QAT: Arm's int8 fake-quant of the denoise step (w {cfg.qat_guidance}), a graph of batch "
+            f"{model.batch}, distilled from the fp32 step on the {cfg.qat_ddim_steps}-step DDIM grid"
+        )
+        return model.to(rt.device), None, teacher.to(rt.device), mcfg
+    model = (finetuned if args.finetune else Denoiser(mcfg)).to(rt.device)
+    return model, copy.deepcopy(model).requires_grad_(False), None, mcfg
 
 
 def load_latents(data, context):
@@ -148,14 +199,16 @@ def quick_eval(model, ds, n, device, seed=0):
     """Latent MSE of 4-step guided samples for n fixed held-out windows, and copy-last-frame's (last context
     latent, or zeros at an episode start) on the same windows."""
     idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long()
-    g = torch.Generator().manual_seed(seed)
+    g, training = torch.Generator().manual_seed(seed), model.training
+    model.eval()  # QAT: observers hold still while it plays
     mse = base = 0.0
     for k in range(0, len(idx), 32):
         b = batch_of(ds, idx[k : k + 32], device)
-        z = sample(model, b["context"], b["actions"], generator=g)
+        z = sample(model, b["context"], b["actions"], generator=g, step=model if isinstance(model, QATStep) else None)
         mse += F.mse_loss(z, b["target"], reduction="sum").item()
         base += F.mse_loss(b["context"][:, -1], b["target"], reduction="sum").item()
     n = len(idx) * b["target"][0].numel()
+    model.train(training)
     return mse / n, base / n
 
 
@@ -165,30 +218,37 @@ def load_denoiser(path, ema=True, map_location="cpu"):
     cfg = MODELS[meta["config"]["model"]]
     cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()})
     model = Denoiser(cfg)
-    prefix = "ema." if ema else "model."
+    prefix = "ema." if ema and meta.get("model_type") != "qat_int8" else "model."  # QAT keeps no EMA: its fp32 view
     ckpt.load_into(model, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
     return model.eval(), meta
 
 
-def resume(ck, model, ema, opt, scaler, rt, logger):
+def resume(ck, model, ema, teacher, opt, scaler, rt, logger):
     """--resume: load OUT/ckpt/latest (when there is one) into the models and optimizer -> (step, best)."""
     with ckpt.resuming(ck, "a GameNGen diffusion checkpoint of this preset", rt.device, logger.info) as latest:
         if not latest:
             return 0, math.inf
         weights, state, meta = latest
-        ckpt.load_into(model, weights, prefix="model")
-        ckpt.load_into(ema, weights, prefix="ema")
+        if ema is None:  # QAT: the graph's state, the fp32 view and the teacher
+            model.load(weights)
+            ckpt.load_into(teacher.model, weights, prefix="teacher")
+        else:
+            ckpt.load_into(model, weights, prefix="model")
+            ckpt.load_into(ema, weights, prefix="ema")
         opt.load_state_dict(state.get("optimizer", state.get("opt")))  # "opt": checkpoints written before
         scaler.load_state_dict(state["scaler"])
         return meta["step"], meta.get("best", meta.get("best_score", math.inf))
 
 
-def save(ck, args, cfg, mcfg, guard, rt, model, ema, opt, scaler, step, best, score=None):
+def save(ck, args, cfg, mcfg, guard, rt, model, ema, teacher, opt, scaler, step, best, score=None):
     """Write OUT/ckpt/step_N (and latest; best too when this validation score is the best so far), rank 0 only."""
     if not rt.master:
         return
-    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
-    weights.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    if ema is None:  # QAT: model.* (fp32 view) + qat.* (the graph) + teacher.*
+        weights = model.checkpoint_weights() | {f"teacher.{k}": v for k, v in teacher.model.state_dict().items()}
+    else:
+        weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+        weights.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict()}
     meta = {
         "step": step,
@@ -199,9 +259,19 @@ def save(ck, args, cfg, mcfg, guard, rt, model, ema, opt, scaler, step, best, sc
         "best": best,  # best validation score so far: held-out latent MSE of the EMA model, LOWER is better
         "val": score,
         "nan_skipped": guard.skipped,
+        "model_type": "fp32" if ema is not None else "qat_int8",
     }
+    if ema is None:
+        meta["qat"] = {"guidance": model.guidance, "steps": cfg.qat_ddim_steps, "batch": model.batch}
     is_best = score is not None and score <= best
     ckpt.save_step(ck, step, weights, state, meta, best=is_best, keep_every=cfg.save_every)
+
+
+def batch_loss(net, teacher, b, cfg, g):
+    """v-prediction training_loss; under QAT (a teacher) the int8 step's distance to the fp32 step's result."""
+    if teacher is not None:
+        return distill_loss(net, teacher, b, cfg.qat_ddim_steps, g)
+    return training_loss(net, b["target"], b["context"], b["actions"], b["valid"], generator=g)
 
 
 def get_lr(step, cfg):
@@ -230,10 +300,12 @@ def log_train(step, loss, lr, seen, dt, t_data, t_step, metrics, logger):
 
 
 def validate(ema, val_set, step, cfg, rt, metrics, logger):
-    """Sample next latents of the fixed held-out windows with the EMA model -> score (latent MSE, lower is better)."""
+    """Sample next latents of the fixed held-out windows with the EMA model (QAT: the fake-quant step) -> score
+    (latent MSE, lower is better)."""
     mse, base = quick_eval(ema, val_set, cfg.eval_windows, rt.device)
     metrics.write(step, "val", latent_mse=mse, copy_last_mse=base)
-    logger.info(f"step {step:6d} | val latent MSE {mse:.4f} (copy-last-frame {base:.4f}) | EMA, 4 DDIM steps, w=1.5")
+    how = f"int8 fake-quant step, w={ema.guidance}" if isinstance(ema, QATStep) else "EMA, w=1.5"
+    logger.info(f"step {step:6d} | val latent MSE {mse:.4f} (copy-last-frame {base:.4f}) | {how}, 4 DDIM steps")
     return mse
 
 
@@ -263,7 +335,7 @@ def main():
 
     # --- setup: flags -> Config, device / DDP / seed / AMP, OUT/output.log and OUT/metrics.jsonl
     args = build_parser().parse_args()
-    cfg = configure(args)
+    cfg, qat = configure(args)
     rt = runtime.setup(args)
     out, ck = Path(args.out), Path(args.out) / "ckpt"
     logger = log.setup(out, args.log_level, rt.master)
@@ -272,24 +344,23 @@ def main():
     # --- data: (target, N context latents, N actions) windows of the train and held-out episodes
     train_set, val_set = load_latents(args.data, MODELS[cfg.model].context)
 
-    # --- model: the denoiser and its EMA, AdamW, fp16 loss scaling; --resume continues bit-exactly
-    mcfg = model_config(cfg, train_set)
-    model = Denoiser(mcfg).to(rt.device)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    # --- model: the denoiser and its EMA (QAT: the fake-quant step and its fp32 teacher), AdamW, fp16 loss
+    # scaling; --resume continues bit-exactly
+    model, ema, teacher, mcfg = build_model(cfg, qat, args, train_set, rt, logger)
     net = DDP(model) if rt.ddp else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     if rt.master:
-        ckpt.check_room(ck, model, ema)
+        ckpt.check_room(ck, model, ema, factor=6 if qat else 4)
     step, best = 0, math.inf
     if args.resume:
-        step, best = resume(ck, model, ema, opt, scaler, rt, logger)
+        step, best = resume(ck, model, ema, teacher, opt, scaler, rt, logger)
         metrics.resume(step)
     logger.info(describe(cfg, mcfg, model, train_set, val_set, rt))
 
     # --- loop: batch and noise from (seed, step); step, EMA; log, validate and checkpoint on schedule
     stop, guard = runtime.StopSignal(args.stop_after), runtime.NanGuard(args.nan_policy)
-    checkpoint = functools.partial(save, ck, args, cfg, mcfg, guard, rt, model, ema, opt, scaler)
+    checkpoint = functools.partial(save, ck, args, cfg, mcfg, guard, rt, model, ema, teacher, opt, scaler)
     start_step, t_last, t_data, t_step, seen = step, time.time(), 0.0, 0.0, 0
     model.train()
     with runtime.profiler(args.profile if rt.master else None, out) as prof_step:
@@ -304,7 +375,7 @@ def main():
             for group in opt.param_groups:
                 group["lr"] = lr
             with rt.autocast():
-                loss = training_loss(net, b["target"], b["context"], b["actions"], b["valid"], generator=g)
+                loss = batch_loss(net, teacher, b, cfg, g)
             if guard.skip_step(loss, step, rt, logger):  # non-finite loss: no update, the step still counts
                 if guard.must_stop:  # --nan-policy stop, or too many in a row: keep the last good state, exit 2
                     checkpoint(step, best)
@@ -316,7 +387,8 @@ def main():
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
-                update_ema(ema, model, step, cfg.ema)
+                if ema is not None:
+                    update_ema(ema, model, step, cfg.ema)
             step += 1
             prof_step()
             seen += len(idx) * rt.world
@@ -327,7 +399,7 @@ def main():
                 seen, t_data, t_step = 0, 0.0, 0.0
             score = None
             if rt.master and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                score = validate(ema, val_set, step, cfg, rt, metrics, logger)
+                score = validate(ema or model, val_set, step, cfg, rt, metrics, logger)
                 best = min(best, score)
             if score is not None or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
                 checkpoint(step, best, score)

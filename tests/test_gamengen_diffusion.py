@@ -212,3 +212,73 @@ def test_evaluate_reports_baselines_curve_and_gif(gamengen_tiny, tmp_path):
     assert res["speed"]["fps"] > 0
     assert (tmp_path / "rollout.gif").stat().st_size > 0 and (tmp_path / "teacher_forced.png").exists()
     assert json.loads((tmp_path / "results.json").read_text())["step"] == 6
+
+
+def test_qat_distils_the_int8_step_resumes_exactly_and_exports(gamengen_tiny, tmp_path, capsys):
+    """--qat --finetune: the guided denoise step under Arm's int8 fake-quant, distilled from the fp32 step; stopped
+    and resumed it ends bit-identical; its checkpoint plays (fp32 view) and exports as qat_int8, the step's .pte
+    scored against its int8 graph; wrong inputs are one-line errors."""
+    from gamengen import export, train
+    from gamengen.quantize import load_qat
+
+    fp32 = gamengen_tiny / "diffusion" / "ckpt" / "latest"
+    args = ["diffusion", "--data", gamengen_tiny / "latents", "--preset", "tiny", "--log-level", "quiet"]
+    run_main(train.main, *args, "--out", tmp_path / "a", "--qat", "--finetune", fp32)
+    run_main(train.main, *args, "--out", tmp_path / "b", "--qat", "--finetune", fp32, "--stop-after", 2)
+    run_main(train.main, *args, "--out", tmp_path / "b", "--resume")  # a QAT run resumes as QAT
+    (a, _, meta), b = (ckpt_load(tmp_path / r) for r in "ab")
+    assert meta["model_type"] == "qat_int8" and meta["step"] == train.PRESETS["tiny"].qat_steps
+    assert meta["qat"] == {"guidance": 1.0, "steps": 4, "batch": 4}
+    assert {k.split(".")[0] for k in a} == {"model", "qat", "teacher"}
+    assert a.keys() == b[0].keys() and all(torch.equal(a[k], b[0][k]) for k in a)
+    assert any(not torch.equal(a[f"model.{k}"], a[f"teacher.{k}"]) for k in ("out.bias", "inp.weight"))  # it trained
+
+    model, _ = train.load_denoiser(tmp_path / "a" / "ckpt" / "latest")  # the fp32 view: what play.py runs
+    qat = load_qat(a, meta, model.cfg).eval()  # trained at batch 4, run at batch 1 (a graph of that shape)
+    x = tuple(v[:1] for v in inputs(model.cfg))
+    step_in = (x[0], torch.ones(1), torch.full((1,), 0.75), *x[2:])
+    with torch.no_grad():  # fake-quant and fp32 views of the same weights: close, not equal
+        assert 0 < (qat(*step_in) - DenoiseStep(model, 1.0)(*step_in)).abs().mean() < 0.1
+
+    out = tmp_path / "export"
+    with pytest.raises(SystemExit) as e:
+        run_main(
+            export.main,
+            "--model-path",
+            tmp_path / "a" / "ckpt" / "latest",
+            "--data",
+            gamengen_tiny / "latents",
+            "--export-type",
+            "qat_int8",
+            "--no-vgf",
+            "--repeats",
+            1,
+            "--calibration-windows",
+            1,
+            "--out",
+            out,
+        )
+    summary = json.loads((out / "export_summary.json").read_text())
+    step = json.loads((out / "denoise_step" / "export_report.json").read_text())
+    assert step["export_type"] == "qat_int8" and step["checks"]["pte_p99_steps"] <= 2, step["checks"]
+    assert {"fp32", "qat_int8", "copy_last_frame"} <= set(summary["heldout"]), summary["heldout"]
+    assert e.value.code in (0, 1)  # 1: the .pte strays > 1 step at p99 from the int8 graph (reported, not hidden)
+    capsys.readouterr()
+    for bad, why in (
+        (["--export-type", "ptq_int8"], "takes a --qat checkpoint and only that"),
+        (["--export-type", "qat_int8", "--guidance", "1.5"], "trained with 1.0 baked in"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            run_main(export.main, "--model-path", tmp_path / "a" / "ckpt" / "latest", *bad, "--out", out)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and why in err and "\n" not in err, err
+    with pytest.raises(SystemExit) as e:
+        run_main(train.main, *args, "--out", tmp_path / "c", "--qat", "--finetune", tmp_path / "a" / "ckpt" / "latest")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "is a QAT one" in err and "\n" not in err, err
+
+
+def ckpt_load(run):
+    from common import ckpt
+
+    return ckpt.load(run / "ckpt" / "latest", with_state=False)
