@@ -93,6 +93,20 @@ def _delegation_report(edge):
     }
 
 
+def _delegate_inputs(edge):
+    """The program inputs that feed the (first) delegate, in the order of its graph's inputs, which the standalone
+    .vgf and .tosa take: each argument of the delegate call traced back through what stays on the CPU before it
+    (an int64 -> int32 cast) to its placeholder's name."""
+    graph = edge.exported_program().graph_module.graph
+    call = next((n for n in graph.nodes if "call_delegate" in str(n.target)), None)
+    names = []
+    for a in call.args[1:] if call is not None else []:
+        while isinstance(a, torch.fx.Node) and a.op != "placeholder" and a.args:
+            a = a.args[0]
+        names.append(getattr(a, "name", None))
+    return names
+
+
 def lower_vgf(exported_program, out_dir, tosa_spec="TOSA-1.0+FP"):
     """Lower to the VGF delegate: writes out_dir/{model_vgf.pte, model.vgf, model.tosa}; returns a report."""
     from executorch.backends.arm.vgf import VgfCompileSpec, VgfPartitioner
@@ -112,6 +126,7 @@ def lower_vgf(exported_program, out_dir, tosa_spec="TOSA-1.0+FP"):
         spec = VgfCompileSpec(tosa_spec).dump_intermediate_artifacts_to(dump)
         edge = to_edge_transform_and_lower(exported_program, partitioner=[VgfPartitioner(spec)])
         report = _delegation_report(edge)  # before to_executorch: its memory planning adds `alloc` nodes
+        report["graph_inputs"] = _delegate_inputs(edge)
         (out_dir / "model_vgf.pte").write_bytes(edge.to_executorch().buffer)
         report["seconds"] = round(time.perf_counter() - t, 3)
         vgfs, tosas = glob.glob(f"{dump}/*.vgf"), glob.glob(f"{dump}/*.tosa")
@@ -172,11 +187,11 @@ def _graph_layout(tensors, channels_last):
     return [t.permute(0, 2, 3, 1) if channels_last and t.ndim == 4 else t for t in tensors]
 
 
-def _check_int8(
-    vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, repeats, vgf, xnnpack, channels_last=False
-):
+def _check_int8(vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, repeats, xnnpack, channels_last, order):
     """Run each int8 artefact on example_inputs. Errors are in real units (max-abs) and in output
-    quantization steps ("_steps": 1 = one int8 level); the reference is the converted PT2E graph in PyTorch."""
+    quantization steps ("_steps": 1 = one int8 level); the reference is the converted PT2E graph in PyTorch.
+    order: (the program's input names, the names the .vgf/.tosa take in their order, or None: not checked). The
+    graph takes each quantized input as int8 (its boundary quantize done here) and each integer one as int32."""
     from common.quant import dequantize_output, io_qparams, quantize_input
 
     checks = {}
@@ -200,10 +215,11 @@ def _check_int8(
             pte_max_abs_error=max_abs_error(outputs, pte_ref),
             pte_ms=round(median_ms(lambda: forward(example_inputs), repeats, warmup=1), 3),
         )
-    if vgf:
-        inputs = _graph_layout(
-            [quantize_input(x, q) for x, q in zip(example_inputs, io["inputs"].values())], channels_last
-        )
+    names, graph_inputs = order
+    if graph_inputs is not None:
+        qs = io["inputs"]
+        by_name = {n: quantize_input(x, qs[n]) if n in qs else x.to(torch.int32) for n, x in zip(names, example_inputs)}
+        inputs = _graph_layout([by_name[n] for n in graph_inputs], channels_last)
         ref = _graph_layout(ref, channels_last)
         ref_q = [quantize_input(r, q).numpy() for r, q in zip(ref, out_q)]
 
@@ -238,6 +254,7 @@ def run_tosa_and_vgf(out_dir, inputs, checks, compare):
 
 
 _BOUNDARY = ("quantized_decomposed_quantize_per_tensor", "quantized_decomposed_dequantize_per_tensor")  # graph I/O
+_INPUT_CAST = ("dim_order_ops__to_dim_order_copy",)  # int64 -> int32 of an integer input (the graph takes int32)
 
 
 def export_int8(
@@ -273,10 +290,14 @@ def export_int8(
         "versions": {p: version(p) for p in ("torch", "executorch", "torchao")},
     }
     ex = _channels_last(example_inputs) if channels_last else example_inputs
-    whole = vgf
+    whole, names = vgf, None
     if vgf:
-        report["vgf"] = lower_vgf(torch.export.export(vgf_graph, ex), out_dir, "TOSA-1.0+INT")
-        left = [op for op in report["vgf"]["non_delegated_ops"] if not op.startswith(_BOUNDARY)]
+        program = torch.export.export(vgf_graph, ex)
+        names = list(program.graph_signature.user_inputs)
+        report["vgf"] = lower_vgf(program, out_dir, "TOSA-1.0+INT")
+        left = [op for op in report["vgf"]["non_delegated_ops"] if not op.startswith(_BOUNDARY + _INPUT_CAST)]
+        if not set(report["vgf"]["graph_inputs"]) <= set(names):
+            left.append("inputs that are not the program's")
         if left:  # e.g. integer lookups before the network: model.vgf takes their results, not the graph's inputs
             whole = False
             report["vgf"]["note"] = (
@@ -287,8 +308,18 @@ def export_int8(
         report["xnnpack"] = lower_xnnpack(torch.export.export(pte_graph, example_inputs), out_dir / "model.pte")
     log.info("export: " + json.dumps({k: report[k] for k in ("vgf", "xnnpack") if k in report}))
     if check:
+        graph_inputs = report["vgf"]["graph_inputs"] if whole else None
         report["checks"] = _check_int8(
-            vgf_graph, pte_graph, example_inputs, out_dir, io, fp32_model, repeats, whole, xnnpack, channels_last
+            vgf_graph,
+            pte_graph,
+            example_inputs,
+            out_dir,
+            io,
+            fp32_model,
+            repeats,
+            xnnpack,
+            channels_last,
+            (names, graph_inputs),
         )
         log.info("export: checks " + json.dumps(report["checks"]))
     report["total_seconds"] = round(time.perf_counter() - start, 3)

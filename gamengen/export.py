@@ -31,8 +31,8 @@ DDIM chain of --calibration-windows held-out windows (each of its steps), and th
 results for the decoder. --export-type qat_int8 takes a checkpoint of `train.py diffusion --qat` instead: the
 step's VGF graph is its QAT graph converted to int8 (the guidance it was trained with baked in), its .pte is
 XNNPACK's quantizer calibrated on the QAT-trained weights, and the decoder is quantized as ptq_int8. In int8 the
-lookups lower too: only the int64 -> int32 casts of actions and bucket stay on the CPU, so the standalone
-model.vgf again takes other inputs and its TOSA/VGF check is skipped (said in the report). Each part's report
+lookups lower too: only the int64 -> int32 casts of actions and bucket stay on the CPU, so the standalone step
+model.vgf takes x, t, s and context as int8 and actions and bucket as int32, and is checked so. Each part's report
 holds its int8 checks (TOSA reference, .vgf, .pte in output int8 steps against PyTorch's int8 graph), and with
 --data export_summary.json holds `heldout`: PSNR against the true next frame (decoded from its latent) of the
 fp32 and the int8 pipeline, played from the same noise.
