@@ -7,7 +7,7 @@ and .vgf/.tosa for Arm's ML extensions for Vulkan; check them against PyTorch an
     python gamengen/export.py --preset cpu --no-vgf --out runs/gg/cost_cpu      # untrained: cost and lowering only
     python gamengen/export.py --model-path runs/gg/diffusion/ckpt/best --data runs/gg/latents \\
                               --export-type ptq_int8 --out runs/gg/export_int8      # Arm's int8 scheme, both parts
-    python gamengen/export.py --model-path runs/gg_qat/ckpt/latest --data runs/gg/latents \
+    python gamengen/export.py --model-path runs/gg_qat/ckpt/latest --data runs/gg/latents \\
                               --export-type qat_int8 --out runs/gg/export_qat       # a train.py --qat checkpoint
 
 OUT/denoise_step/  DenoiseStep(model, guidance) of gamengen/model.py at batch 1: forward(x (1,4,16,20),
@@ -61,7 +61,7 @@ from common.runtime import fail
 from gamengen import autoencoder
 from gamengen.model import MODELS, Denoiser, DenoiseStep, bucket_of, sample
 from gamengen.quantize import Int8Step, load_qat
-from gamengen.train import load_denoiser
+from gamengen.train import denoiser_from
 
 AE_FOR = {"tiny": "tiny", "cpu": "cpu", "paper": "gpu"}  # untrained autoencoder beside an untrained --preset
 
@@ -314,14 +314,15 @@ def main():
     try:
         qat = None
         if args.model_path:
-            model, meta = load_denoiser(args.model_path)
+            weights, _, meta = ckpt.load(args.model_path, with_state=False)
+            model = denoiser_from(weights, meta)
             if (meta.get("model_type") == "qat_int8") != (args.export_type == "qat_int8"):
                 fail(
                     f"--export-type qat_int8 takes a --qat checkpoint and only that ({args.model_path} is "
                     f"{meta.get('model_type', 'fp32')})"
                 )
             if args.export_type == "qat_int8":
-                qat = load_qat(ckpt.load(args.model_path, with_state=False)[0], meta, model.cfg)
+                qat = load_qat(weights, meta, model.cfg)
                 if args.guidance not in (None, qat.guidance):
                     fail(f"--guidance {args.guidance}: the QAT step was trained with {qat.guidance} baked in")
                 args.guidance = qat.guidance

@@ -128,23 +128,24 @@ def build_parser():
 
 
 def configure(args):
-    """-> (config, qat): the --preset's Config (under --qat or a resumed QAT run the QAT schedule: qat_steps at
-    qat_lr, cosine to qat_lr / 100, no warm-up), then the flags given on top."""
+    """-> (config, qat, resumed): the --preset's Config (under --qat or a resumed QAT run the QAT schedule: qat_steps
+    at qat_lr, cosine to qat_lr / 100, no warm-up), then the flags given on top; the meta of the checkpoint --resume
+    continues ({} when none)."""
     base = replace(PRESETS[args.preset])
     resumed = ckpt.peek_meta(Path(args.out) / "ckpt" / "latest") if args.resume else {}
     qat = args.qat or resumed.get("model_type") == "qat_int8"
     if qat:
         base = replace(base, max_steps=base.qat_steps, lr=base.qat_lr, min_lr=base.qat_lr / 100, warmup_steps=0)
-    return runtime.override(base, args), qat
+    return runtime.override(base, args), qat, resumed
 
 
-def build_model(cfg, qat, args, train_set, rt, logger):
+def build_model(cfg, qat, resumed, args, train_set, rt, logger):
     """-> (model, ema, teacher, mcfg): a new denoiser and its EMA (teacher None), --finetune's weights in both;
-    under --qat the QATStep of --finetune's weights (ema None) and the frozen fp32 step it distils."""
+    under --qat the QATStep of --finetune's weights (ema None) and the frozen fp32 step it distils. resumed: the
+    meta of OUT/ckpt/latest under --resume ({} otherwise)."""
     mcfg = model_config(cfg, train_set)
-    resumed = ckpt.peek_meta(Path(args.out) / "ckpt" / "latest").get("model") if args.resume else None
-    if resumed:  # the architecture the run started with (a --finetune'd model's own, e.g. its guidance)
-        mcfg = replace(mcfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in resumed.items()})
+    if resumed.get("model"):  # the architecture the run started with (a --finetune'd model's own, e.g. its guidance)
+        mcfg = denoiser_config(mcfg, resumed["model"])
     if args.finetune:
         finetuned, meta = load_denoiser(args.finetune)
         if meta.get("model_type") == "qat_int8":
@@ -212,15 +213,23 @@ def quick_eval(model, ds, n, device, seed=0):
     return mse / n, base / n
 
 
+def denoiser_config(base, fields):
+    """`base` with the fields of a checkpoint's meta["model"] (JSON lists back to tuples)."""
+    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def denoiser_from(weights, meta, ema=True):
+    """A diffusion checkpoint's (weights, meta) -> Denoiser with the EMA (or raw) weights, in eval mode."""
+    model = Denoiser(denoiser_config(MODELS[meta["config"]["model"]], meta["model"]))
+    prefix = "ema." if ema and meta.get("model_type") != "qat_int8" else "model."  # QAT keeps no EMA: its fp32 view
+    ckpt.load_into(model, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+    return model.eval()
+
+
 def load_denoiser(path, ema=True, map_location="cpu"):
     """A diffusion checkpoint directory -> (Denoiser with the EMA (or raw) weights, meta)."""
     weights, _, meta = ckpt.load(path, map_location=map_location, with_state=False)
-    cfg = MODELS[meta["config"]["model"]]
-    cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()})
-    model = Denoiser(cfg)
-    prefix = "ema." if ema and meta.get("model_type") != "qat_int8" else "model."  # QAT keeps no EMA: its fp32 view
-    ckpt.load_into(model, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
-    return model.eval(), meta
+    return denoiser_from(weights, meta, ema), meta
 
 
 def resume(ck, model, ema, teacher, opt, scaler, rt, logger):
@@ -335,7 +344,7 @@ def main():
 
     # --- setup: flags -> Config, device / DDP / seed / AMP, OUT/output.log and OUT/metrics.jsonl
     args = build_parser().parse_args()
-    cfg, qat = configure(args)
+    cfg, qat, resumed = configure(args)
     rt = runtime.setup(args)
     out, ck = Path(args.out), Path(args.out) / "ckpt"
     logger = log.setup(out, args.log_level, rt.master)
@@ -346,7 +355,7 @@ def main():
 
     # --- model: the denoiser and its EMA (QAT: the fake-quant step and its fp32 teacher), AdamW, fp16 loss
     # scaling; --resume continues bit-exactly
-    model, ema, teacher, mcfg = build_model(cfg, qat, args, train_set, rt, logger)
+    model, ema, teacher, mcfg = build_model(cfg, qat, resumed, args, train_set, rt, logger)
     net = DDP(model) if rt.ddp else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
